@@ -1,0 +1,121 @@
+"""The ``layerprune`` command: a thin typer layer over the library API (no logic of its own).
+
+Exit codes: 0 success, 2 bad input (unknown name, bad option, missing file), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from layerprune.errors import LayerpruneError
+
+app = typer.Typer(
+    name="layerprune",
+    help="Prune whole layers out of deep networks, chosen by interchangeable criteria.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a :class:`LayerpruneError` into one red line on stderr and its exit code (2)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LayerpruneError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from layerprune import __version__
+
+        console.print(f"layerprune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Prune whole layers out of deep networks, chosen by interchangeable criteria."""
+
+
+@app.command("models")
+@user_errors
+def models_cmd(
+    pattern: str = typer.Argument("cifar_*", help="timm name or wildcard, e.g. 'cifar_*' or '*resnet*'."),
+    params: bool = typer.Option(False, "--params", help="Build each model to count its parameters."),
+) -> None:
+    """List timm models (the CIFAR models layerprune registers by default)."""
+    import timm
+
+    from layerprune.models import list_models
+
+    names = list_models(pattern)
+    table = Table(title=f"models matching {pattern!r} ({len(names)})")
+    table.add_column("model")
+    table.add_column("family")
+    table.add_column("input size")
+    if params:
+        table.add_column("params", justify="right")
+    for name in names:
+        cfg = timm.get_pretrained_cfg(name)
+        size = "×".join(map(str, cfg.input_size)) if cfg is not None else "?"
+        row = [name, timm.models.model_entrypoint(name).__module__.rsplit('.', 1)[-1], size]
+        if params:
+            model = timm.create_model(name)
+            row.append(f"{sum(p.numel() for p in model.parameters()):,}")
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command("datasets")
+@user_errors
+def datasets_cmd(
+    name: Optional[str] = typer.Argument(None, help="Show one dataset's options and defaults."),
+) -> None:
+    """List the datasets, or one dataset's options."""
+    from layerprune.data import DATASETS, dataset_options
+
+    if name is None:
+        table = Table(title="datasets")
+        table.add_column("name")
+        table.add_column("description")
+        for ds in DATASETS.names():
+            doc = (DATASETS.get(ds).__doc__ or "").strip().splitlines()
+            table.add_row(ds, doc[0] if doc else "")
+        console.print(table)
+        return
+    options = dataset_options(name)
+    table = Table(title=f"dataset {DATASETS.canonical(name)!r} options")
+    table.add_column("option")
+    table.add_column("default")
+    for key, default in options.items():
+        table.add_row(key, repr(default))
+    console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Datasets by name.
+
+>>> bundle = build_dataset("digits", seed=0)
+>>> bundle.num_classes, bundle.input_size
+(10, (1, 32, 32))
+
+Built-ins are lazy registry entries: naming one imports only its module (CIFAR does not pull in
+torchvision's dataset code until asked for).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from layerprune.data.base import (
+    CropFlip, DatasetBundle, TensorImageDataset, make_loader, stratified_split,
+)
+from layerprune.errors import DatasetError
+from layerprune.registry import Registry
+
+__all__ = [
+    "DATASETS", "CropFlip", "DatasetBundle", "TensorImageDataset", "build_dataset", "dataset_options",
+    "list_datasets", "make_loader", "stratified_split",
+]
+
+DATASETS: Registry[Callable[..., DatasetBundle]] = Registry("dataset")
+DATASETS.register_lazy("cifar10", "layerprune.data.cifar:build_cifar10")
+DATASETS.register_lazy("cifar100", "layerprune.data.cifar:build_cifar100")
+DATASETS.register_lazy("imagefolder", "layerprune.data.imagefolder:build_imagefolder", aliases=["imagenet"])
+DATASETS.register_lazy("digits", "layerprune.data.small:build_digits")
+DATASETS.register_lazy("mnist5k", "layerprune.data.small:build_mnist5k")
+DATASETS.register_lazy("synthetic", "layerprune.data.synthetic:build_synthetic")
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.names()
+
+
+def dataset_options(name: str) -> dict[str, Any]:
+    """The options a dataset accepts, with their defaults."""
+    builder = DATASETS.get(name)
+    return {p.name: p.default for p in inspect.signature(builder).parameters.values()}
+
+
+def build_dataset(name: str, **options: Any) -> DatasetBundle:
+    """Build dataset ``name`` with ``options`` (see :func:`dataset_options`)."""
+    accepted = dataset_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise DatasetError(
+            f"{DATASETS.canonical(name)}: unknown option {', '.join(map(repr, unknown))} "
+            f"(accepted: {', '.join(accepted)})"
+        )
+    return DATASETS.get(name)(**options)

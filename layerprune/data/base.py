@@ -1,0 +1,209 @@
+"""What every dataset builder returns, in-memory image tensors with batched augmentation, and
+deterministic splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from layerprune.errors import DatasetError
+
+
+@dataclass
+class DatasetBundle:
+    """A dataset's splits and the facts a model needs about them.
+
+    ``train`` is augmented (when the builder's ``augment`` is on); ``val`` is a held-out part of
+    the training data (used for calibration and model selection), ``test`` the official test set
+    or a held-out test split. ``val`` may be ``None`` when ``val_fraction`` is 0.
+    """
+
+    name: str
+    train: Dataset
+    val: Dataset | None
+    test: Dataset
+    num_classes: int
+    input_size: tuple[int, int, int]  # (C, H, W)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def in_chans(self) -> int:
+        return self.input_size[0]
+
+    def split(self, name: str) -> Dataset:
+        """``"train"``, ``"val"`` or ``"test"`` by name."""
+        if name not in ("train", "val", "test"):
+            raise DatasetError(f"{self.name}: unknown split {name!r} (train, val or test)")
+        ds = getattr(self, name)
+        if ds is None:
+            raise DatasetError(f"{self.name}: no {name!r} split (val_fraction is 0)")
+        return ds
+
+    def describe(self) -> dict[str, object]:
+        sizes = {s: (len(getattr(self, s)) if getattr(self, s) is not None else 0) for s in ("train", "val", "test")}
+        return dict(name=self.name, num_classes=self.num_classes, input_size=list(self.input_size),
+                    mean=list(self.mean), std=list(self.std), **sizes)
+
+
+class CropFlip:
+    """Batched CIFAR-style augmentation: random crop with zero padding, optional horizontal flip.
+
+    Works on a whole ``(B, C, H, W)`` float batch at once, so a small model on 2 cores is never
+    waiting for per-image work.
+    """
+
+    def __init__(self, padding: int = 4, flip: bool = True) -> None:
+        self.padding, self.flip = padding, flip
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        if self.padding:
+            p = self.padding
+            padded = torch.nn.functional.pad(x, (p, p, p, p))
+            dy = torch.randint(0, 2 * p + 1, (b,))
+            dx = torch.randint(0, 2 * p + 1, (b,))
+            rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
+            cols = (dx[:, None] + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
+            x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+        if self.flip:
+            mask = torch.rand(b) < 0.5
+            x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+        return x
+
+    def __repr__(self) -> str:
+        return f"CropFlip(padding={self.padding}, flip={self.flip})"
+
+
+class TensorImageDataset(Dataset):
+    """Images held in memory as a ``uint8`` tensor ``(N, C, H, W)`` with integer labels.
+
+    Indexing scales to [0, 1], augments (if given) and normalises. ``__getitems__`` does this for a
+    whole batch at once; PyTorch's ``DataLoader`` calls it automatically.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: CropFlip | None = None,
+        indices: torch.Tensor | None = None,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images, labels.long()
+        self.indices = torch.arange(len(images)) if indices is None else indices.long()
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.augment = augment
+
+    def subset(self, indices: torch.Tensor | np.ndarray, augment: CropFlip | None = None) -> "TensorImageDataset":
+        """A view on some of these samples (sharing memory), with its own augmentation."""
+        idx = self.indices[torch.as_tensor(indices, dtype=torch.long)]
+        return TensorImageDataset(self.images, self.labels, self.mean.flatten().tolist(),
+                                  self.std.flatten().tolist(), augment, idx)
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """Labels of this dataset's samples, in order."""
+        return self.labels[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batch(self, idx: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples ``idx`` as one ``(images, labels)`` pair of batched tensors."""
+        rows = self.indices[torch.as_tensor(idx, dtype=torch.long)]
+        x = self.images[rows].float().div_(255.0)
+        if self.augment is not None:
+            x = self.augment(x)
+        x = (x - self.mean) / self.std
+        return x, self.labels[rows]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x, y = self.batch([i])
+        return x[0], int(y[0])
+
+    def __getitems__(self, idx: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        x, y = self.batch(idx)
+        return list(zip(x.unbind(0), y.unbind(0)))
+
+
+def stratified_split(
+    labels: np.ndarray | torch.Tensor, fractions: Sequence[float], seed: int
+) -> list[np.ndarray]:
+    """Split sample indices into ``len(fractions) + 1`` disjoint, sorted parts, class by class.
+
+    ``fractions`` are the shares of the leading parts (e.g. ``[0.2, 0.1]`` for test and val); the
+    last part takes the rest. The same labels and seed always give the same parts.
+    """
+    labels = np.asarray(labels)
+    if any(f < 0 for f in fractions) or sum(fractions) >= 1:
+        raise ValueError(f"split fractions must be >= 0 and sum to < 1, got {list(fractions)}")
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        members = members[rng.permutation(len(members))]
+        start = 0
+        for k, frac in enumerate(fractions):
+            n = int(round(frac * len(members)))
+            parts[k].append(members[start:start + n])
+            start += n
+        parts[-1].append(members[start:])
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def check_fractions(name: str, **fractions: float) -> None:
+    """One-line errors for split fractions outside [0, 1) or summing to 1 or more."""
+    for key, value in fractions.items():
+        if not 0 <= value < 1:
+            raise DatasetError(f"{name}: {key} must be in [0, 1), got {value}")
+    if sum(fractions.values()) >= 1:
+        raise DatasetError(f"{name}: {' + '.join(fractions)} must be < 1, got {sum(fractions.values())}")
+
+
+def normalisation_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images, on the [0, 1] scale."""
+    x = images.float().div_(255.0)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    workers: int = 0,
+    seed: int | None = None,
+    drop_last: bool = False,
+    sampler: Sampler | None = None,
+) -> DataLoader:
+    """A ``DataLoader`` with the settings that suit this project's datasets.
+
+    In-memory datasets batch themselves (``__getitems__``) and need no workers; ``seed`` makes the
+    shuffling order reproducible.
+    """
+    generator = torch.Generator().manual_seed(seed) if seed is not None and sampler is None else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=drop_last,
+        generator=generator,
+    )

@@ -1,0 +1,32 @@
+"""Exceptions that mean "the request was wrong", as opposed to a bug.
+
+Every ``LayerpruneError`` carries a one-line message that names the offending key, path, name or
+block; the CLI prints it without a traceback and exits with code 2.
+"""
+
+from __future__ import annotations
+
+
+class LayerpruneError(Exception):
+    """Base class for errors caused by bad input (exit code 2 on the command line)."""
+
+    exit_code = 2
+
+
+class UnknownNameError(LayerpruneError, LookupError):
+    """A name (model, dataset, criterion, ...) that no registry knows."""
+
+    def __str__(self) -> str:  # LookupError would quote the message like a dict key
+        return str(self.args[0]) if self.args else ""
+
+
+class DatasetError(LayerpruneError):
+    """A dataset that cannot be built: missing files, no network, bad option."""
+
+
+class CheckpointError(LayerpruneError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+class ModelError(LayerpruneError):
+    """A model that cannot be created as asked (e.g. weights that cannot be had)."""

@@ -1,0 +1,49 @@
+"""Models: CIFAR ResNets and VGGs registered in timm's registry, and checkpoint loading.
+
+Importing this package registers ``cifar_resnet{20,32,44,56,110}`` and
+``cifar_vgg{11,13,16,19}_bn`` with timm, so ``timm.create_model("cifar_resnet56")`` works.
+"""
+
+from __future__ import annotations
+
+import timm
+
+from layerprune.errors import UnknownNameError
+from layerprune.models import cifar_resnet, cifar_vgg  # noqa: F401  (registers the models)
+from layerprune.models.checkpoint import extract_state_dict, load_checkpoint, read_checkpoint
+from layerprune.models.cifar_resnet import BasicBlock, CifarResNet, PadShortcut
+from layerprune.models.cifar_vgg import CifarVGG, ConvUnit
+from layerprune.registry import did_you_mean
+
+__all__ = [
+    "BasicBlock", "CifarResNet", "CifarVGG", "ConvUnit", "PadShortcut",
+    "create_model", "extract_state_dict", "list_models", "load_checkpoint", "read_checkpoint",
+]
+
+
+def list_models(pattern: str = "cifar_*") -> list[str]:
+    """timm model names matching ``pattern``; an exact name that timm does not know raises
+    :class:`UnknownNameError` with a "did you mean" hint, a wildcard matching nothing likewise."""
+    names = timm.list_models(pattern)
+    if names:
+        return names
+    if any(c in pattern for c in "*?["):
+        raise UnknownNameError(f"no model matches {pattern!r} (try 'cifar_*' or '*resnet*')")
+    raise UnknownNameError(_unknown_model_message(pattern))
+
+
+def _unknown_model_message(name: str) -> str:
+    return did_you_mean(name, timm.list_models(), "model", listing="list them with: layerprune models '*'")
+
+
+def create_model(name: str, *, checkpoint: str | None = None, **kwargs):
+    """``timm.create_model`` with a clear error for unknown names and an optional checkpoint.
+
+    >>> model = create_model("cifar_resnet20", num_classes=10)
+    """
+    if not timm.is_model(name):
+        raise UnknownNameError(_unknown_model_message(name))
+    model = timm.create_model(name, **kwargs)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model
