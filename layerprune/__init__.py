@@ -10,15 +10,20 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 from layerprune.errors import (  # noqa: E402
-    CheckpointError, DatasetError, LayerpruneError, ModelError, UnknownNameError,
+    CheckpointError, DatasetError, LayerpruneError, ModelError, SurgeryError, UnknownNameError,
 )
 from layerprune.registry import Registry  # noqa: E402
 from layerprune import models  # noqa: E402,F401  (registers the CIFAR models with timm)
 from layerprune.models import create_model, list_models, load_checkpoint  # noqa: E402
 from layerprune.data import DatasetBundle, build_dataset, list_datasets, make_loader  # noqa: E402
+from layerprune.surgery import (  # noqa: E402
+    Block, PruneSpec, apply_spec, find_blocks, load_pruned, measure_latency, model_cost, remove_blocks,
+    save_pruned,
+)
 
 __all__ = [
-    "CheckpointError", "DatasetBundle", "DatasetError", "LayerpruneError", "ModelError", "Registry",
-    "UnknownNameError", "__version__", "build_dataset", "create_model", "list_datasets",
-    "list_models", "load_checkpoint", "make_loader",
+    "Block", "CheckpointError", "DatasetBundle", "DatasetError", "LayerpruneError", "ModelError",
+    "PruneSpec", "Registry", "SurgeryError", "UnknownNameError", "__version__", "apply_spec",
+    "build_dataset", "create_model", "find_blocks", "list_datasets", "list_models", "load_checkpoint",
+    "load_pruned", "make_loader", "measure_latency", "model_cost", "remove_blocks", "save_pruned",
 ]

@@ -30,3 +30,7 @@ class CheckpointError(LayerpruneError):
 
 class ModelError(LayerpruneError):
     """A model that cannot be created as asked (e.g. weights that cannot be had)."""
+
+
+class SurgeryError(LayerpruneError):
+    """A block that cannot be removed (unknown, not removable, last of its stage, ...)."""
