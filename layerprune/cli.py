@@ -112,6 +112,66 @@ def datasets_cmd(
     console.print(table)
 
 
+def _parse_model_args(pairs: list[str]) -> dict[str, Any]:
+    """``["shortcut=B", "num_classes=100"]`` → typed kwargs (values parsed as YAML scalars)."""
+    import yaml
+
+    from layerprune.errors import LayerpruneError as _Err
+
+    kwargs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise _Err(f"--model-arg {pair!r}: expected KEY=VALUE")
+        kwargs[key] = yaml.safe_load(value)
+    return kwargs
+
+
+@app.command("inspect")
+@user_errors
+def inspect_cmd(
+    model_name: str = typer.Argument(..., metavar="MODEL", help="timm model name, e.g. cifar_resnet56."),
+    input_size: Optional[tuple[int, int, int]] = typer.Option(
+        None, "--input-size", metavar="C H W", help="Input size (default: the model's pretrained_cfg)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Load these weights first."),
+    model_arg: list[str] = typer.Option([], "--model-arg", "-a", metavar="KEY=VALUE",
+                                        help="Model keyword argument, repeatable (e.g. -a shortcut=B)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Show the blocks of MODEL: which can be removed, why or why not, and what each costs."""
+    import json
+
+    import torch
+
+    from layerprune.models import create_model
+    from layerprune.surgery import find_blocks, model_cost
+    from layerprune.surgery.blocks import default_input
+
+    model = create_model(model_name, checkpoint=checkpoint, **_parse_model_args(model_arg)).eval()
+    x = torch.randn(1, *input_size) if input_size else default_input(model)
+    try:
+        blocks = find_blocks(model, x)
+    except RuntimeError as exc:  # e.g. an input size the model cannot take
+        raise LayerpruneError(f"{model_name}: forward pass failed on input {tuple(x.shape[1:])}: "
+                              f"{str(exc).splitlines()[0]}") from exc
+    cost = model_cost(model, x)
+    if as_json:
+        print(json.dumps({"model": model_name, "input_size": list(x.shape[1:]), **cost.to_dict(),
+                          "blocks": [b.to_dict() for b in blocks]}, indent=2))
+        return
+    table = Table(title=f"{model_name}: {cost.params:,} params, {cost.macs / 1e6:,.1f}M MACs, "
+                        f"input {'×'.join(map(str, x.shape[1:]))}")
+    for col, justify in (("block", "left"), ("stage", "left"), ("removable", "left"),
+                         ("reason", "left"), ("params", "right"), ("MACs %", "right")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for b in blocks:
+        mark = "[green]yes[/]" if b.removable else "[yellow]collapse[/]" if b.collapsible else "[red]no[/]"
+        table.add_row(b.name, b.stage, mark, b.reason, f"{b.params:,}", f"{100 * b.macs_share:.1f}")
+    console.print(table)
+    n_rm, n_col = sum(b.removable for b in blocks), sum(b.collapsible for b in blocks)
+    console.print(f"{n_rm} removable, {n_col} collapsible, {len(blocks) - n_rm - n_col} fixed")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -56,3 +56,41 @@ def test_module_entry_point_exits_2_without_traceback():
     assert "unknown dataset 'cifar'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_inspect_json_has_the_documented_shape():
+    import json
+
+    result = runner.invoke(app, ["inspect", "cifar_resnet56", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["model"] == "cifar_resnet56" and data["params"] == 853_018
+    blocks = {b["name"]: b for b in data["blocks"]}
+    assert {"name", "removable", "reason", "params", "macs", "in_shape", "out_shape"} <= set(blocks["layer1.0"])
+    assert sum(b["removable"] for b in data["blocks"]) == 25
+    assert blocks["layer2.0"]["collapsible"] and not blocks["layer2.0"]["removable"]
+
+
+def test_inspect_table_model_args_and_input_size():
+    result = runner.invoke(app, ["inspect", "resnet18", "--input-size", "3", "64", "64", "-a", "num_classes=7"])
+    assert result.exit_code == 0, result.output
+    assert "5 removable, 3 collapsible" in result.stdout
+    assert "11,180,103" in result.stdout  # resnet18 with a 7-class head
+
+
+def test_inspect_with_checkpoint(tmp_path):
+    import timm
+    import torch
+
+    path = tmp_path / "r20.pth"
+    torch.save({"state_dict": timm.create_model("cifar_resnet20").state_dict()}, path)
+    assert runner.invoke(app, ["inspect", "cifar_resnet20", "--checkpoint", str(path)]).exit_code == 0
+    result = runner.invoke(app, ["inspect", "cifar_resnet56", "--checkpoint", str(path)])
+    assert result.exit_code == 2 and "missing" in result.stderr
+
+
+def test_inspect_bad_input_exits_2():
+    result = runner.invoke(app, ["inspect", "cifar_resnet5"])
+    assert result.exit_code == 2 and "did you mean" in result.stderr
+    result = runner.invoke(app, ["inspect", "cifar_resnet20", "-a", "shortcut"])
+    assert result.exit_code == 2 and "--model-arg 'shortcut': expected KEY=VALUE" in result.stderr
