@@ -61,6 +61,9 @@ def test_cifar_files_become_normalised_chw_tensors(tmp_path, monkeypatch):
     bundle = build_dataset("cifar10", root=tmp_path, val_fraction=0.2, augment=False)
     assert bundle.num_classes == 10 and bundle.classes[0] == "class0"
     assert len(bundle.train) == 40 and len(bundle.val) == 10 and len(bundle.test) == 20
+    assert not set(bundle.train.indices.tolist()) & set(bundle.val.indices.tolist())
+    again = build_dataset("cifar10", root=tmp_path, val_fraction=0.2, augment=False)
+    assert torch.equal(again.val.indices, bundle.val.indices)
     # The first test image, read back through our pipeline and un-normalised, equals the raw bytes.
     x, y = bundle.test[0]
     raw = torch.from_numpy(test[0][0].reshape(3, 32, 32)).float() / 255
