@@ -67,6 +67,7 @@ def models_cmd(
     import timm
 
     from layerprune.models import list_models
+    from layerprune.surgery import count_params
 
     names = list_models(pattern)
     table = Table(title=f"models matching {pattern!r} ({len(names)})")
@@ -80,8 +81,7 @@ def models_cmd(
         size = "×".join(map(str, cfg.input_size)) if cfg is not None else "?"
         row = [name, timm.models.model_entrypoint(name).__module__.rsplit('.', 1)[-1], size]
         if params:
-            model = timm.create_model(name)
-            row.append(f"{sum(p.numel() for p in model.parameters()):,}")
+            row.append(f"{count_params(timm.create_model(name)):,}")
         table.add_row(*row)
     console.print(table)
 
@@ -116,13 +116,11 @@ def _parse_model_args(pairs: list[str]) -> dict[str, Any]:
     """``["shortcut=B", "num_classes=100"]`` → typed kwargs (values parsed as YAML scalars)."""
     import yaml
 
-    from layerprune.errors import LayerpruneError as _Err
-
     kwargs: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise _Err(f"--model-arg {pair!r}: expected KEY=VALUE")
+            raise LayerpruneError(f"--model-arg {pair!r}: expected KEY=VALUE")
         kwargs[key] = yaml.safe_load(value)
     return kwargs
 

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
 
 
 @contextmanager
@@ -36,11 +35,6 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def save_tensors(path: str | Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 @contextmanager

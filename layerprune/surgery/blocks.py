@@ -32,7 +32,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from layerprune.surgery.cost import count_macs
+from layerprune.errors import SurgeryError
+from layerprune.surgery.cost import count_macs, count_params
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish,
                nn.Hardtanh, nn.CELU, nn.SELU)
@@ -193,7 +194,7 @@ def _find_collapse(block: nn.Module, call: _Call) -> tuple[str, ...] | None:
     return None
 
 
-def _classify(name: str, block: nn.Module, call: _Call | None) -> tuple[str, str, tuple[str, ...]]:
+def _classify(block: nn.Module, call: _Call | None) -> tuple[str, str, tuple[str, ...]]:
     if call is None:
         return "fixed", "never called in the forward pass", ()
     if call.calls > 1:
@@ -233,6 +234,17 @@ def replacement(block: nn.Module, collapse_to: tuple[str, ...] | list[str]) -> n
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
+
+
+def swap_blocks(model: nn.Module, edits: dict[str, tuple[str, ...] | list[str]]) -> nn.Module:
+    """Replace each named block in place by its :func:`replacement` (identity or collapse)."""
+    for name, collapse_to in edits.items():
+        try:
+            block = model.get_submodule(name)
+        except AttributeError as exc:
+            raise SurgeryError(f"block {name!r} does not exist in {type(model).__name__}") from exc
+        set_submodule(model, name, replacement(block, tuple(collapse_to)))
+    return model
 
 
 def dependency_graph_check(model: nn.Module, example_input: torch.Tensor) -> None:
@@ -282,7 +294,7 @@ def _find_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block]:
 
     results: dict[str, tuple[str, str, tuple[str, ...]]] = {}
     for name, _stage in block_names:
-        results[name] = _classify(name, model.get_submodule(name), calls.get(name))
+        results[name] = _classify(model.get_submodule(name), calls.get(name))
     _check_sequential(model, block_names, calls, results)
     _confirm(model, block_names, results, example_input)
 
@@ -306,7 +318,7 @@ def _make_block(model, name, stage, kind, reason, collapse_to, call, macs, total
     block_macs = int(macs.get(name, 0))
     return Block(
         name=name, stage=stage, kind=kind, removable=kind in ("identity", "plain"), reason=reason,
-        params=sum(p.numel() for p in module.parameters()),
+        params=count_params(module),
         macs=block_macs, macs_share=block_macs / total_macs if total_macs else 0.0,
         in_shape=_shape(call.args[0]) if call and call.args else (),
         out_shape=_shape(call.output) if call else (),
@@ -346,10 +358,8 @@ def _confirm(model, block_names, results, example_input) -> None:
 
 
 def _try_without(model, names, results, example_input) -> str | None:
-    clone = copy.deepcopy(model)
     try:
-        for name in names:
-            set_submodule(clone, name, replacement(clone.get_submodule(name), results[name][2]))
+        clone = swap_blocks(copy.deepcopy(model), {n: results[n][2] for n in names})
         with torch.no_grad():
             out = clone(example_input)
         if not torch.isfinite(out).all():

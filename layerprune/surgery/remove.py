@@ -11,7 +11,7 @@ import torch.nn as nn
 from layerprune.errors import SurgeryError
 from layerprune.registry import did_you_mean
 from layerprune.surgery.blocks import (
-    Block, default_input, dependency_graph_check, find_blocks, replacement, set_submodule,
+    Block, default_input, dependency_graph_check, find_blocks, swap_blocks,
 )
 
 # What ``remove_blocks`` did, kept on the pruned model for ``PruneSpec``: block → replacement's
@@ -52,12 +52,7 @@ def plan_edits(
 
 def apply_edits(model: nn.Module, edits: dict[str, tuple[str, ...] | list[str]]) -> nn.Module:
     """Replace blocks in place (identity or collapse) and record the edits on the model."""
-    for name, collapse_to in edits.items():
-        try:
-            block = model.get_submodule(name)
-        except AttributeError as exc:
-            raise SurgeryError(f"block {name!r} does not exist in {type(model).__name__}") from exc
-        set_submodule(model, name, replacement(block, tuple(collapse_to)))
+    swap_blocks(model, edits)
     done = dict(getattr(model, EDITS_ATTR, {}))
     done.update({k: tuple(v) for k, v in edits.items()})
     setattr(model, EDITS_ATTR, done)

@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from layerprune.errors import SurgeryError
-from layerprune.io import atomic_dir
+from layerprune.io import atomic_dir, write_json
 from layerprune.surgery.remove import EDITS_ATTR, apply_edits
 
 SPEC_FILE, WEIGHTS_FILE = "spec.json", "weights.pth"
@@ -27,7 +28,6 @@ FORMAT_VERSION = 1
 
 def _versions() -> dict[str, str]:
     import timm
-    import torch
     import torch_pruning
 
     import layerprune
@@ -82,8 +82,6 @@ class PruneSpec:
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
-        from layerprune.io import write_json
-
         write_json(path, self.to_dict())
 
     @classmethod
@@ -105,8 +103,6 @@ def apply_spec(model: nn.Module, spec: PruneSpec) -> nn.Module:
 
 def save_pruned(model: nn.Module, spec: PruneSpec, directory: str | Path) -> Path:
     """Write ``spec.json`` and ``weights.pth`` to ``directory`` atomically (all or nothing)."""
-    import torch
-
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
         spec.save(tmp / SPEC_FILE)
