@@ -147,11 +147,7 @@ def inspect_cmd(
 
     model = create_model(model_name, checkpoint=checkpoint, **_parse_model_args(model_arg)).eval()
     x = torch.randn(1, *input_size) if input_size else default_input(model)
-    try:
-        blocks = find_blocks(model, x)
-    except RuntimeError as exc:  # e.g. an input size the model cannot take
-        raise LayerpruneError(f"{model_name}: forward pass failed on input {tuple(x.shape[1:])}: "
-                              f"{str(exc).splitlines()[0]}") from exc
+    blocks = find_blocks(model, x)
     cost = model_cost(model, x)
     if as_json:
         print(json.dumps({"model": model_name, "input_size": list(x.shape[1:]), **cost.to_dict(),

@@ -94,3 +94,15 @@ def test_inspect_bad_input_exits_2():
     assert result.exit_code == 2 and "did you mean" in result.stderr
     result = runner.invoke(app, ["inspect", "cifar_resnet20", "-a", "shortcut"])
     assert result.exit_code == 2 and "--model-arg 'shortcut': expected KEY=VALUE" in result.stderr
+
+
+def test_inspect_bad_model_args_and_input_size_are_one_line_errors():
+    for args, message in (
+        (["cifar_resnet20", "-a", "bogus=1"], "cifar_resnet20: CifarResNet.__init__() got an unexpected keyword argument 'bogus'"),
+        (["cifar_resnet20", "-a", "shortcut=C"], "cifar_resnet20: shortcut must be 'A' or 'B'"),
+        (["vit_tiny_patch16_224", "--input-size", "3", "32", "32"], "forward pass failed on input (1, 3, 32, 32)"),
+    ):
+        result = runner.invoke(app, ["inspect", *args])
+        assert result.exit_code == 2, result.output
+        assert message in result.stderr and "Traceback" not in result.output
+        assert len(result.stderr.strip().splitlines()) == 1

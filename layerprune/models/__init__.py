@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import timm
 
-from layerprune.errors import UnknownNameError
+from layerprune.errors import ModelError, UnknownNameError
 from layerprune.models import cifar_resnet, cifar_vgg  # noqa: F401  (registers the models)
 from layerprune.models.checkpoint import extract_state_dict, load_checkpoint, read_checkpoint
 from layerprune.models.cifar_resnet import BasicBlock, CifarResNet, PadShortcut
@@ -43,7 +43,10 @@ def create_model(name: str, *, checkpoint: str | None = None, **kwargs):
     """
     if not timm.is_model(name):
         raise UnknownNameError(_unknown_model_message(name))
-    model = timm.create_model(name, **kwargs)
+    try:
+        model = timm.create_model(name, **kwargs)
+    except (TypeError, ValueError) as exc:  # unknown or invalid keyword arguments
+        raise ModelError(f"{name}: {exc}") from exc
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model

@@ -289,7 +289,13 @@ def find_blocks(model: nn.Module, example_input: torch.Tensor | None = None) -> 
 
 def _find_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block]:
     block_names, pieces = discover(model)
-    calls, _ = _record_calls(model, [n for n, _ in block_names] + pieces, example_input)
+    try:
+        calls, _ = _record_calls(model, [n for n, _ in block_names] + pieces, example_input)
+    except (RuntimeError, AssertionError, ValueError) as exc:  # shapes the model cannot take
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SurgeryError(
+            f"{type(model).__name__}: forward pass failed on input {tuple(example_input.shape)}: {first}"
+        ) from exc
     total_macs, macs = count_macs(model, example_input)
 
     results: dict[str, tuple[str, str, tuple[str, ...]]] = {}

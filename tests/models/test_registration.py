@@ -119,3 +119,8 @@ def test_reset_classifier_keeps_or_changes_pooling():
     assert model.global_pool.pool_type == "max"
     model.reset_classifier(3, global_pool="avg")
     assert model.global_pool.pool_type == "avg"
+
+
+def test_create_model_bad_kwargs_is_a_model_error():
+    with pytest.raises(ModelError, match="cifar_resnet20: .*unexpected keyword argument 'bogus'"):
+        layerprune.create_model("cifar_resnet20", bogus=1)

@@ -39,3 +39,9 @@ def test_refusal_without_precomputed_blocks(resnet56):
     model, x, _ = resnet56
     with pytest.raises(SurgeryError, match="'layer3.0' cannot be removed"):
         remove_blocks(model, ["layer3.0"], x)
+
+
+def test_an_input_the_model_cannot_take_is_a_surgery_error():
+    model = timm.create_model("cifar_resnet20").eval()
+    with pytest.raises(SurgeryError, match=r"CifarResNet: forward pass failed on input \(1, 3, 0, 0\)"):
+        find_blocks(model, torch.randn(1, 3, 0, 0))
