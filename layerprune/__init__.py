@@ -20,10 +20,16 @@ from layerprune.surgery import (  # noqa: E402
     Block, PruneSpec, apply_spec, find_blocks, load_pruned, measure_latency, model_cost, remove_blocks,
     save_pruned,
 )
+from layerprune.criteria import (  # noqa: E402
+    Criterion, CriterionResult, ModularityCurve, ScoringContext, get_criterion, list_criteria, load_plugin,
+    modularity, modularity_curve, register_criterion, score_blocks, select_blocks,
+)
 
 __all__ = [
     "Block", "CheckpointError", "DatasetBundle", "DatasetError", "LayerpruneError", "ModelError",
     "PruneSpec", "Registry", "SurgeryError", "UnknownNameError", "__version__", "apply_spec",
     "build_dataset", "create_model", "find_blocks", "list_datasets", "list_models", "load_checkpoint",
     "load_pruned", "make_loader", "measure_latency", "model_cost", "remove_blocks", "save_pruned",
+    "Criterion", "CriterionResult", "ModularityCurve", "ScoringContext", "get_criterion", "list_criteria",
+    "load_plugin", "modularity", "modularity_curve", "register_criterion", "score_blocks", "select_blocks",
 ]

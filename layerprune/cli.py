@@ -112,7 +112,7 @@ def datasets_cmd(
     console.print(table)
 
 
-def _parse_model_args(pairs: list[str]) -> dict[str, Any]:
+def _parse_pairs(pairs: list[str], flag: str = "--model-arg") -> dict[str, Any]:
     """``["shortcut=B", "num_classes=100"]`` → typed kwargs (values parsed as YAML scalars)."""
     import yaml
 
@@ -120,9 +120,45 @@ def _parse_model_args(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise LayerpruneError(f"--model-arg {pair!r}: expected KEY=VALUE")
-        kwargs[key] = yaml.safe_load(value)
+            raise LayerpruneError(f"{flag} {pair!r}: expected KEY=VALUE")
+        try:
+            kwargs[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise LayerpruneError(f"{flag} {pair!r}: cannot parse the value") from None
     return kwargs
+
+
+def _load_plugins(specs: list[str], strict: bool) -> None:
+    """Load ``--plugin`` specs and installed entry points (failures warn; call inside
+    :class:`_plugin_warnings`)."""
+    from layerprune.criteria import load_plugins
+    from layerprune.criteria.catalog import load_entry_points
+
+    load_entry_points(strict=strict)
+    load_plugins(specs, strict=strict)
+
+
+class _plugin_warnings:
+    """Print each plugin failure as one yellow line on stderr instead of a Python warning."""
+
+    def __enter__(self):
+        import warnings
+
+        from layerprune.criteria import PluginWarning
+
+        self._catch = warnings.catch_warnings(record=True)
+        self._records = self._catch.__enter__()
+        warnings.simplefilter("always", PluginWarning)
+        return self
+
+    def __exit__(self, *exc):
+        from layerprune.criteria import PluginWarning
+
+        self._catch.__exit__(*exc)
+        for record in self._records:
+            if issubclass(record.category, PluginWarning):
+                err_console.print(f"[yellow]warning:[/] {record.message}", highlight=False, soft_wrap=True)
+        return False
 
 
 @app.command("inspect")
@@ -145,7 +181,7 @@ def inspect_cmd(
     from layerprune.surgery import find_blocks, model_cost
     from layerprune.surgery.blocks import default_input
 
-    model = create_model(model_name, checkpoint=checkpoint, **_parse_model_args(model_arg)).eval()
+    model = create_model(model_name, checkpoint=checkpoint, **_parse_pairs(model_arg)).eval()
     x = torch.randn(1, *input_size) if input_size else default_input(model)
     blocks = find_blocks(model, x)
     cost = model_cost(model, x)
@@ -164,6 +200,106 @@ def inspect_cmd(
     console.print(table)
     n_rm, n_col = sum(b.removable for b in blocks), sum(b.collapsible for b in blocks)
     console.print(f"{n_rm} removable, {n_col} collapsible, {len(blocks) - n_rm - n_col} fixed")
+
+
+PLUGIN_HELP = "Criterion plugin: a .py file, a module or module:attr (repeatable)."
+STRICT_HELP = "Fail (exit 2) when a plugin cannot be loaded, instead of skipping it."
+
+
+@app.command("criteria")
+@user_errors
+def criteria_cmd(
+    plugin: list[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List every criterion with its description and origin (builtin, package or file)."""
+    import json
+
+    from layerprune.criteria import list_criteria
+
+    with _plugin_warnings():
+        _load_plugins(plugin, strict)
+        infos = list_criteria(strict=strict)
+    if as_json:
+        print(json.dumps([{"name": i.name, "description": i.description, "origin": i.origin,
+                           "aliases": list(i.aliases)} for i in infos], indent=2))
+        return
+    table = Table(title=f"criteria ({len(infos)})")
+    for col in ("name", "description", "origin"):
+        table.add_column(col, overflow="fold")
+    for info in infos:
+        table.add_row(info.name, info.description, info.origin)
+    console.print(table)
+
+
+@app.command("score")
+@user_errors
+def score_cmd(
+    model_name: str = typer.Argument(..., metavar="MODEL", help="timm model name, e.g. cifar_resnet56."),
+    data: str = typer.Option(..., "--data", "-d", help="Dataset name (see: layerprune datasets)."),
+    criterion: str = typer.Option("modularity", "--criterion", "-c", help="Criterion (see: layerprune criteria)."),
+    param: list[str] = typer.Option([], "--param", "-p", metavar="KEY=VALUE", help="Criterion parameter (repeatable)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Load these weights first."),
+    model_arg: list[str] = typer.Option([], "--model-arg", "-a", metavar="KEY=VALUE", help="Model keyword argument (repeatable)."),
+    data_arg: list[str] = typer.Option([], "--data-arg", metavar="KEY=VALUE", help="Dataset option (repeatable), e.g. root=./data."),
+    split: str = typer.Option("val", "--split", help="Calibration split: val (held out of train), test or train."),
+    samples: int = typer.Option(500, "--samples", help="Samples per calibration batch."),
+    batches: int = typer.Option(5, "--batches", help="Calibration batches (mean and std over them)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for drawing calibration samples."),
+    rule: Optional[str] = typer.Option(None, "--rule", help="threshold, count or budget (default: the criterion's)."),
+    rule_arg: list[str] = typer.Option([], "--rule-arg", "-r", metavar="KEY=VALUE", help="Rule parameter, e.g. threshold=0.03, k=8, macs=0.5."),
+    protect: list[str] = typer.Option([], "--protect", help="Never remove this block (repeatable)."),
+    collapse: bool = typer.Option(False, "--collapse", help="Allow collapsing downsampling blocks to their shortcut."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    plugin: list[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    plot: Optional[str] = typer.Option(None, "--plot", metavar="PNG", help="Write the curve (or a bar chart) here."),
+) -> None:
+    """Score the blocks of MODEL on calibration data and show what the rule would remove."""
+    import json
+
+    from layerprune.criteria.report import score_model
+
+    with _plugin_warnings():
+        _load_plugins(plugin, strict)
+        report = score_model(
+            model_name, data, criterion, criterion_params=_parse_pairs(param, "--param"),
+            checkpoint=checkpoint, model_args=_parse_pairs(model_arg), data_args=_parse_pairs(data_arg, "--data-arg"),
+            rule=rule, rule_params=_parse_pairs(rule_arg, "--rule-arg"), protect=protect, collapse=collapse,
+            device=device, progress=not as_json and sys.stderr.isatty(), split=split, samples=samples,
+            batches=batches, seed=seed,
+        )
+    if plot:
+        report.plot(plot)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+        return
+    result = report.result
+    rank = {name: i + 1 for i, (name, _) in enumerate(result.ranked())}
+    cal = report.calibration
+    table = Table(title=f"{model_name} on {data} ({cal['split']}: {cal['batches']}×{cal['samples']}), "
+                        f"criterion {result.criterion}")
+    for col, justify in (("block", "left"), ("stage", "left"), ("removable", "left"), ("score", "right"),
+                         ("rank", "right"), ("params", "right"), ("MACs %", "right"), ("remove", "left")):
+        table.add_column(col, justify=justify)
+    for b in report.blocks:
+        if not b.stage:
+            continue
+        score = result.scores.get(b.name)
+        mark = "yes" if b.removable else "collapse" if b.collapsible else "no"
+        table.add_row(b.name, b.stage, mark, "—" if score is None else f"{score:.4f}",
+                      str(rank.get(b.name, "")), f"{b.params:,}", f"{100 * b.macs_share:.1f}",
+                      "[bold red]remove[/]" if b.name in report.removed else "")
+    console.print(table)
+    rule_text = ", ".join(f"{k}={v}" for k, v in report.rule.items() if k != "rule")
+    console.print(f"rule {report.rule['rule']}({rule_text}) removes {len(report.removed)} blocks: "
+                  f"params −{100 * report.params_share:.1f}%, MACs −{100 * report.macs_share:.1f}%")
+    if report.removed:
+        console.print("  " + " ".join(report.removed))
+    if plot:
+        console.print(f"plot written to {plot}")
 
 
 def main() -> None:

@@ -130,6 +130,10 @@ class Registry(Generic[T]):
             entry.lazy = False
         return entry.target
 
+    def name_of(self, obj: Any) -> str | None:
+        """The name ``obj`` is registered under (loaded entries only), or ``None``."""
+        return next((n for n, e in self._entries.items() if not e.lazy and e.target is obj), None)
+
     def origin(self, name: str) -> str:
         return self._entries[self.canonical(name)].origin
 

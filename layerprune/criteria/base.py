@@ -1,0 +1,142 @@
+"""The criterion interface: score the blocks of a model, higher = keep.
+
+A criterion is a class with keyword parameters (validated when it is built) and a
+:meth:`Criterion.score` that reads a :class:`~layerprune.criteria.context.ScoringContext` and
+returns block name → importance. Criteria that need features declare the statistics they want
+(:meth:`Criterion.probe_stats`, :meth:`Criterion.block_stats`) so that several criteria scored
+together share one pass over the features.
+
+>>> @register_criterion("param_count")
+... class ParamCount(Criterion):
+...     '''Bigger blocks matter more (a toy).'''
+...     def score(self, ctx):
+...         return {b.name: float(b.params) for b in ctx.scorable}
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from layerprune.errors import LayerpruneError
+
+if TYPE_CHECKING:
+    from layerprune.criteria.context import BlockStat, ProbeStat, ScoringContext
+
+
+@dataclass
+class CriterionResult:
+    """Scores (block → importance, higher = keep) and optional diagnostics (e.g. a curve)."""
+
+    criterion: str
+    scores: dict[str, float]
+    params: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    def ranked(self) -> list[tuple[str, float]]:
+        """``(block, score)`` from least to most important."""
+        return sorted(self.scores.items(), key=lambda kv: kv[1])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"criterion": self.criterion, "params": self.params, "scores": self.scores,
+                "diagnostics": {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in self.diagnostics.items()}}
+
+
+class Criterion:
+    """Base class of block-importance criteria.
+
+    Subclasses take their parameters as keyword arguments in ``__init__`` and implement
+    :meth:`score`. ``default_rule`` is the selection the ``score`` command shows when no rule
+    is given.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    default_rule: ClassVar[dict[str, Any]] = {"rule": "count", "fraction": 0.5}
+
+    def probe_stats(self) -> dict[str, "ProbeStat"]:
+        """Statistics wanted at every probe point: key → ``fn(features, labels)``."""
+        return {}
+
+    def block_stats(self) -> dict[str, "BlockStat"]:
+        """Statistics wanted per block: key → ``fn(features_in, features_out, labels)``."""
+        return {}
+
+    def score(self, ctx: "ScoringContext") -> dict[str, float] | CriterionResult:
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        """The parameters this criterion was built with (from ``__init__``'s signature)."""
+        names = [p for p in _parameters(type(self).__init__) if hasattr(self, p)]
+        return {p: getattr(self, p) for p in names}
+
+    def __call__(self, ctx: "ScoringContext") -> CriterionResult:
+        out = self.score(ctx)
+        result = out if isinstance(out, CriterionResult) else CriterionResult(self.name, dict(out))
+        result.criterion = result.criterion or self.name
+        result.params = result.params or self.params()
+        known = {b.name for b in ctx.blocks}
+        for block, value in result.scores.items():
+            if block not in known:
+                raise LayerpruneError(f"criterion {self.name!r} scored {block!r}, which is not a block of the model")
+            if not isinstance(value, (int, float)) or math.isnan(value):
+                raise LayerpruneError(f"criterion {self.name!r} gave block {block!r} the score {value!r}")
+            result.scores[block] = float(value)
+        return result
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class FunctionCriterion(Criterion):
+    """A criterion written as a function ``fn(ctx, **params) -> {block: score}``."""
+
+    def __init__(self, fn: Callable[..., Any], name: str, **params: Any) -> None:
+        self.fn = fn
+        self.name = name  # type: ignore[misc]
+        self._params = params
+
+    def params(self) -> dict[str, Any]:
+        return dict(self._params)
+
+    def score(self, ctx: "ScoringContext") -> dict[str, float] | CriterionResult:
+        return self.fn(ctx, **self._params)
+
+
+def _parameters(fn: Callable[..., Any], skip: int = 1) -> list[str]:
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def describe(obj: Any) -> str:
+    """The one-line description of a criterion class or function."""
+    text = getattr(obj, "description", "") or (inspect.getdoc(obj) or "")
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def instantiate(obj: Any, name: str, params: dict[str, Any]) -> Criterion:
+    """Build the criterion registered as ``name`` with ``params``, naming any unknown parameter."""
+    is_class = isinstance(obj, type)
+    if is_class and not issubclass(obj, Criterion):
+        raise LayerpruneError(f"criterion {name!r}: {obj.__qualname__} is not a Criterion subclass")
+    if not is_class and not callable(obj):
+        raise LayerpruneError(f"criterion {name!r}: {obj!r} is neither a Criterion class nor a function")
+    accepted = _parameters(obj.__init__ if is_class else obj)
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(obj.__init__ if is_class else obj).parameters.values())
+    unknown = sorted(set(params) - set(accepted))
+    if unknown and not takes_any:
+        raise LayerpruneError(
+            f"criterion {name!r}: unknown parameter {', '.join(map(repr, unknown))} "
+            f"(parameters: {', '.join(accepted) or 'none'})"
+        )
+    if not is_class:
+        return FunctionCriterion(obj, name, **params)
+    try:
+        criterion = obj(**params)
+    except (TypeError, ValueError) as exc:
+        raise LayerpruneError(f"criterion {name!r}: {exc}") from exc
+    criterion.name = name  # type: ignore[misc]
+    return criterion

@@ -1,0 +1,158 @@
+"""Selection rules: turn scores (higher = keep) and a budget into the blocks to remove.
+
+Every rule walks the candidates from the lowest score up and removes each one unless that would
+empty its stage, so these always hold: only removable blocks (or collapsible ones, with
+``collapse=True``) that have a score, never a ``protect``-ed name, at least one block kept per
+stage. Rules differ only in when they stop:
+
+* ``threshold`` — remove every block scoring strictly below ``threshold``;
+* ``count`` — remove the ``k`` lowest (or ``fraction`` of the candidates);
+* ``budget`` — remove lowest first until the parameters (``params``) or MACs (``macs``) fall by
+  at least that fraction of the model's total.
+
+>>> select_blocks({"layer1.0": 0.1, "layer1.1": 0.01}, blocks, rule="threshold", threshold=0.03)  # doctest: +SKIP
+['layer1.1']
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable, Iterable, Mapping
+
+from layerprune.errors import LayerpruneError
+from layerprune.registry import Registry, did_you_mean
+from layerprune.surgery.blocks import Block
+
+# A rule gets the plan (with its ``try_remove``) and the candidates, lowest score first.
+Rule = Callable[..., None]
+RULES: Registry[Rule] = Registry("selection rule")
+
+
+class _Plan:
+    def __init__(self, blocks: list[Block]) -> None:
+        self.blocks = blocks
+        self.stage_size: dict[str, int] = {}
+        for b in blocks:
+            if b.stage:
+                self.stage_size[b.stage] = self.stage_size.get(b.stage, 0) + 1
+        self.removed: list[Block] = []
+        self.params_total = sum(b.params for b in blocks) or 1
+
+    def try_remove(self, block: Block) -> bool:
+        left = self.stage_size[block.stage] - sum(r.stage == block.stage for r in self.removed)
+        if left <= 1:
+            return False
+        self.removed.append(block)
+        return True
+
+    @property
+    def params_share(self) -> float:
+        return sum(b.params for b in self.removed) / self.params_total
+
+    @property
+    def macs_share(self) -> float:
+        return sum(b.macs_share for b in self.removed)
+
+
+@RULES.register("threshold")
+def threshold_rule(plan: _Plan, ordered: list[tuple[Block, float]], *, threshold: float) -> None:
+    """Remove every block scoring strictly below ``threshold``."""
+    for block, score in ordered:
+        if score < threshold:
+            plan.try_remove(block)
+
+
+@RULES.register("count")
+def count_rule(plan: _Plan, ordered: list[tuple[Block, float]], *, k: int | None = None,
+               fraction: float | None = None) -> None:
+    """Remove the ``k`` lowest-scoring blocks (or ``fraction`` of the candidates)."""
+    if (k is None) == (fraction is None):
+        raise LayerpruneError("rule 'count': give exactly one of k or fraction")
+    if fraction is not None:
+        if not 0 <= fraction <= 1:
+            raise LayerpruneError(f"rule 'count': fraction must be in [0, 1], got {fraction}")
+        k = int(math.floor(fraction * len(ordered)))
+    assert k is not None
+    if not isinstance(k, int) or k < 0:
+        raise LayerpruneError(f"rule 'count': k must be an integer ≥ 0, got {k!r}")
+    for block, _ in ordered:
+        if len(plan.removed) >= k:
+            return
+        plan.try_remove(block)
+    if len(plan.removed) < k:
+        raise LayerpruneError(
+            f"rule 'count': k={k} but only {len(plan.removed)} blocks can be removed "
+            "(removable, not protected, at least one kept per stage)"
+        )
+
+
+@RULES.register("budget")
+def budget_rule(plan: _Plan, ordered: list[tuple[Block, float]], *, params: float | None = None,
+                macs: float | None = None) -> None:
+    """Remove lowest first until parameters or MACs fall by at least the given fraction."""
+    if (params is None) == (macs is None):
+        raise LayerpruneError("rule 'budget': give exactly one of params or macs (a fraction, e.g. 0.4)")
+    key, target = ("params", params) if params is not None else ("macs", macs)
+    if not 0 < target < 1:
+        raise LayerpruneError(f"rule 'budget': {key} must be a fraction in (0, 1), got {target}")
+
+    def reached() -> bool:
+        return (plan.params_share if key == "params" else plan.macs_share) >= target - 1e-12
+
+    for block, _ in ordered:
+        if reached():
+            return
+        plan.try_remove(block)
+    if not reached():
+        got = plan.params_share if key == "params" else plan.macs_share
+        raise LayerpruneError(
+            f"rule 'budget': {key}={target:g} is out of reach; removing every allowed block saves {got:.3f}"
+        )
+
+
+def rule_parameters(rule: str) -> list[str]:
+    fn = RULES.get(rule)
+    return [p for p in inspect.signature(fn).parameters if p not in ("plan", "ordered")]
+
+
+def select_blocks(
+    scores: Mapping[str, float],
+    blocks: list[Block],
+    *,
+    rule: str = "threshold",
+    protect: Iterable[str] = (),
+    collapse: bool = False,
+    **params: Any,
+) -> list[str]:
+    """The names of the blocks to remove, in forward order.
+
+    ``scores`` maps block name → importance (higher = keep); ``blocks`` come from
+    :func:`~layerprune.find_blocks`. Blocks without a score are kept.
+    """
+    fn = RULES.get(rule)
+    accepted = rule_parameters(rule)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise LayerpruneError(f"rule {rule!r}: unknown parameter {', '.join(map(repr, unknown))} "
+                              f"(parameters: {', '.join(accepted)})")
+    required = [p.name for p in inspect.signature(fn).parameters.values()
+                if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
+    missing = [p for p in required if p not in params]
+    if missing:
+        raise LayerpruneError(f"rule {rule!r}: missing parameter {', '.join(map(repr, missing))}")
+    by_name = {b.name: b for b in blocks}
+    protect = list(protect)
+    for name in list(scores) + protect:
+        if name not in by_name:
+            raise LayerpruneError(did_you_mean(name, [b.name for b in blocks if b.stage], "block"))
+    protected = set(protect)
+    ordered = sorted(
+        ((by_name[n], float(s)) for n, s in scores.items()
+         if n not in protected and by_name[n].stage and by_name[n].can_remove(collapse) and not math.isnan(s)),
+        key=lambda bs: bs[1],
+    )
+    plan = _Plan(blocks)
+    fn(plan, ordered, **params)
+    chosen = {b.name for b in plan.removed}
+    return [b.name for b in blocks if b.name in chosen]
