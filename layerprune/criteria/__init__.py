@@ -16,7 +16,7 @@ from layerprune.criteria.catalog import (
 )
 from layerprune.criteria.context import Probe, ScoringContext
 from layerprune.criteria.graph import KnnGraph, graph_modularity, knn_graph, modularity
-from layerprune.criteria.modularity import ModularityCurve, modularity_curve
+from layerprune.criteria.curve import ModularityCurve, modularity_curve
 from layerprune.criteria.selection import RULES, select_blocks
 
 __all__ = [

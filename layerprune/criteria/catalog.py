@@ -37,7 +37,7 @@ ENTRY_POINT_GROUP = "layerprune.criteria"
 
 CRITERIA: Registry[Any] = Registry("criterion")
 for _name, _target in (
-    ("modularity", "layerprune.criteria.modularity:ModularityCriterion"),
+    ("modularity", "layerprune.criteria.curve:ModularityCriterion"),
     ("random", "layerprune.criteria.simple:RandomCriterion"),
     ("tail", "layerprune.criteria.simple:TailCriterion"),
     ("magnitude", "layerprune.criteria.simple:MagnitudeCriterion"),

@@ -260,8 +260,10 @@ class ScoringContext:
                 module = self.model.get_submodule(site)
             except AttributeError:
                 raise LayerpruneError(f"probe {site!r}: no such module in {type(self.model).__name__}") from None
-            handles.append(module.register_forward_hook(
-                lambda m, a, out, site=site: shapes.setdefault(site, tuple(out.shape[1:]))))
+            def hook(m, args, out, site=site) -> None:  # returning a value would replace the output
+                shapes.setdefault(site, tuple(out.shape[1:]))
+
+            handles.append(module.register_forward_hook(hook))
         try:
             self._forward(example)
         finally:

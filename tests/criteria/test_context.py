@@ -1,0 +1,105 @@
+import pytest
+import torch
+
+from layerprune import create_model
+from layerprune.criteria import ScoringContext
+from layerprune.criteria.context import draw_batches
+from layerprune.errors import DatasetError, LayerpruneError
+
+
+def test_resnet_probes_are_the_stem_then_every_block_output(trained_resnet20, digits):
+    ctx = ScoringContext(trained_resnet20, digits, samples=32, batches=1)
+    names = [p.name for p in ctx.probes]
+    assert names == ["stem"] + [f"layer{s}.{i}" for s in (1, 2, 3) for i in range(3)]
+    assert ctx.block_probes["layer1.0"] == ("stem", "layer1.0")
+    assert ctx.block_probes["layer2.0"] == ("layer1.2", "layer2.0")  # neighbours share a probe
+    assert ctx.probes[0].shape == (16, 32, 32) and ctx.probes[-1].shape == (64, 8, 8)
+
+
+def test_vgg_probes_include_pooled_inputs_between_stages(digits):
+    model = create_model("cifar_vgg11_bn", num_classes=10, in_chans=1).eval()
+    ctx = ScoringContext(model, digits, samples=16, batches=1)
+    assert ctx.block_probes["stages.0.0"] == ("input", "stages.0.0")  # a VGG has no stem
+    assert ctx.block_probes["stages.1.0"] == ("stages.1.0:in", "stages.1.0")  # after the pool
+    assert ctx.block_probes["stages.2.1"] == ("stages.2.0", "stages.2.1")
+
+
+def test_features_at_a_probe_are_the_real_block_outputs(trained_resnet20, digits):
+    ctx = ScoringContext(trained_resnet20, digits, samples=40, batches=1, micro_batch=16)
+    x, _ = ctx.batch(0)
+    captured = {}
+    handle = trained_resnet20.layer2[1].register_forward_hook(lambda m, a, out: captured.setdefault("y", out))
+    with torch.no_grad():
+        trained_resnet20(x)
+    handle.remove()
+    stats, _ = ctx.feature_stats(probe={"copy": lambda f, y: f.clone()})
+    assert torch.allclose(stats["copy"]["layer2.1"][0], captured["y"].flatten(1), atol=1e-5)
+
+
+def test_a_small_memory_budget_gives_the_same_statistics_in_more_passes(trained_resnet20, digits):
+    def stats(budget):
+        ctx = ScoringContext(trained_resnet20, digits, samples=48, batches=2, memory_budget=budget)
+        probe, block = ctx.feature_stats(probe={"mean": lambda f, y: float(f.mean())},
+                                         block={"diff": lambda a, b, y: float((b - a).abs().sum()) if a.shape == b.shape else 0.0})
+        return len(ctx._groups()), probe["mean"], block["diff"]
+
+    groups_big, probe_big, block_big = stats(1 << 30)
+    groups_small, probe_small, block_small = stats(1)  # one block per group
+    assert groups_big == 1 and groups_small == 9
+    for small, big in ((probe_small, probe_big), (block_small, block_big)):
+        assert small.keys() == big.keys()
+        assert all(small[k] == pytest.approx(big[k], rel=1e-5) for k in big)
+
+
+def test_statistics_are_cached_by_key(trained_resnet20, digits):
+    ctx = ScoringContext(trained_resnet20, digits, samples=16, batches=1)
+    calls = []
+    fn = lambda f, y: calls.append(1) or 0.0  # noqa: E731
+    ctx.feature_stats(probe={"s": fn})
+    ctx.feature_stats(probe={"s": fn})
+    assert len(calls) == len(ctx.probes)
+
+
+def test_calibration_defaults_to_the_held_out_val_split(trained_resnet20, digits):
+    ctx = ScoringContext(trained_resnet20, digits, samples=50, batches=2)
+    assert ctx.dataset is digits.val and ctx.samples == 50 and ctx.num_batches == 2
+    test_ctx = ScoringContext(trained_resnet20, digits, samples=50, batches=1, split="test")
+    assert test_ctx.dataset is digits.test
+
+
+def test_draws_are_disjoint_when_the_split_allows_and_seeded():
+    batches = draw_batches(100, 20, 5, seed=0)
+    assert len(torch.cat(batches).unique()) == 100
+    assert all(torch.equal(a, b) for a, b in zip(batches, draw_batches(100, 20, 5, seed=0)))
+    assert not torch.equal(batches[0], draw_batches(100, 20, 5, seed=1)[0])
+    assert len(draw_batches(50, 20, 5, seed=0)) == 5  # overlapping draws
+    (everything,) = draw_batches(30, 500, 5, seed=0)  # fewer samples than asked: one batch of all
+    assert torch.equal(everything, torch.arange(30))
+
+
+def test_tensor_pairs_work_as_calibration_data(trained_resnet20):
+    x, y = torch.randn(20, 1, 32, 32), torch.randint(0, 10, (20,))
+    ctx = ScoringContext(trained_resnet20, (x, y), samples=10, batches=2)
+    assert ctx.batch(0)[0].shape == (10, 1, 32, 32)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"split": "holdout"}, "split"), ({"samples": 0}, "samples"), ({"batches": 0}, "batches"),
+])
+def test_bad_calibration_settings_name_the_key(trained_resnet20, digits, kwargs, match):
+    with pytest.raises(LayerpruneError, match=match):
+        ScoringContext(trained_resnet20, digits, **kwargs)
+
+
+def test_missing_val_split_is_a_dataset_error(trained_resnet20):
+    from layerprune import build_dataset
+
+    bundle = build_dataset("digits", val_fraction=0.0)
+    with pytest.raises(DatasetError, match="val"):
+        ScoringContext(trained_resnet20, bundle)
+
+
+def test_repair_data_comes_from_the_training_split(trained_resnet20, digits):
+    ctx = ScoringContext(trained_resnet20, digits, samples=16, batches=1, repair_batches=2, repair_batch_size=32)
+    repair = ctx.repair_data()
+    assert [len(y) for _, y in repair] == [32, 32]
