@@ -41,6 +41,10 @@ def _import_target(spec: str) -> Any:
     return obj
 
 
+def _spec_of(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '')}:{getattr(obj, '__qualname__', '')}"
+
+
 def did_you_mean(name: str, known: list[str], kind: str, *, listing: str | None = None) -> str:
     """The message for an unknown ``name``: close matches, then the known names (or ``listing``,
     a hint on how to list them when there are too many to print)."""
@@ -96,6 +100,11 @@ class Registry(Generic[T]):
         if name in self._aliases:
             raise LayerpruneError(f"{self.kind} {name!r} is already an alias of {self._aliases[name]!r}")
         old = self._entries.get(name)
+        if old is not None and old.lazy and not entry.lazy and old.target == _spec_of(entry.target):
+            # Importing a lazy entry's module registered the very object it points to (a plugin
+            # module that also uses the decorator): keep the entry, and its origin, loaded.
+            old.target, old.lazy = entry.target, False
+            return
         if old is not None and old.target is not entry.target and old.target != entry.target:
             raise LayerpruneError(
                 f"{self.kind} {name!r} is already registered (origin: {old.origin}); "
@@ -107,6 +116,12 @@ class Registry(Generic[T]):
         if alias in self._entries or self._aliases.get(alias, name) != name:
             raise LayerpruneError(f"{self.kind} alias {alias!r} is already taken")
         self._aliases[alias] = name
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` and its aliases (used to undo a plugin that failed half-way)."""
+        self._entries.pop(name, None)
+        for alias in [a for a, n in self._aliases.items() if n == name]:
+            del self._aliases[alias]
 
     # -- lookup -------------------------------------------------------------------------------
     def canonical(self, name: str) -> str:

@@ -81,7 +81,7 @@ class Criterion:
         for block, value in result.scores.items():
             if block not in known:
                 raise LayerpruneError(f"criterion {self.name!r} scored {block!r}, which is not a block of the model")
-            if not isinstance(value, (int, float)) or math.isnan(value):
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise LayerpruneError(f"criterion {self.name!r} gave block {block!r} the score {value!r}")
             result.scores[block] = float(value)
         return result
@@ -101,6 +101,15 @@ class FunctionCriterion(Criterion):
 
     def params(self) -> dict[str, Any]:
         return dict(self._params)
+
+    def probe_stats(self) -> dict[str, "ProbeStat"]:
+        """A function may declare statistics as ``fn.probe_stats(**params) -> {key: stat}``."""
+        declare = getattr(self.fn, "probe_stats", None)
+        return declare(**self._params) if callable(declare) else {}
+
+    def block_stats(self) -> dict[str, "BlockStat"]:
+        declare = getattr(self.fn, "block_stats", None)
+        return declare(**self._params) if callable(declare) else {}
 
     def score(self, ctx: "ScoringContext") -> dict[str, float] | CriterionResult:
         return self.fn(ctx, **self._params)

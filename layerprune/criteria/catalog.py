@@ -21,6 +21,7 @@ import contextvars
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import sys
 import warnings
 from contextlib import contextmanager
@@ -68,6 +69,7 @@ class PluginFailure:
 
 
 _failures: list[PluginFailure] = []
+_loaded: dict[str, list[str]] = {}  # plugin (file origin or module spec) → the criteria it registered
 _entry_points_loaded = False
 
 
@@ -135,31 +137,41 @@ def load_entry_points(*, strict: bool = False) -> None:
 
 def load_plugin(spec: str, *, strict: bool = False) -> list[str]:
     """Import a plugin — ``path/to/file.py``, ``package.module`` or ``package.module:Attr`` — and
-    return the criteria it registered. A plugin that fails is reported and skipped (``[]``)."""
-    before = set(CRITERIA.names())
+    return the criteria it registered. A plugin that fails is reported and skipped (``[]``), and
+    whatever it registered before failing is taken back. Loading the same plugin again is a no-op."""
     is_file = spec.endswith(".py") or "/" in spec or "\\" in spec
     origin = f"file {Path(spec).resolve()}" if is_file else f"module {spec.partition(':')[0]}"
+    key = origin if is_file else spec
+    if key in _loaded and all(n in CRITERIA for n in _loaded[key]):
+        return list(_loaded[key])
+    before = set(CRITERIA.names())
     try:
         with _origin(origin):
             if is_file:
                 _import_file(Path(spec))
             else:
-                module_name, _, attr = spec.partition(":")
-                target: Any = importlib.import_module(module_name)
-                for part in attr.split(".") if attr else ():
-                    target = getattr(target, part)
-                if attr and CRITERIA.name_of(target) is None:
-                    register_criterion(getattr(target, "name", "") or attr.rsplit(".", 1)[-1], target)
-    except LayerpruneError as exc:
-        _fail(spec, origin, str(exc), strict)
-        return []
+                _import_module(spec)
     except Exception as exc:  # a plugin's own bug: report it, do not take the run down
-        _fail(spec, origin, exc, strict)
+        for name in set(CRITERIA.names()) - before:
+            CRITERIA.unregister(name)
+        _fail(spec, origin, str(exc) if isinstance(exc, LayerpruneError) else exc, strict)
         return []
     added = sorted(set(CRITERIA.names()) - before)
     if not added:
         _fail(spec, origin, "registered no criterion (use @layerprune.register_criterion)", strict)
+    else:
+        _loaded[key] = added
     return added
+
+
+def _import_module(spec: str) -> None:
+    """Import ``module`` (its decorators register) or ``module:attr`` (registered if it is not yet)."""
+    module_name, _, attr = spec.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in attr.split(".") if attr else ():
+        target = getattr(target, part)
+    if attr and CRITERIA.name_of(target) is None:
+        register_criterion(getattr(target, "name", "") or attr.rsplit(".", 1)[-1], target)
 
 
 def _import_file(path: Path) -> None:
@@ -167,8 +179,6 @@ def _import_file(path: Path) -> None:
         raise LayerpruneError(f"no such file: {path}")
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
     module_name = f"layerprune_plugin_{path.stem}_{digest}"
-    if module_name in sys.modules:  # the same file loaded twice: its registrations already exist
-        return
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise LayerpruneError(f"cannot import {path}")
@@ -200,6 +210,13 @@ def get_criterion(name: str, **params: Any) -> Criterion:
     return instantiate(CRITERIA.get(canonical), canonical, params)
 
 
+def is_criterion(obj: Any) -> bool:
+    """A ``Criterion`` subclass, or a plain function ``fn(ctx, **params)``."""
+    if isinstance(obj, type):
+        return issubclass(obj, Criterion)
+    return inspect.isfunction(obj) or inspect.ismethod(obj)
+
+
 @dataclass(frozen=True)
 class CriterionInfo:
     name: str
@@ -218,7 +235,10 @@ def list_criteria(*, strict: bool = False) -> list[CriterionInfo]:
         try:
             obj = CRITERIA.get(name)
         except LayerpruneError as exc:
-            _fail(name, origin, str(exc.__cause__ or exc), strict)
+            _fail(name, origin, exc.__cause__ or exc, strict)
+            continue
+        if not is_criterion(obj):
+            _fail(name, origin, f"{obj!r} is neither a Criterion subclass nor a function", strict)
             continue
         infos.append(CriterionInfo(name, describe(obj), origin, tuple(CRITERIA.aliases(name))))
     return infos

@@ -18,6 +18,7 @@ from layerprune.criteria.base import CriterionResult
 from layerprune.criteria.catalog import get_criterion
 from layerprune.criteria.context import ScoringContext
 from layerprune.criteria.selection import select_blocks
+from layerprune.errors import LayerpruneError
 from layerprune.io import atomic_path
 from layerprune.surgery.blocks import Block
 
@@ -86,6 +87,20 @@ def plot_scores(scores: dict[str, float], path: str | Path, *, removed: Sequence
     return path
 
 
+def resolve_device(device: str | None) -> torch.device:
+    """``device`` as a ``torch.device`` (default: CUDA when available), refusing ones this
+    machine does not have."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise LayerpruneError(f"device: {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LayerpruneError(f"device: {device!r} requested but CUDA is not available here")
+    return dev
+
+
 def score_model(
     model_name: str,
     data: str,
@@ -114,8 +129,10 @@ def score_model(
     built = get_criterion(criterion, **(criterion_params or {}))  # bad names fail before any work
     bundle = build_dataset(data, **(data_args or {}))
     kwargs = {"num_classes": bundle.num_classes, "in_chans": bundle.in_chans, **(model_args or {})}
-    model = create_model(model_name, checkpoint=checkpoint, **kwargs).eval()
-    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with torch.random.fork_rng(devices=[]):  # without a checkpoint: the same weights every run
+        torch.manual_seed(context.get("seed", 0))
+        model = create_model(model_name, checkpoint=checkpoint, **kwargs).eval()
+    model.to(resolve_device(device))
     ctx = ScoringContext(model, bundle, progress=progress, **context)
     result = built(ctx)
     chosen = dict(built.default_rule) if rule is None else {"rule": rule}

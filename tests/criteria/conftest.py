@@ -51,6 +51,7 @@ def fresh_catalog(monkeypatch):
     entries = dict(catalog.CRITERIA._entries)
     aliases = dict(catalog.CRITERIA._aliases)
     monkeypatch.setattr(catalog, "_failures", [])
+    monkeypatch.setattr(catalog, "_loaded", {})
     monkeypatch.setattr(catalog, "_entry_points_loaded", False)
     yield catalog
     catalog.CRITERIA._entries.clear()

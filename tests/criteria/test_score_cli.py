@@ -55,6 +55,7 @@ def test_score_bar_chart_for_criteria_without_a_curve(checkpoint, tmp_path):
     (["--split", "holdout"], "split"),
     (["--data", "nodata"], "unknown dataset 'nodata'"),
     (["-p", "k"], "--param 'k': expected KEY=VALUE"),
+    (["--device", "gpu7"], "device: 'gpu7'"),
 ])
 def test_bad_input_exits_2_with_one_line(args, message):
     base = ["score", "cifar_resnet20", *FAST]
