@@ -18,6 +18,7 @@ at most) before the next group runs, so no criterion ever holds every layer's fe
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -59,7 +60,6 @@ class Probe:
 class _Group:
     probes: list[Probe]
     blocks: list[str]
-    last_site_order: int = 0
 
 
 class _StopForward(Exception):
@@ -283,34 +283,29 @@ class ScoringContext:
         finally:
             self.model.train(was_training)
 
-    def _groups(self) -> list[_Group]:
-        """Probes (and the blocks between them) cut into groups whose features fit the budget."""
+    def _groups(self, pairs: bool = True) -> list[_Group]:
+        """Probes cut into groups whose features fit the budget. With ``pairs``, each block's
+        probes before and after it land in one group (block statistics need both)."""
         n = self.samples
         by_name = {p.name: p for p in self.probes}
-        if not self.block_probes:
-            groups, current, size = [], [], 0
-            for p in self.probes:
-                if current and size + p.numel * n * 4 > self.memory_budget:
-                    groups.append(_Group(current, []))
-                    current, size = [], 0
-                current.append(p)
-                size += p.numel * n * 4
-            return groups + ([_Group(current, [])] if current else [])
+        units = ([(b, [by_name[before], by_name[after]]) for b, (before, after) in self.block_probes.items()]
+                 if pairs else [(None, [p]) for p in self.probes])
         groups: list[_Group] = []
-        current: _Group | None = None
-        for block, (before, after) in self.block_probes.items():
-            need = [by_name[before], by_name[after]]
-            if current is not None:
-                names = {p.name for p in current.probes}
-                extra = [p for p in need if p.name not in names]
-                size = sum(p.numel for p in current.probes + extra) * n * 4
-                if size <= self.memory_budget:
+        for block, need in units:
+            if groups:
+                current = groups[-1]
+                extra = [p for p in need if p not in current.probes]
+                if sum(p.numel for p in current.probes + extra) * n * 4 <= self.memory_budget:
                     current.probes.extend(extra)
-                    current.blocks.append(block)
+                    current.blocks.extend([block] if block else [])
                     continue
-                groups.append(current)
-            current = _Group(list(need), [block])
-        return groups + ([current] if current is not None else [])
+            groups.append(_Group(list(need), [block] if block else []))
+        largest = max((sum(p.numel for p in g.probes) * n * 4 for g in groups), default=0)
+        if largest > self.memory_budget:
+            warnings.warn(f"memory_budget ({self.memory_budget / 2**30:.2f} GiB) is below what one "
+                          f"{'block' if pairs else 'probe'} needs at {n} samples "
+                          f"({largest / 2**30:.2f} GiB); using that", ResourceWarning, stacklevel=3)
+        return groups
 
     # -- the stream ---------------------------------------------------------------------------
     def feature_stats(
@@ -338,7 +333,7 @@ class ScoringContext:
             self._probe_cache[key] = {p.name: [] for p in self.probes}
         for key in block_fns:
             self._block_cache[key] = {b: [] for b in self.block_probes}
-        groups = self._groups()
+        groups = self._groups(pairs=bool(block_fns))
         progress = _progress(self.progress)
         with progress as bar:
             task = bar.add_task("features", total=self.num_batches * len(groups)) if bar else None
@@ -346,7 +341,10 @@ class ScoringContext:
                 x, y = self.batch(b)
                 done: set[str] = set()
                 for group in groups:
-                    feats = self._collect(x, group.probes)
+                    # A probe that an earlier group already handed to the probe statistics is
+                    # read again only when a block statistic needs it.
+                    wanted = group.probes if group.blocks else [p for p in group.probes if p.name not in done]
+                    feats = self._collect(x, wanted)
                     labels = y.to(self.device)
                     for p in group.probes:
                         if p.name in done:

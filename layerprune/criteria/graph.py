@@ -6,11 +6,13 @@ cosine-similar other samples by directed edges weighted by that cosine, symmetri
 ``(A + Aᵀ) / 2`` and take the weighted modularity (resolution 1) of the partition given by the
 true labels.
 
-Speed and memory: similarities are computed a chunk of rows at a time (one GEMM per chunk, then
-``topk``), so the dense ``N × N`` matrix never exists; the graph is kept as its ``N·k`` edges.
-Features are L2-normalised row by row and multiplied in float32 (float64 inputs stay float64);
-float32 changes a similarity by ~1e-7, which only matters when two neighbours tie to that
-precision.
+Speed and memory: similarities are computed block by block (384 × 384), and only for block pairs
+on or above the diagonal — the matrix is symmetric, so each block serves its rows and, transposed,
+its columns, half the GEMM work of computing every entry. A running top-``k`` per row is kept; the
+dense ``N × N`` matrix never exists, and the graph is kept as its ``N·k`` edges. Features are
+L2-normalised row by row (by scaling the products, not by copying the features) and multiplied
+in float32 (float64 inputs stay float64); float32 changes a similarity by ~1e-7, which only
+matters when two neighbours tie to that precision.
 
 >>> x = torch.randn(200, 64); y = torch.randint(0, 4, (200,))
 >>> abs(modularity(x, y)) < 0.1  # random features: no class structure
@@ -24,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-# Rows per similarity chunk: a chunk × N float32 block stays ~40 MB even at N = 10,000.
-_CHUNK_ROWS = 1024
+# Side of a similarity block: each is 384 × 384 floats (0.6 MB) whatever N is.
+_BLOCK = 384
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,37 @@ def _flatten(features: torch.Tensor | np.ndarray) -> torch.Tensor:
     return f if f.dtype in (torch.float32, torch.float64) else f.float()
 
 
+def _symmetric_topk(f: torch.Tensor, inv_norm: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` cosine neighbours of every row, computing each block pair ``(a, b ≥ a)`` of the
+    similarity matrix once: block ``(a, b)`` serves rows of ``a`` and, transposed, rows of ``b``,
+    which halves the GEMM work against computing all ``N × N`` entries."""
+    n = len(f)
+    best_w = torch.full((n, k), -torch.inf, dtype=f.dtype, device=f.device)
+    best_i = torch.zeros((n, k), dtype=torch.long, device=f.device)
+
+    def merge(rows: slice, w: torch.Tensor, i: torch.Tensor) -> None:
+        w_all = torch.cat([best_w[rows], w], dim=1)
+        i_all = torch.cat([best_i[rows], i], dim=1)
+        top_w, pos = w_all.topk(k, dim=1)
+        best_w[rows], best_i[rows] = top_w, i_all.gather(1, pos)
+
+    for a in range(0, n, _BLOCK):
+        rows_a = slice(a, min(a + _BLOCK, n))
+        fa = f[rows_a]
+        for b in range(a, n, _BLOCK):
+            rows_b = slice(b, min(b + _BLOCK, n))
+            sim = fa @ f[rows_b].T
+            sim.mul_(inv_norm[rows_a, None]).mul_(inv_norm[None, rows_b])
+            if a == b:
+                sim.fill_diagonal_(-torch.inf)  # no self-loops
+            w, i = sim.topk(min(k, sim.shape[1]), dim=1)
+            merge(rows_a, w, i + b)
+            if a != b:
+                w, i = sim.topk(min(k, sim.shape[0]), dim=0)
+                merge(rows_b, w.T, i.T + a)
+    return best_w, best_i
+
+
 def knn_graph(features: torch.Tensor | np.ndarray, k: int = 3) -> KnnGraph:
     """Each sample's ``k`` most cosine-similar other samples, as weighted directed edges."""
     f = _flatten(features)
@@ -63,18 +96,9 @@ def knn_graph(features: torch.Tensor | np.ndarray, k: int = 3) -> KnnGraph:
         raise ValueError(f"k must be in [1, {n - 1}] for {n} samples, got {k}")
     # Scale by the inverse norms instead of normalising a copy: the features can be gigabytes.
     inv_norm = f.norm(dim=1).clamp_min(torch.finfo(f.dtype).tiny).reciprocal()
-    weights, indices = [], []
-    for start in range(0, n, _CHUNK_ROWS):
-        stop = min(start + _CHUNK_ROWS, n)
-        sim = f[start:stop] @ f.T
-        sim.mul_(inv_norm[start:stop, None]).mul_(inv_norm[None, :])
-        rows = torch.arange(stop - start)
-        sim[rows, rows + start] = -torch.inf  # no self-loops
-        w, i = sim.topk(k, dim=1)
-        weights.append(w)
-        indices.append(i)
-    w = torch.cat(weights).double().numpy().ravel()
-    dst = torch.cat(indices).numpy().ravel().astype(np.int64)
+    best_w, best_i = _symmetric_topk(f, inv_norm, k)
+    w = best_w.double().numpy().ravel()
+    dst = best_i.numpy().ravel().astype(np.int64)
     src = np.repeat(np.arange(n, dtype=np.int64), k)
     return KnnGraph(n, src, dst, w)
 

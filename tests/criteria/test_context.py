@@ -41,10 +41,11 @@ def test_a_small_memory_budget_gives_the_same_statistics_in_more_passes(trained_
         ctx = ScoringContext(trained_resnet20, digits, samples=48, batches=2, memory_budget=budget)
         probe, block = ctx.feature_stats(probe={"mean": lambda f, y: float(f.mean())},
                                          block={"diff": lambda a, b, y: float((b - a).abs().sum()) if a.shape == b.shape else 0.0})
-        return len(ctx._groups()), probe["mean"], block["diff"]
+        return len(ctx._groups(pairs=True)), probe["mean"], block["diff"]
 
     groups_big, probe_big, block_big = stats(1 << 30)
-    groups_small, probe_small, block_small = stats(1)  # one block per group
+    with pytest.warns(ResourceWarning, match="memory_budget"):
+        groups_small, probe_small, block_small = stats(1)  # one block per group
     assert groups_big == 1 and groups_small == 9
     for small, big in ((probe_small, probe_big), (block_small, block_big)):
         assert small.keys() == big.keys()
@@ -103,3 +104,16 @@ def test_repair_data_comes_from_the_training_split(trained_resnet20, digits):
     ctx = ScoringContext(trained_resnet20, digits, samples=16, batches=1, repair_batches=2, repair_batch_size=32)
     repair = ctx.repair_data()
     assert [len(y) for _, y in repair] == [32, 32]
+
+
+def test_probe_statistics_alone_group_by_probe_and_read_each_probe_once(trained_resnet20, digits):
+    per_probe = 64 * 16 * 32 * 32 * 4  # 64 samples of a first-stage probe
+    ctx = ScoringContext(trained_resnet20, digits, samples=64, batches=1, memory_budget=2 * per_probe)
+    # 16×32×32 floats per first-stage sample, half that in stage 2, a quarter in stage 3
+    assert [len(g.probes) for g in ctx._groups(pairs=False)] == [2, 2, 5, 1]
+    reads = []
+    original = ctx._collect
+    ctx._collect = lambda x, probes: reads.extend(p.name for p in probes) or original(x, probes)
+    stats, _ = ctx.feature_stats(probe={"n": lambda f, y: len(f)})
+    assert sorted(reads) == sorted(p.name for p in ctx.probes)
+    assert all(v == [64] for v in stats["n"].values())

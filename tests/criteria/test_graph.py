@@ -121,3 +121,16 @@ def test_k_out_of_range_is_refused(k):
 def test_label_count_must_match():
     with pytest.raises(ValueError, match="labels"):
         modularity(torch.randn(10, 4), torch.zeros(9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("block", [1, 7, 64])
+def test_blocked_symmetric_search_finds_the_same_neighbours(monkeypatch, block):
+    import layerprune.criteria.graph as graph_module
+
+    monkeypatch.setattr(graph_module, "_BLOCK", block)  # many blocks, ragged last one
+    x, _ = clustered(20, 5, 32, spread=2.0, seed=3)
+    graph = knn_graph(x, 4)
+    got = {(int(s), int(d)): float(w) for s, d, w in zip(graph.src, graph.dst, graph.weight)}
+    want = brute_force_edges(x, 4)
+    assert got.keys() == want.keys()
+    assert max(abs(got[e] - want[e]) for e in want) < 1e-5
