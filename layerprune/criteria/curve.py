@@ -23,7 +23,7 @@ from layerprune.criteria.base import Criterion, CriterionResult
 from layerprune.criteria.context import ScoringContext
 from layerprune.criteria.graph import modularity
 from layerprune.errors import LayerpruneError
-from layerprune.io import atomic_path
+from layerprune.plots import pyplot, save_png
 
 
 @dataclass
@@ -63,11 +63,7 @@ class ModularityCurve:
              title: str | None = None) -> Path:
         """Write the curve to a PNG: degradation (ΔQ < 0) and plateau (ΔQ < ``threshold``) shaded,
         blocks in ``removed`` marked."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         x = np.arange(len(self.probes))
         index = {p: i for i, p in enumerate(self.probes)}
         fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(x) + 2), 4.0))
@@ -92,13 +88,7 @@ class ModularityCurve:
         ax.set_title(title or "modularity curve")
         ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
-        path = Path(path)
-        try:
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, format="png", dpi=120)
-        finally:
-            plt.close(fig)
-        return path
+        return save_png(fig, path)
 
 
 def _stat_key(k: int) -> str:

@@ -19,7 +19,7 @@ from layerprune.criteria.catalog import get_criterion
 from layerprune.criteria.context import ScoringContext
 from layerprune.criteria.selection import select_blocks
 from layerprune.errors import LayerpruneError
-from layerprune.io import atomic_path
+from layerprune.plots import pyplot, save_png
 from layerprune.surgery.blocks import Block
 
 
@@ -64,11 +64,7 @@ class ScoreReport:
 def plot_scores(scores: dict[str, float], path: str | Path, *, removed: Sequence[str] = (),
                 title: str = "block scores") -> Path:
     """A bar per block (forward order as given), removed blocks in red."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(scores)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(names) + 2), 4.0))
     colors = ["#d62728" if n in removed else "#1f77b4" for n in names]
@@ -78,13 +74,7 @@ def plot_scores(scores: dict[str, float], path: str | Path, *, removed: Sequence
     ax.set_ylabel("importance (higher = keep)")
     ax.set_title(title + (" — red: removed" if removed else ""))
     fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def resolve_device(device: str | None) -> torch.device:

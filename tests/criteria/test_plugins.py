@@ -18,7 +18,7 @@ from layerprune import create_model
 from layerprune.cli import app
 from layerprune.criteria import (
     CRITERIA, PluginFailure, PluginWarning, ScoringContext, get_criterion, list_criteria, load_plugin,
-    plugin_failures, score_blocks,
+    plugin_failures, register_criterion, score_blocks,
 )
 from layerprune.criteria.catalog import criterion_names
 from layerprune.errors import LayerpruneError
@@ -64,15 +64,6 @@ def example_package(tmp_path, monkeypatch, unimported):
     return dist
 
 
-def identity_at(model, name):
-    """Zero block ``name``'s residual branch: relu(x + 0) = x on its non-negative input."""
-    with torch.no_grad():
-        bn = model.get_submodule(name).bn2
-        bn.weight.zero_()
-        bn.bias.zero_()
-    return model
-
-
 # -- the single-file plugin --------------------------------------------------------------------
 def test_file_plugin_registers_with_file_origin_and_scores_every_removable_block(
         fresh_catalog, unimported, trained_resnet20, digits, monkeypatch):
@@ -99,10 +90,11 @@ def test_file_plugin_unknown_parameter_is_named(fresh_catalog, unimported):
         get_criterion("entropy_gain", kk=3)
 
 
-def test_identity_block_scores_zero_for_both_example_criteria(fresh_catalog, example_package, digits):
+def test_identity_block_scores_zero_for_both_example_criteria(fresh_catalog, example_package, digits,
+                                                               zero_residual_branch):
     load_plugin(str(SINGLE_FILE))
     torch.manual_seed(0)
-    model = identity_at(create_model("cifar_resnet20", num_classes=10, in_chans=1).eval(), "layer2.1")
+    model = zero_residual_branch(create_model("cifar_resnet20", num_classes=10, in_chans=1).eval(), "layer2.1")
     results = score_blocks(model, digits, ["entropy_gain", "feature_rank_gain"], samples=64, batches=1)
     for name, result in results.items():
         assert result.scores["layer2.1"] == 0.0, name
@@ -310,3 +302,22 @@ def test_failed_file_leaves_no_registration_behind(fresh_catalog, tmp_path):
     with pytest.warns(PluginWarning, match="bug after registering"):
         assert load_plugin(str(half)) == []
     assert "half" not in CRITERIA
+
+
+def test_function_criterion_can_declare_statistics_for_the_shared_pass(fresh_catalog, trained_resnet20, digits):
+    def mean_gain(ctx, scale=1.0):
+        """Mean activation gained across the block (toy)."""
+        stats, _ = ctx.feature_stats(probe=mean_gain.probe_stats(scale))
+        mean = {p: v[0] for p, v in stats[f"mean*{scale}"].items()}
+        return {b: mean[after] - mean[before] for b, (before, after) in ctx.block_probes.items()}
+
+    mean_gain.probe_stats = lambda scale=1.0: {f"mean*{scale}": lambda f, y: scale * float(f.mean())}
+    register_criterion("mean_gain", mean_gain)
+    criterion = get_criterion("mean_gain", scale=2.0)
+    assert list(criterion.probe_stats()) == ["mean*2.0"]
+    ctx = ScoringContext(trained_resnet20, digits, samples=32, batches=1)
+    passes = []
+    original = ctx._stream
+    ctx._stream = lambda probe, block: passes.append(sorted(probe)) or original(probe, block)
+    ctx.feature_stats(probe={**criterion.probe_stats(), **get_criterion("modularity").probe_stats()})
+    assert criterion(ctx).scores and len(passes) == 1  # scoring reads the cached statistic
