@@ -1,5 +1,12 @@
 """Training and evaluation loops (and BatchNorm re-estimation) shared by criteria and recipes."""
 
+from layerprune.train.distill import distillation_loss
 from layerprune.train.loops import EvalResult, evaluate, fit, repair_batchnorm
+from layerprune.train.resume import load_training_checkpoint, save_training_checkpoint
+from layerprune.train.settings import TrainSettings
+from layerprune.train.trainer import EpochRecord, train
 
-__all__ = ["EvalResult", "evaluate", "fit", "repair_batchnorm"]
+__all__ = [
+    "EpochRecord", "EvalResult", "TrainSettings", "distillation_loss", "evaluate", "fit",
+    "load_training_checkpoint", "repair_batchnorm", "save_training_checkpoint", "train",
+]

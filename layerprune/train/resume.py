@@ -1,0 +1,95 @@
+"""Training checkpoints: written atomically after every epoch, read back to resume a run exactly.
+
+A checkpoint is a plain dict that ``torch.load(..., weights_only=True)`` reads (no code runs):
+
+``format``        ``"layerprune.train/1"``
+``state_dict``    the model's weights and buffers (so :func:`layerprune.load_checkpoint` reads it too)
+``optimizer``     the optimiser's state dict (momentum buffers, Adam moments, step counts)
+``epochs_done``   how many epochs are finished; the run continues at this (0-based) epoch
+``history``       one dict per finished epoch (the fields of ``EpochRecord``)
+``settings``      ``TrainSettings.to_dict()`` of the run that wrote it
+``seed``          the run's seed
+
+There is no scheduler state: the learning rate is a pure function of the epoch
+(``TrainSettings.lr_at``), and the random state of epoch ``e`` is re-seeded from ``seed + e``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from layerprune.errors import CheckpointError
+from layerprune.io import atomic_path
+from layerprune.models.checkpoint import read_checkpoint
+from layerprune.train.settings import TrainSettings
+
+FORMAT = "layerprune.train/1"
+_MISSING = "<missing>"
+
+
+def save_training_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    settings: TrainSettings,
+    seed: int,
+    history: list[dict[str, Any]],
+) -> None:
+    """Write the run's state after ``len(history)`` epochs; readers never see a partial file."""
+    state = {
+        "format": FORMAT,
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epochs_done": len(history),
+        "history": history,
+        "settings": settings.to_dict(),
+        "seed": seed,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_training_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    settings: TrainSettings,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Restore ``model`` and ``optimizer`` from ``path`` (in place) and return the stored history.
+
+    Refuses a checkpoint written with other settings or another seed: continuing it would give a
+    model that neither run describes.
+    """
+    state = read_checkpoint(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a training checkpoint written by layerprune.train "
+                              f"(expected format {FORMAT!r}); delete it or choose another checkpoint path")
+    _check_same_run(path, state, settings, seed)
+    try:
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} does not fit this model or optimizer: {first}") from exc
+    history = list(state["history"])
+    if state["epochs_done"] != len(history):
+        raise CheckpointError(f"{path}: epochs_done is {state['epochs_done']} but the history has "
+                              f"{len(history)} epochs")
+    return history
+
+
+def _check_same_run(path: str | Path, state: dict[str, Any], settings: TrainSettings, seed: int) -> None:
+    stored = dict(state.get("settings") or {}, seed=state.get("seed", _MISSING))
+    wanted = dict(settings.to_dict(), seed=seed)
+    for field in [*wanted, *(k for k in stored if k not in wanted)]:  # first difference, in field order
+        old, new = stored.get(field, _MISSING), wanted.get(field, _MISSING)
+        if old != new:
+            raise CheckpointError(
+                f"{path}: written with other settings — {field}: {old!r} in the checkpoint, {new!r} now; "
+                "resuming would mix two runs (use the same settings, or delete the checkpoint to start over)"
+            )
