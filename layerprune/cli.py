@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from layerprune.errors import LayerpruneError
@@ -34,7 +35,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except LayerpruneError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
@@ -300,6 +301,52 @@ def score_cmd(
         console.print("  " + " ".join(report.removed))
     if plot:
         console.print(f"plot written to {plot}")
+
+
+SET_HELP = "Override a recipe key, typed and validated (repeatable), e.g. --set finetune.epochs=2."
+
+
+@app.command("validate")
+@user_errors
+def validate_cmd(
+    recipe: str = typer.Argument(..., metavar="RECIPE", help="Recipe YAML file."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY.PATH=VALUE", help=SET_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    show: bool = typer.Option(False, "--show", help="Print the resolved recipe (every default filled in)."),
+) -> None:
+    """Check a recipe: every problem at once, as dotted key paths."""
+    import yaml
+
+    from layerprune.recipe import load_recipe
+
+    with _plugin_warnings():
+        resolved = load_recipe(recipe, set_, strict_plugins=strict)
+    if show:
+        print(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False), end="")
+    else:
+        console.print(f"[green]ok[/]: {recipe} ({resolved.model.name} on {resolved.data.dataset}, "
+                      f"criterion {resolved.criterion.name})", highlight=False)
+
+
+@app.command("run")
+@user_errors
+def run_cmd(
+    recipe: str = typer.Argument(..., metavar="RECIPE", help="Recipe YAML file."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY.PATH=VALUE", help=SET_HELP),
+    out: Optional[str] = typer.Option(None, "--out", help="Run directory (default: the recipe's output_dir, or runs/NAME)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start over in a new run directory instead of resuming."),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+) -> None:
+    """Run a recipe: pretrain, score, select, prune, repair, finetune, eval, export (resumable)."""
+    from layerprune.recipe import load_recipe, run_recipe
+    from layerprune.recipe.summary import summary_table
+
+    with _plugin_warnings():
+        resolved = load_recipe(recipe, set_, strict_plugins=strict)
+    log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
+    result = run_recipe(resolved, out=out, fresh=fresh, progress=sys.stderr.isatty(), log=log)
+    console.print(summary_table(result.metrics, title=f"{resolved.name}: {resolved.model.name} on {resolved.data.dataset}"))
+    console.print(f"outputs in {result.run_dir.path}/ (report.md, metrics.json, model/)")
 
 
 def main() -> None:

@@ -21,12 +21,21 @@ import math
 from typing import Any, Callable, Iterable, Mapping
 
 from layerprune.errors import LayerpruneError
+from layerprune.params import check_parameters
 from layerprune.registry import Registry, did_you_mean
 from layerprune.surgery.blocks import Block
 
 # A rule gets the plan (with its ``try_remove``) and the candidates, lowest score first.
 Rule = Callable[..., None]
 RULES: Registry[Rule] = Registry("selection rule")
+
+
+class RuleParameterError(LayerpruneError):
+    """A rule parameter with a bad value (as opposed to a request no plan can meet)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key, self.message = key, message
+        super().__init__(f"{key}: {message}")
 
 
 class _Plan:
@@ -68,14 +77,14 @@ def count_rule(plan: _Plan, ordered: list[tuple[Block, float]], *, k: int | None
                fraction: float | None = None) -> None:
     """Remove the ``k`` lowest-scoring blocks (or ``fraction`` of the candidates)."""
     if (k is None) == (fraction is None):
-        raise LayerpruneError("rule 'count': give exactly one of k or fraction")
+        raise RuleParameterError("k", "give exactly one of k or fraction")
     if fraction is not None:
         if not 0 <= fraction <= 1:
-            raise LayerpruneError(f"rule 'count': fraction must be in [0, 1], got {fraction}")
+            raise RuleParameterError("fraction", f"must be in [0, 1], got {fraction}")
         k = int(math.floor(fraction * len(ordered)))
     assert k is not None
     if not isinstance(k, int) or k < 0:
-        raise LayerpruneError(f"rule 'count': k must be an integer ≥ 0, got {k!r}")
+        raise RuleParameterError("k", f"must be an integer ≥ 0, got {k!r}")
     for block, _ in ordered:
         if len(plan.removed) >= k:
             return
@@ -92,10 +101,10 @@ def budget_rule(plan: _Plan, ordered: list[tuple[Block, float]], *, params: floa
                 macs: float | None = None) -> None:
     """Remove lowest first until parameters or MACs fall by at least the given fraction."""
     if (params is None) == (macs is None):
-        raise LayerpruneError("rule 'budget': give exactly one of params or macs (a fraction, e.g. 0.4)")
+        raise RuleParameterError("params", "give exactly one of params or macs (a fraction, e.g. 0.4)")
     key, target = ("params", params) if params is not None else ("macs", macs)
     if not 0 < target < 1:
-        raise LayerpruneError(f"rule 'budget': {key} must be a fraction in (0, 1), got {target}")
+        raise RuleParameterError(key, f"must be a fraction in (0, 1), got {target}")
 
     def reached() -> bool:
         return (plan.params_share if key == "params" else plan.macs_share) >= target - 1e-12
@@ -116,6 +125,20 @@ def rule_parameters(rule: str) -> list[str]:
     return [p for p in inspect.signature(fn).parameters if p not in ("plan", "ordered")]
 
 
+def rule_problems(rule: str, params: Mapping[str, Any], where: str = "") -> list[str]:
+    """What is wrong with ``params`` for ``rule`` (names, types, values), before any scoring."""
+    fn = RULES.get(rule)
+    problems = check_parameters(fn, dict(params), where, skip=2)
+    if not problems:
+        try:
+            fn(_Plan([]), [], **params)  # values are checked before a rule looks at any block
+        except RuleParameterError as exc:
+            problems.append(f"{where + '.' if where else ''}{exc.key}: {exc.message}")
+        except LayerpruneError:
+            pass  # "cannot reach": depends on the blocks, not on the parameters
+    return problems
+
+
 def select_blocks(
     scores: Mapping[str, float],
     blocks: list[Block],
@@ -131,16 +154,9 @@ def select_blocks(
     :func:`~layerprune.find_blocks`. Blocks without a score are kept.
     """
     fn = RULES.get(rule)
-    accepted = rule_parameters(rule)
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise LayerpruneError(f"rule {rule!r}: unknown parameter {', '.join(map(repr, unknown))} "
-                              f"(parameters: {', '.join(accepted)})")
-    required = [p.name for p in inspect.signature(fn).parameters.values()
-                if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
-    missing = [p for p in required if p not in params]
-    if missing:
-        raise LayerpruneError(f"rule {rule!r}: missing parameter {', '.join(map(repr, missing))}")
+    problems = rule_problems(rule, params)
+    if problems:
+        raise LayerpruneError(f"rule {RULES.canonical(rule)!r}: {'; '.join(problems)}")
     by_name = {b.name: b for b in blocks}
     protect = list(protect)
     for name in list(scores) + protect:

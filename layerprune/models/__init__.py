@@ -47,6 +47,16 @@ def create_model(name: str, *, checkpoint: str | None = None, **kwargs):
         model = timm.create_model(name, **kwargs)
     except (TypeError, ValueError) as exc:  # unknown or invalid keyword arguments
         raise ModelError(f"{name}: {exc}") from exc
+    except Exception as exc:
+        if not kwargs.get("pretrained"):
+            raise
+        # timm fetches pretrained weights from the Hugging Face Hub or a URL; offline that fails
+        # deep inside huggingface_hub/urllib with a long traceback.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelError(
+            f"{name}: pretrained weights could not be fetched ({type(exc).__name__}: {first}); "
+            "connect to the network once (timm caches them), or pass a checkpoint file instead"
+        ) from exc
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model

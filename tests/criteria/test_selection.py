@@ -78,10 +78,11 @@ def test_result_is_in_forward_order_and_only_scored_blocks(blocks):
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"rule": "thresh", "threshold": 0.1}, "did you mean 'threshold'"),
-    ({"rule": "threshold"}, "missing parameter 'threshold'"),
-    ({"rule": "threshold", "threshold": 0.1, "k": 2}, "unknown parameter 'k'"),
+    ({"rule": "threshold"}, "threshold: required"),
+    ({"rule": "threshold", "threshold": 0.1, "k": 2}, r"k: unknown parameter \(parameters: threshold\)"),
+    ({"rule": "threshold", "threshold": "low"}, "threshold: Input should be a valid number"),
     ({"rule": "count", "k": 2, "fraction": 0.5}, "exactly one of k or fraction"),
-    ({"rule": "budget", "params": 1.5}, "fraction in"),
+    ({"rule": "budget", "params": 1.5}, "params: must be a fraction in"),
     ({"rule": "budget", "params": 0.2, "macs": 0.2}, "exactly one of params or macs"),
     ({"threshold": 0.1, "protect": ["layer1.9"]}, "unknown block 'layer1.9'"),
 ])

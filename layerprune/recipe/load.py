@@ -1,0 +1,214 @@
+"""Read a recipe: YAML → ``--set`` overrides → pydantic schema → names and parameters checked
+against the registries. Every problem is collected and reported at once, as dotted key paths.
+
+>>> recipe = load_recipe("recipes/quickstart.yaml", ["finetune.epochs=1"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from layerprune.errors import LayerpruneError
+from layerprune.params import check_parameters, short
+from layerprune.recipe.schema import Recipe
+from layerprune.registry import did_you_mean
+
+
+class RecipeError(LayerpruneError):
+    """A recipe with problems: one line per problem, each naming its key path."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(f"{source}: {len(problems)} {noun}\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise LayerpruneError(f"recipe {str(path)!r}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise LayerpruneError(f"recipe {str(path)!r}: invalid YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise LayerpruneError(f"recipe {str(path)!r}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``["finetune.epochs=2", "data.options.seed=3"]``: set dotted keys (values parsed as YAML)."""
+    for item in overrides:
+        path, sep, value = item.partition("=")
+        keys = path.strip().split(".")
+        if not sep or not all(keys):
+            raise LayerpruneError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. finetune.epochs=2")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise LayerpruneError(f"--set {item!r}: cannot parse the value as YAML") from None
+        node = raw
+        for i, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise LayerpruneError(f"--set {item!r}: {'.'.join(keys[:i + 1])} is not a section")
+            node = child
+        node[keys[-1]] = parsed
+    return raw
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str] | None:
+    """The keys allowed where ``loc`` points (for "did you mean" on unknown keys)."""
+    model: Any = Recipe
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        args = [a for a in typing.get_args(ann) if isinstance(a, type)] or [ann]
+        model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return None
+    return list(model.model_fields)
+
+
+def pydantic_problems(error: ValidationError) -> list[str]:
+    problems = []
+    for e in error.errors():
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) for p in loc)
+        message = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            known = _fields_at(loc[:-1]) or []
+            message = did_you_mean(str(loc[-1]), known, "key").removeprefix(f"unknown key {str(loc[-1])!r}")
+            problems.append(f"{path}: unknown key{message}")
+            continue
+        if e["type"] == "missing":
+            problems.append(f"{path}: required")
+            continue
+        if not loc:  # a check across sections states its own key path
+            problems.append(message)
+            continue
+        key, sep, rest = message.partition(": ")
+        if sep and key in (_fields_at(loc) or []):  # a section's own check names one of its keys
+            problems.append(f"{path}.{key}: {rest}")
+            continue
+        got = "" if isinstance(e.get("input"), dict) else f" (got {short(e.get('input'))})"
+        problems.append(f"{path}: {message}{got}")
+    return problems
+
+
+def _section(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def semantic_problems(raw: dict[str, Any]) -> list[str]:
+    """Names and parameters checked against the model, dataset, criterion and rule registries.
+
+    Works on the raw mapping (missing or mistyped values are skipped: the schema reports them),
+    so that these problems are reported together with the schema's.
+    """
+    import timm
+
+    from layerprune.criteria.base import instantiate
+    from layerprune.criteria.catalog import CRITERIA, load_entry_points
+    from layerprune.criteria.selection import RULES, rule_problems
+    from layerprune.data import DATASETS, dataset_options
+    from layerprune.models import _unknown_model_message
+
+    problems: list[str] = []
+    model = _section(raw, "model")
+    name, checkpoint = model.get("name"), model.get("checkpoint")
+    if isinstance(name, str) and not timm.is_model(name):
+        problems.append(f"model.name: {_unknown_model_message(name)}")
+    if isinstance(checkpoint, str) and not Path(checkpoint).is_file():
+        problems.append(f"model.checkpoint: no such file: {checkpoint}")
+
+    data = _section(raw, "data")
+    dataset = data.get("dataset")
+    if isinstance(dataset, str):
+        if dataset not in DATASETS:
+            problems.append(f"data.dataset: {did_you_mean(dataset, DATASETS.names(), 'dataset')}")
+        else:
+            accepted = dataset_options(dataset)
+            for key in ("root", "download"):
+                if data.get(key) not in (None, False) and key not in accepted:
+                    problems.append(f"data.{key}: dataset {dataset!r} has no {key} option")
+            for key in _section(data, "options"):
+                if key in ("root", "download"):
+                    problems.append(f"data.options.{key}: set data.{key} instead")
+                elif key not in accepted:
+                    problems.append(f"data.options.{key}: unknown option of {dataset!r} "
+                                    f"(options: {', '.join(k for k in accepted if k not in ('root', 'download'))})")
+
+    load_entry_points()
+    crit = _section(raw, "criterion")
+    crit_name, crit_params = crit.get("name", "modularity"), _section(crit, "params")
+    if isinstance(crit_name, str):
+        if crit_name not in CRITERIA:
+            problems.append(f"criterion.name: {did_you_mean(crit_name, CRITERIA.names(), 'criterion')}")
+        else:
+            try:
+                target = CRITERIA.get(crit_name)
+            except LayerpruneError as exc:
+                problems.append(f"criterion.name: {exc}")
+            else:
+                fn = target.__init__ if isinstance(target, type) else target
+                found = check_parameters(fn, crit_params, "criterion.params")
+                problems.extend(found)
+                if not found:
+                    try:
+                        instantiate(target, CRITERIA.canonical(crit_name), dict(crit_params))
+                    except LayerpruneError as exc:
+                        message = str(exc).removeprefix(f"criterion {crit_name!r}: ")
+                        key, sep, rest = message.partition(": ")
+                        where = f"criterion.params.{key}" if sep and key in crit_params else "criterion.params"
+                        problems.append(f"{where}: {rest if where.endswith(key) and sep else message}")
+
+    sel = _section(raw, "select")
+    rule, rule_params = sel.get("rule"), _section(sel, "params")
+    if isinstance(rule, str):
+        if rule not in RULES:
+            problems.append(f"select.rule: {did_you_mean(rule, RULES.names(), 'selection rule')}")
+        else:
+            problems.extend(rule_problems(rule, rule_params, "select.params"))
+    elif rule is None and rule_params:
+        problems.append("select.params: set select.rule too (without a rule, the criterion's default rule is used)")
+    return problems
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, strict_plugins: bool = False) -> Recipe:
+    """The validated recipe at ``path`` with ``overrides`` applied; :class:`RecipeError` lists
+    every problem. Plugins named in the recipe are loaded first (their criteria become valid
+    names)."""
+    from layerprune.criteria.catalog import load_plugins
+
+    raw = apply_overrides(read_yaml(path), overrides)
+    raw.setdefault("name", Path(path).stem)
+    plugins = raw.get("plugins") or []
+    if isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):
+        load_plugins(plugins, strict=strict_plugins)
+    problems: list[str] = []
+    recipe = None
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(pydantic_problems(exc))
+    problems.extend(semantic_problems(raw))
+    if problems or recipe is None:
+        raise RecipeError(str(path), problems)
+    return recipe

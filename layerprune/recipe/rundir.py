@@ -1,0 +1,86 @@
+"""Run directories: one per run, never shared by two different recipes, resumable stage by stage.
+
+A run directory holds the resolved recipe (``recipe.yaml``) and ``state.json`` (the finished
+stages). Running the same resolved recipe again resumes; a different recipe aimed at the same
+directory is refused; ``fresh=True`` starts over in a new directory beside it (``NAME-2``, ...)
+and leaves the old run as it is.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from layerprune.errors import LayerpruneError
+from layerprune.io import write_json, write_text
+from layerprune.recipe.schema import Recipe
+
+RECIPE_FILE, STATE_FILE = "recipe.yaml", "state.json"
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+        return None
+    return None if a == b else f"{path}: {a!r} → {b!r}"
+
+
+class RunDir:
+    def __init__(self, path: Path, recipe: Recipe) -> None:
+        self.path = path
+        self.recipe = recipe
+
+    @classmethod
+    def open(cls, recipe: Recipe, out: str | None = None, *, fresh: bool = False) -> "RunDir":
+        base = Path(out or recipe.output_dir or f"runs/{recipe.name}")
+        resolved = recipe.model_dump(mode="json")
+        path = base
+        if fresh:
+            n = 2
+            while path.exists() and any(path.iterdir()):
+                path = base.with_name(f"{base.name}-{n}")
+                n += 1
+        elif path.exists() and any(path.iterdir()):
+            saved_file = path / RECIPE_FILE
+            if not saved_file.is_file():
+                raise LayerpruneError(f"{path} exists and is not a layerprune run directory; choose another --out")
+            saved = yaml.safe_load(saved_file.read_text(encoding="utf-8"))
+            diff = _first_difference(saved, resolved)
+            if diff:
+                raise LayerpruneError(
+                    f"{path} holds a run of a different recipe ({diff}); rerun with --fresh for a new "
+                    "run directory, or --out DIR")
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path, recipe)
+        if not (path / RECIPE_FILE).is_file():
+            write_text(path / RECIPE_FILE, yaml.safe_dump(resolved, sort_keys=False))
+        return run
+
+    # -- state --------------------------------------------------------------------------------
+    def done(self) -> list[str]:
+        f = self.path / STATE_FILE
+        return json.loads(f.read_text(encoding="utf-8"))["done"] if f.is_file() else []
+
+    def is_done(self, stage: str) -> bool:
+        return stage in self.done()
+
+    def mark_done(self, stage: str) -> None:
+        done = self.done()
+        if stage not in done:
+            write_json(self.path / STATE_FILE, {"done": done + [stage]})
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.path / name).read_text(encoding="utf-8"))
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        write_json(self.path / name, obj)
+        return self.path / name

@@ -1,0 +1,154 @@
+"""The recipe schema: every key, its type, default and meaning (``docs/recipes.md`` is checked
+against it).
+
+Structure and types are checked by pydantic (``extra="forbid"``: a misspelt key is an error);
+names and parameters that depend on registries (model, dataset, criterion, rule) are checked
+afterwards by :func:`layerprune.recipe.load.semantic_errors`, so that every error is reported at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelSection(Section):
+    """Which network to prune."""
+
+    name: str = Field(description="timm model name, e.g. cifar_resnet56 or resnet50")
+    kwargs: dict[str, Any] = Field(default_factory=dict,
+                                   description="keyword arguments for timm.create_model (num_classes and in_chans default to the data set's)")
+    checkpoint: Optional[str] = Field(None, description="weights to start from; without it, the pretrain stage trains the model first")
+
+
+class CalibrationSection(Section):
+    """The samples criteria score blocks on."""
+
+    split: Literal["val", "test", "train"] = Field("val", description="val: held out of train (default); test replicates the paper")
+    samples: int = Field(500, gt=0, description="samples per calibration batch")
+    batches: int = Field(5, gt=0, description="calibration batches (mean and std over them)")
+
+
+class DataSection(Section):
+    """The data set and how it is loaded."""
+
+    dataset: str = Field(description="data set name: cifar10, cifar100, imagefolder, digits, mnist5k, synthetic")
+    root: Optional[str] = Field(None, description="where the files are (data sets that read files)")
+    download: bool = Field(False, description="fetch the files when missing (needs network)")
+    options: dict[str, Any] = Field(default_factory=dict, description="other options of the data set builder (see: layerprune datasets NAME)")
+    batch_size: int = Field(128, gt=0, description="training batch size")
+    eval_batch_size: int = Field(256, gt=0, description="evaluation batch size")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main process)")
+    calibration: CalibrationSection = Field(default_factory=CalibrationSection, description="calibration samples")
+
+
+class TrainSection(Section):
+    """An SGD/AdamW schedule (pretraining)."""
+
+    epochs: int = Field(ge=0, description="epochs (0 skips the stage)")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (with momentum) or adamw")
+    lr: float = Field(0.1, gt=0, description="peak learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(True, description="Nesterov momentum (SGD)")
+    weight_decay: float = Field(5e-4, ge=0, description="weight decay")
+    schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="learning-rate schedule, stepped per epoch")
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75],
+                                    description="step schedule: fractions of the epochs where lr is multiplied by gamma")
+    gamma: float = Field(0.1, gt=0, le=1, description="step schedule: lr factor at each milestone")
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up epochs before the schedule")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy")
+
+    @model_validator(mode="after")
+    def _milestones_and_warmup(self) -> "TrainSection":
+        if any(not 0 < m < 1 for m in self.milestones):
+            raise ValueError(f"milestones: each must be a fraction in (0, 1), got {self.milestones}")
+        if self.epochs > 0 and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs: must be < epochs ({self.epochs}), got {self.warmup_epochs}")
+        return self
+
+
+class DistillSection(Section):
+    """Knowledge distillation from the unpruned model (Hinton et al., 2015)."""
+
+    enabled: bool = Field(False, description="distil from the unpruned model while finetuning")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term")
+    temperature: float = Field(4.0, gt=0, description="softmax temperature")
+
+
+class FinetuneSection(TrainSection):
+    """Finetuning after pruning (a TrainSection, plus distillation)."""
+
+    epochs: int = Field(10, ge=0, description="epochs (0 skips the stage)")
+    lr: float = Field(0.01, gt=0, description="peak learning rate")
+    distill: DistillSection = Field(default_factory=DistillSection, description="knowledge distillation")
+
+
+class CriterionSection(Section):
+    """How blocks are scored (see: layerprune criteria)."""
+
+    name: str = Field("modularity", description="criterion name, built-in or from a plugin")
+    params: dict[str, Any] = Field(default_factory=dict, description="the criterion's parameters, checked against its signature")
+
+
+class SelectSection(Section):
+    """How scores become the blocks to remove."""
+
+    rule: Optional[str] = Field(None, description="threshold, count or budget (default: the criterion's own rule)")
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="the rule's parameters: threshold; k or fraction; params or macs (fractions)")
+    protect: list[str] = Field(default_factory=list, description="blocks never removed")
+    collapse: bool = Field(False, description="allow collapsing downsampling blocks to their shortcut")
+
+
+class PruneSection(Section):
+    """Surgery: one shot or in steps."""
+
+    steps: int = Field(1, gt=0, description="1: one shot; N: score, remove a share and finetune, N times")
+    epochs_between: int = Field(1, ge=0, description="finetune epochs after each step but the last (steps > 1)")
+    repair: bool = Field(True, description="re-estimate BatchNorm statistics right after surgery")
+    repair_batches: int = Field(20, gt=0, description="training batches used for the repair")
+
+
+class EvalSection(Section):
+    """The final measurements."""
+
+    split: Literal["test", "val"] = Field("test", description="split the accuracies are reported on")
+    latency: bool = Field(True, description="measure CPU/GPU latency of base and pruned models")
+    latency_batch_size: int = Field(1, gt=0, description="batch size for the latency measurement")
+
+
+class ExportSection(Section):
+    """What is written at the end."""
+
+    enabled: bool = Field(True, description="save the pruned model (spec.json + weights.pth) in the run directory")
+
+
+class Recipe(Section):
+    """A prune-then-finetune run."""
+
+    name: Optional[str] = Field(None, description="run name (default: the recipe file's name)")
+    seed: int = Field(0, description="seed for weights, data order and calibration samples")
+    output_dir: Optional[str] = Field(None, description="run directory (default: runs/NAME)")
+    plugins: list[str] = Field(default_factory=list, description="criterion plugins: .py files, modules or module:attr")
+    model: ModelSection = Field(description="the network")
+    data: DataSection = Field(description="the data set")
+    pretrain: Optional[TrainSection] = Field(None, description="train from scratch first (used only when model.checkpoint is not given)")
+    criterion: CriterionSection = Field(default_factory=CriterionSection, description="block scoring")
+    select: SelectSection = Field(default_factory=SelectSection, description="block selection")
+    prune: PruneSection = Field(default_factory=PruneSection, description="surgery")
+    finetune: FinetuneSection = Field(default_factory=FinetuneSection, description="finetuning")
+    eval: EvalSection = Field(default_factory=EvalSection, description="measurements")
+    export: ExportSection = Field(default_factory=ExportSection, description="outputs")
+
+    @model_validator(mode="after")
+    def _needs_weights(self) -> "Recipe":
+        pretrained = bool(self.model.kwargs.get("pretrained"))
+        if self.model.checkpoint is None and self.pretrain is None and not pretrained:
+            raise ValueError("pretrain: required when model.checkpoint is not given "
+                             "(set model.checkpoint, or a pretrain section to train the model first)")
+        return self

@@ -1,0 +1,56 @@
+"""The end of a run: a summary table (base vs pruned) for the terminal and ``report.md``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from layerprune.io import write_text
+from layerprune.recipe.rundir import RunDir
+
+
+def _rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
+    base, pruned = metrics["base"], metrics["pruned"]
+    steps = metrics.get("prune_steps") or []
+    last = steps[-1] if steps else {}
+    pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
+    rows = [
+        (f"accuracy ({metrics['split']})", pct(base["accuracy"]), pct(pruned["accuracy"]) + " after finetune"),
+    ]
+    if "after_surgery" in last:
+        rows.append(("  right after surgery", "", pct(last["after_surgery"]["accuracy"])))
+    if "after_repair" in last:
+        rows.append(("  after BatchNorm repair", "", pct(last["after_repair"]["accuracy"])))
+    rows += [
+        ("loss", f"{base['loss']:.4f}", f"{pruned['loss']:.4f}"),
+        ("params", f"{base['params']:,}", f"{pruned['params']:,} (−{pct(metrics['params_reduction'])})"),
+        ("MACs", f"{base['macs'] / 1e6:,.1f}M", f"{pruned['macs'] / 1e6:,.1f}M (−{pct(metrics['macs_reduction'])})"),
+    ]
+    if "latency" in base:
+        lb, lp = base["latency"], pruned["latency"]
+        rows.append((f"latency (batch {lb['batch_size']}, {lb['device']})", f"{lb['median_ms']:.2f} ms",
+                     f"{lp['median_ms']:.2f} ms ({metrics['speedup']:.2f}× faster)"))
+    rows.append(("blocks removed", "", f"{len(metrics['removed'])}: {' '.join(metrics['removed'])}"))
+    return rows
+
+
+def summary_table(metrics: dict[str, Any], title: str = "summary") -> Table:
+    table = Table(title=title)
+    for col in ("", "base", "pruned"):
+        table.add_column(col, overflow="fold")
+    for row in _rows(metrics):
+        table.add_row(*row)
+    return table
+
+
+def write_report(run: RunDir, metrics: dict[str, Any]) -> None:
+    recipe = run.recipe
+    lines = [f"# {recipe.name}: {recipe.model.name} on {recipe.data.dataset}", "",
+             f"Criterion `{recipe.criterion.name}`, finetune {recipe.finetune.epochs} epochs"
+             + (" with distillation" if recipe.finetune.distill.enabled else "") + ".", "",
+             "| | base | pruned |", "|---|---|---|"]
+    lines += [f"| {a.strip()} | {b} | {c} |" for a, b, c in _rows(metrics)]
+    lines += ["", "Files: `recipe.yaml` (resolved recipe), `scores.json`, `plan.json`, `prune.json`,",
+              "`metrics.json`, `model/` (spec.json + weights.pth: `layerprune.load_pruned`).", ""]
+    write_text(run.file("report.md"), "\n".join(lines))

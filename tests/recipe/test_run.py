@@ -1,0 +1,144 @@
+"""The quickstart recipe end to end (with small overrides), resume, and run-directory rules."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from layerprune.cli import app
+from layerprune.errors import LayerpruneError
+from layerprune.recipe import load_recipe, run_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = ROOT / "recipes/quickstart.yaml"
+SMALL = ["pretrain.epochs=2", "finetune.epochs=1", "data.calibration.samples=64",
+         "data.calibration.batches=2", "prune.repair_batches=4", "eval.latency=false"]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "quickstart"
+    result = runner.invoke(app, ["run", str(QUICKSTART), "--out", str(out), *sum((["--set", s] for s in SMALL), [])])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_quickstart_writes_every_output(finished_run):
+    out, _ = finished_run
+    for name in ("recipe.yaml", "scores.json", "modularity_curve.png", "plan.json", "prune.json",
+                 "metrics.json", "report.md", "model/spec.json", "model/weights.pth", "state.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "state.json").read_text())["done"] == [
+        "pretrain", "score", "select", "prune", "finetune", "eval", "export"]
+    assert not list(out.glob("**/*.tmp")) and not list(out.glob(".*"))  # nothing half-written
+
+
+def test_quickstart_metrics_follow_the_plan(finished_run):
+    out, output = finished_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    plan = json.loads((out / "plan.json").read_text())
+    assert metrics["removed"] == plan["removed"] and plan["removed"]
+    assert plan["rule"] == {"rule": "budget", "macs": 0.4}
+    assert metrics["macs_reduction"] >= 0.4 - 0.02  # the plan's estimate, measured on the pruned model
+    assert metrics["pruned"]["params"] < metrics["base"]["params"]
+    step = metrics["prune_steps"][0]
+    assert {"after_surgery", "after_repair"} <= set(step)
+    assert "after BatchNorm repair" in output and "blocks removed" in output
+
+
+def test_exported_model_loads_and_matches_the_metrics(finished_run):
+    import layerprune
+    from layerprune.data import make_loader
+    from layerprune.train import evaluate
+
+    out, _ = finished_run
+    model = layerprune.load_pruned(out / "model")
+    metrics = json.loads((out / "metrics.json").read_text())
+    test = layerprune.build_dataset("digits").test
+    assert evaluate(model, make_loader(test, 256)).accuracy == pytest.approx(metrics["pruned"]["accuracy"])
+
+
+def test_rerunning_a_finished_run_resumes_and_changes_nothing(finished_run):
+    out, _ = finished_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    result = runner.invoke(app, ["run", str(QUICKSTART), "--out", str(out), *sum((["--set", s] for s in SMALL), [])])
+    assert result.exit_code == 0, result.output
+    assert "done earlier" in result.output
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    changed = [p.name for p in before if after.get(p) != before[p] and p.name != "report.md"]
+    assert changed == []
+
+
+def test_a_different_recipe_never_overwrites_a_run(finished_run):
+    out, _ = finished_run
+    result = runner.invoke(app, ["run", str(QUICKSTART), "--out", str(out), "--set", "finetune.epochs=3"])
+    assert result.exit_code == 2
+    assert "holds a run of a different recipe" in result.output and "--fresh" in result.output
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_finetune_resumes_from_its_last_epoch(tmp_path):
+    recipe = load_recipe(QUICKSTART, [*SMALL, "finetune.epochs=2", "pretrain.epochs=1"])
+    out = tmp_path / "run"
+    lines: list[str] = []
+
+    def stop_after_first_finetune_epoch(msg: str) -> None:
+        lines.append(msg)
+        if msg.startswith("finetune epoch 1/2"):
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_recipe(recipe, out=str(out), log=stop_after_first_finetune_epoch)
+    state = json.loads((out / "state.json").read_text())["done"]
+    assert state == ["pretrain", "score", "select", "prune"]
+    assert (out / "finetune.ckpt").is_file() and not (out / "metrics.json").exists()
+    scores_before = (out / "scores.json").read_bytes()
+
+    resumed: list[str] = []
+    result = run_recipe(recipe, out=str(out), log=resumed.append)
+    assert any("prune (done earlier)" in line for line in resumed)
+    assert not any(line.startswith("finetune epoch 1/2") for line in resumed)  # not trained again
+    assert any(line.startswith("finetune epoch 2/2") for line in resumed)
+    history = json.loads((out / "finetune.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert (out / "scores.json").read_bytes() == scores_before  # no lost or rewritten outputs
+    assert result.metrics["removed"]
+
+
+def test_fresh_starts_over_beside_the_old_run(tmp_path):
+    recipe = load_recipe(QUICKSTART, [*SMALL, "pretrain.epochs=0", "finetune.epochs=0"])
+    first = run_recipe(recipe, out=str(tmp_path / "q"), log=lambda m: None)
+    second = run_recipe(recipe, out=str(tmp_path / "q"), fresh=True, log=lambda m: None)
+    assert first.run_dir.path == tmp_path / "q" and second.run_dir.path == tmp_path / "q-2"
+    assert (tmp_path / "q" / "metrics.json").is_file() and (tmp_path / "q-2" / "metrics.json").is_file()
+
+
+def test_paper_recipe_without_cifar_exits_2_in_seconds_naming_the_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    start = time.perf_counter()
+    result = runner.invoke(app, ["run", str(ROOT / "recipes/resnet56_cifar.yaml")])
+    assert result.exit_code == 2
+    assert time.perf_counter() - start < 30
+    assert f"{tmp_path / 'data' / 'cifar-10-batches-py'}" in result.output and "download: true" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()  # a run that cannot start leaves nothing behind
+
+
+def test_a_budget_no_plan_can_meet_exits_2_before_training(tmp_path):
+    result = runner.invoke(app, ["run", str(QUICKSTART), "--out", str(tmp_path / "r"),
+                                 "--set", "select.params.macs=0.95"])
+    assert result.exit_code == 2
+    assert "select.params.macs: 0.95 is out of reach" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_protected_block_is_refused(tmp_path):
+    recipe = load_recipe(QUICKSTART, ["select.protect=[layer9.9]"])
+    with pytest.raises(LayerpruneError, match="select.protect: unknown block 'layer9.9'"):
+        run_recipe(recipe, out=str(tmp_path / "r"), log=lambda m: None)
