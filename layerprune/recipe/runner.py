@@ -89,8 +89,8 @@ class Runner:
         return make_loader(self.build_data().split(split or self.recipe.eval.split), d.eval_batch_size,
                            workers=d.workers)
 
-    def evaluate(self, model: nn.Module) -> EvalResult:
-        return evaluate(model, self.eval_batches())
+    def evaluate(self, model: nn.Module, description: str = "eval") -> EvalResult:
+        return evaluate(model, self.eval_batches(), progress=self.progress, description=description)
 
     def settings(self, section: TrainSection, epochs: int | None = None, distill: bool = False) -> TrainSettings:
         name = "finetune" if section is self.recipe.finetune else "pretrain"

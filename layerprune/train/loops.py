@@ -28,12 +28,17 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches) -> EvalResult:
+def evaluate(model: nn.Module, batches: Batches, *, progress: bool = False, description: str = "eval") -> EvalResult:
     """Mean cross-entropy and top-1 accuracy in eval mode (the model's mode is restored)."""
     was_training = model.training
     model.eval()
     device = _device(model)
     loss_sum, correct, seen = 0.0, 0, 0
+    if progress:
+        from rich.progress import track
+
+        total = len(batches) if hasattr(batches, "__len__") else None
+        batches = track(batches, description=description, total=total, transient=True)
     try:
         for x, y in batches:
             x, y = x.to(device), y.to(device)

@@ -142,3 +142,21 @@ def test_unknown_protected_block_is_refused(tmp_path):
     recipe = load_recipe(QUICKSTART, ["select.protect=[layer9.9]"])
     with pytest.raises(LayerpruneError, match="select.protect: unknown block 'layer9.9'"):
         run_recipe(recipe, out=str(tmp_path / "r"), log=lambda m: None)
+
+
+def test_iterative_pruning_with_distillation_and_a_plugin_criterion(tmp_path):
+    plugin = ROOT / "plugins/single_file/entropy_gain.py"
+    recipe = load_recipe(QUICKSTART, [*SMALL, "pretrain.epochs=1", "prune.steps=2", "prune.epochs_between=1",
+                                      "finetune.distill.enabled=true", f"plugins=[{plugin}]",
+                                      "criterion.name=entropy_gain", "criterion.params={k: 5}"])
+    result = run_recipe(recipe, out=str(tmp_path / "it"), log=lambda m: None)
+    out = result.run_dir.path
+    steps = json.loads((out / "prune.json").read_text())["steps"]
+    assert [s["step"] for s in steps] == [1, 2]
+    planned = json.loads((out / "plan.json").read_text())["removed"]
+    assert sum(len(s["removed"]) for s in steps) == len(planned)  # the plan's count, in two steps
+    assert len(steps[0]["removed"]) >= 1 and len(steps[1]["removed"]) >= 1
+    assert "finetune" in steps[0] and "finetune" not in steps[1]
+    assert (out / "step1_scores.json").is_file() and (out / "step2_scores.json").is_file()
+    assert json.loads((out / "step2_scores.json").read_text())["criterion"] == "entropy_gain"
+    assert sorted(result.metrics["removed"]) == sorted(steps[0]["removed"] + steps[1]["removed"])
