@@ -84,6 +84,10 @@ def problems_of(tmp_path, recipe, overrides=()):
 ])
 def test_each_problem_names_its_key_path(tmp_path, overrides, expected):
     assert any(p.startswith(expected) for p in problems_of(tmp_path, MINIMAL, overrides)), expected
+    result = runner.invoke(app, ["run", str(write(tmp_path, MINIMAL)), "--out", str(tmp_path / "run"),
+                                 *[a for o in overrides for a in ("--set", o)]])
+    assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_every_problem_is_reported_at_once(tmp_path):
