@@ -349,6 +349,29 @@ def run_cmd(
     console.print(f"outputs in {result.run_dir.path}/ (report.md, metrics.json, model/)")
 
 
+@app.command("bench")
+@user_errors
+def bench_cmd(
+    recipe: str = typer.Argument(..., metavar="RECIPE", help="Recipe YAML file with a bench: section."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY.PATH=VALUE", help=SET_HELP),
+    out: Optional[str] = typer.Option(None, "--out", help="Bench directory (default: the recipe's output_dir, or runs/NAME)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start over in a new directory instead of resuming."),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+) -> None:
+    """Compare criteria (and width pruning) on one base model: every criterion × budget × seed."""
+    from layerprune.bench import run_bench
+    from layerprune.bench.report import summary, table
+    from layerprune.recipe import load_recipe
+
+    with _plugin_warnings():
+        resolved = load_recipe(recipe, set_, strict_plugins=strict)
+    log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
+    result = run_bench(resolved, out=out, fresh=fresh, progress=sys.stderr.isatty(), log=log)
+    console.print(table(summary(result.trials), result.correlations, result.costs,
+                        result.run_dir.read_json("base.json")))
+    console.print(f"outputs in {result.run_dir.path}/ (report.md, trials.csv, trials.json, accuracy_vs_macs.png)")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

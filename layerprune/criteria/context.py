@@ -191,7 +191,9 @@ class ScoringContext:
             if isinstance(self.data, DatasetBundle):
                 train = self.data.train
                 idx = draw_batches(len(train), self.repair_batch_size, self.repair_batch_count, self.seed + 1)
-                self._repair = [load_samples(train, i) for i in idx]
+                with torch.random.fork_rng(devices=[]):  # augmentation draws: the same every time
+                    torch.manual_seed(self.seed + 1)
+                    self._repair = [load_samples(train, i) for i in idx]
             else:
                 self._repair = self.micro_batches()
         return self._repair

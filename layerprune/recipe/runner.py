@@ -118,10 +118,12 @@ class Runner:
 
     def repair(self, model: nn.Module) -> nn.Module:
         batches = []
-        for i, batch in enumerate(self.train_loader()):
-            if i >= self.recipe.prune.repair_batches:
-                break
-            batches.append(batch)
+        with torch.random.fork_rng(devices=[]):  # the same (augmented) batches every time
+            torch.manual_seed(self.recipe.seed)
+            for i, batch in enumerate(self.train_loader()):
+                if i >= self.recipe.prune.repair_batches:
+                    break
+                batches.append(batch)
         return repair_batchnorm(model, batches)
 
     # -- preflight ----------------------------------------------------------------------------

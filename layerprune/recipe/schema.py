@@ -128,6 +128,36 @@ class ExportSection(Section):
     enabled: bool = Field(True, description="save the pruned model (spec.json + weights.pth) in the run directory")
 
 
+ALL_CRITERIA = ["modularity", "random", "tail", "magnitude", "block_influence", "cka", "linear_probe",
+                "ablation", "taylor", "sr_init"]
+
+
+class BenchSection(Section):
+    """Criteria compared side by side on one base model (``layerprune bench``)."""
+
+    criteria: list[str] = Field(default_factory=lambda: list(ALL_CRITERIA), min_length=1,
+                                description="criteria to compare (built-in or plugins)")
+    budgets: list[dict[str, float]] = Field(default_factory=lambda: [{"macs": 0.5}], min_length=1,
+                                            description="each one of {macs: f}, {params: f} (reduction fractions) or {k: n} (blocks removed)")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1,
+                             description="seeds: calibration draw, random criterion, finetuning order")
+    width: bool = Field(True, description="add Torch-Pruning channel pruning at the same MACs (macs/params budgets)")
+    oracle: str = Field("ablation", description="criterion whose scores the others are rank-correlated with")
+    finetune_epochs: Optional[int] = Field(None, ge=0, description="finetune epochs per trial (default: finetune.epochs)")
+
+    @model_validator(mode="after")
+    def _budgets(self) -> "BenchSection":
+        for i, budget in enumerate(self.budgets):
+            if len(budget) != 1 or next(iter(budget)) not in ("macs", "params", "k"):
+                raise ValueError(f"budgets: entry {i} must be one of {{macs: f}}, {{params: f}} or {{k: n}}, got {budget}")
+            key, value = next(iter(budget.items()))
+            if key == "k" and (value != int(value) or value < 1):
+                raise ValueError(f"budgets: entry {i}: k must be a whole number ≥ 1, got {value}")
+            if key != "k" and not 0 < value < 1:
+                raise ValueError(f"budgets: entry {i}: {key} must be a fraction in (0, 1), got {value}")
+        return self
+
+
 class Recipe(Section):
     """A prune-then-finetune run."""
 
@@ -144,6 +174,7 @@ class Recipe(Section):
     finetune: FinetuneSection = Field(default_factory=FinetuneSection, description="finetuning")
     eval: EvalSection = Field(default_factory=EvalSection, description="measurements")
     export: ExportSection = Field(default_factory=ExportSection, description="outputs")
+    bench: Optional[BenchSection] = Field(None, description="criteria comparison (used by layerprune bench)")
 
     @model_validator(mode="after")
     def _needs_weights(self) -> "Recipe":

@@ -117,3 +117,13 @@ def test_probe_statistics_alone_group_by_probe_and_read_each_probe_once(trained_
     stats, _ = ctx.feature_stats(probe={"n": lambda f, y: len(f)})
     assert sorted(reads) == sorted(p.name for p in ctx.probes)
     assert all(v == [64] for v in stats["n"].values())
+
+
+def test_repair_data_does_not_depend_on_the_global_random_state(trained_resnet20, digits):
+    def draw():
+        return ScoringContext(trained_resnet20, digits, samples=16, batches=1, repair_batches=1).repair_data()[0][0]
+
+    torch.manual_seed(1)
+    a = draw()
+    torch.manual_seed(2)
+    assert torch.equal(a, draw())  # augmented training images, seeded by the context's seed

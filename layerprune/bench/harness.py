@@ -1,0 +1,200 @@
+"""``layerprune bench``: every criterion × budget × seed on one base model, measured the same way.
+
+For each seed, each criterion scores the base model's blocks once (timed, forward passes
+counted). For each trial (criterion × budget × seed): select → remove → BatchNorm repair →
+accuracy before finetune → finetune (the same epochs for everyone) → accuracy after. A
+width-pruning row (Torch-Pruning channel pruning at the same MACs) goes through the same repair
+and finetune. Every score set and trial is its own JSON file, written atomically: an interrupted
+bench continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from layerprune.criteria.catalog import get_criterion
+from layerprune.criteria.context import ScoringContext
+from layerprune.criteria.selection import select_blocks
+from layerprune.errors import LayerpruneError
+from layerprune.recipe.rundir import RunDir
+from layerprune.recipe.runner import Runner
+from layerprune.recipe.schema import Recipe
+from layerprune.surgery import find_blocks, measure_latency, model_cost
+from layerprune.surgery.remove import apply_edits, plan_edits
+from layerprune.train import train
+
+Log = Callable[[str], None]
+WIDTH = "width (Torch-Pruning L1 channels)"
+
+
+def budget_name(budget: dict[str, float]) -> str:
+    key, value = next(iter(budget.items()))
+    return f"k{int(value)}" if key == "k" else f"{key}{value:g}"
+
+
+def budget_rule(budget: dict[str, float]) -> dict[str, Any]:
+    key, value = next(iter(budget.items()))
+    return {"rule": "count", "k": int(value)} if key == "k" else {"rule": "budget", key: value}
+
+
+class _ForwardCounter:
+    """Counts samples pushed through the model or any copy of it (``ablation`` and ``sr_init``
+    evaluate changed copies): a global hook that counts calls of the model's own class."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.samples = 0
+        self.cls = type(model)
+        self.handle = nn.modules.module.register_module_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args) -> None:
+        if type(module) is self.cls and args and isinstance(args[0], torch.Tensor):
+            self.samples += len(args[0])
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+@dataclass
+class BenchResult:
+    run_dir: RunDir
+    trials: list[dict[str, Any]]
+    correlations: list[dict[str, Any]]
+    costs: list[dict[str, Any]]
+
+
+class Bench:
+    def __init__(self, recipe: Recipe, run: RunDir, runner: Runner, *, progress: bool, log: Log) -> None:
+        if recipe.bench is None:
+            raise LayerpruneError("bench: the recipe has no bench section")
+        self.recipe, self.run, self.runner, self.progress, self.log = recipe, run, runner, progress, log
+        self.cfg = recipe.bench
+        (run.path / "scores").mkdir(exist_ok=True)
+        (run.path / "trials").mkdir(exist_ok=True)
+
+    # -- scores -------------------------------------------------------------------------------
+    def scores(self, criterion: str, seed: int) -> dict[str, Any]:
+        name = f"scores/{criterion}_s{seed}.json"
+        if self.run.file(name).is_file():
+            return self.run.read_json(name)
+        base = self.runner.base_model()
+        params = {"seed": seed} if criterion in ("random", "sr_init") else {}
+        built = get_criterion(criterion, **params)
+        cal = self.recipe.data.calibration
+        counter = _ForwardCounter(base)
+        start = time.perf_counter()
+        try:
+            ctx = ScoringContext(base, self.runner.build_data(), samples=cal.samples, batches=cal.batches,
+                                 split=cal.split, seed=seed, progress=self.progress)
+            result = built(ctx)
+        finally:
+            counter.close()
+        seconds = time.perf_counter() - start
+        record = {"criterion": criterion, "seed": seed, "scores": result.scores, "seconds": seconds,
+                  "forward_passes": counter.samples / (ctx.samples * ctx.num_batches),
+                  "diagnostics": result.to_dict()["diagnostics"]}
+        self.run.write_json(name, record)
+        return record
+
+    # -- trials -------------------------------------------------------------------------------
+    def _finish(self, model: nn.Module, seed: int, record: dict[str, Any]) -> dict[str, Any]:
+        """Repair, evaluate, finetune, evaluate and measure ``model`` (a pruned copy)."""
+        runner, x = self.runner, self.runner.example_input()
+        if self.recipe.prune.repair:
+            runner.repair(model)
+        record["before_finetune"] = runner.evaluate(model).accuracy
+        epochs = self.cfg.finetune_epochs if self.cfg.finetune_epochs is not None else self.recipe.finetune.epochs
+        settings = runner.settings(self.recipe.finetune, epochs=epochs)
+        train(model, runner.train_loader(), settings, seed=seed, progress=self.progress)
+        after = runner.evaluate(model)
+        base_cost, cost = self.base_cost, model_cost(model, x)
+        record.update(after_finetune=after.accuracy, loss=after.loss, params=cost.params, macs=cost.macs,
+                      params_reduction=1 - cost.params / base_cost.params,
+                      macs_reduction=1 - cost.macs / base_cost.macs,
+                      latency_ms=measure_latency(model, tuple(x.shape[1:]), repeats=10).median_ms)
+        return record
+
+    def depth_trial(self, criterion: str, budget: dict[str, float], seed: int) -> dict[str, Any]:
+        scores = self.scores(criterion, seed)["scores"]
+        base = self.runner.base_model()
+        blocks = self.blocks
+        rule = budget_rule(budget)
+        removed = select_blocks(scores, blocks, protect=self.recipe.select.protect,
+                                collapse=self.recipe.select.collapse, **rule)
+        pruned = apply_edits(copy.deepcopy(base), plan_edits(blocks, removed, collapse=self.recipe.select.collapse))
+        return self._finish(pruned, seed, {"criterion": criterion, "budget": budget_name(budget), "seed": seed,
+                                           "removed": removed})
+
+    def width_trial(self, budget: dict[str, float], seed: int) -> dict[str, Any]:
+        from layerprune.bench.width import prune_width
+
+        key, value = next(iter(budget.items()))
+        pruned, ratio = prune_width(self.runner.base_model(), self.runner.example_input(), **{key: value})
+        return self._finish(pruned, seed, {"criterion": WIDTH, "budget": budget_name(budget), "seed": seed,
+                                           "removed": [], "channel_ratio": ratio})
+
+    def plan(self) -> list[tuple[str, dict[str, float], int]]:
+        trials = [(c, b, s) for s in self.cfg.seeds for b in self.cfg.budgets for c in self.cfg.criteria]
+        if self.cfg.width:
+            trials += [(WIDTH, b, s) for s in self.cfg.seeds for b in self.cfg.budgets if "k" not in b]
+        return trials
+
+    def __call__(self) -> BenchResult:
+        runner = self.runner
+        if not self.run.is_done("pretrain"):
+            self.log("[bold]▶ pretrain[/]")
+            runner.stage_pretrain()
+            self.run.mark_done("pretrain")
+        base = runner.base_model()
+        x = runner.example_input()
+        self.blocks = find_blocks(base, x)
+        self.base_cost = model_cost(base, x)
+        if not self.run.file("base.json").is_file():
+            ev = runner.evaluate(base)
+            self.run.write_json("base.json", {"accuracy": ev.accuracy, "loss": ev.loss,
+                                              **self.base_cost.to_dict(),
+                                              "latency_ms": measure_latency(base, tuple(x.shape[1:]), repeats=10).median_ms})
+        self.log(f"base model: accuracy {self.run.read_json('base.json')['accuracy']:.4f} on {self.recipe.eval.split}")
+        trials = []
+        plan = self.plan()
+        for i, (criterion, budget, seed) in enumerate(plan, 1):
+            name = f"trials/{criterion.split(' ')[0]}__{budget_name(budget)}__s{seed}.json"
+            if self.run.file(name).is_file():
+                trials.append(self.run.read_json(name))
+                continue
+            record = (self.width_trial(budget, seed) if criterion == WIDTH
+                      else self.depth_trial(criterion, budget, seed))
+            self.run.write_json(name, record)
+            trials.append(record)
+            self.log(f"[{i}/{len(plan)}] {criterion} {budget_name(budget)} seed {seed}: "
+                     f"before finetune {record['before_finetune']:.4f}, after {record['after_finetune']:.4f}, "
+                     f"MACs −{100 * record['macs_reduction']:.1f}%")
+        from layerprune.bench.report import correlations, costs, write_outputs
+
+        corr = correlations(self)
+        cost = costs(self)
+        write_outputs(self, trials, corr, cost)
+        return BenchResult(self.run, trials, corr, cost)
+
+
+def run_bench(recipe: Recipe, *, out: str | None = None, fresh: bool = False, progress: bool = False,
+              log: Log = print) -> BenchResult:
+    """Run (or resume) the bench of ``recipe`` in ``out`` (default ``runs/NAME``)."""
+    if recipe.bench is None:
+        raise LayerpruneError("bench: the recipe has no bench section (see docs/results.md)")
+    for name in recipe.bench.criteria + [recipe.bench.oracle]:
+        get_criterion(name)  # unknown names fail before any training
+    runner = Runner(recipe, progress=progress, log=log)
+    runner.preflight()
+    run = RunDir.open(recipe, out, fresh=fresh)
+    runner.run = run
+    log(f"bench directory: {run.path}")
+    return Bench(recipe, run, runner, progress=progress, log=log)()
+
+
+__all__ = ["Bench", "BenchResult", "WIDTH", "budget_name", "run_bench"]
