@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from layerprune.errors import LayerpruneError
+from layerprune.train import distributed
 from layerprune.train.distill import distillation_loss
 from layerprune.train.loops import Batches, evaluate
 from layerprune.train.resume import load_training_checkpoint, save_training_checkpoint
@@ -76,6 +77,9 @@ def train(
     if not params:
         raise LayerpruneError(f"{description}: the model has no parameters with requires_grad=True")
     optimizer = _make_optimizer(params, settings)
+    # Under torchrun, gradients are averaged across ranks by DDP; the model is wrapped here, after
+    # any surgery, because DDP fixes the parameter set it synchronises when it is built.
+    net = _ddp(model) if distributed.active() else model
     history: list[dict] = []
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         history = load_training_checkpoint(checkpoint_path, model, optimizer, settings, seed)
@@ -84,23 +88,32 @@ def train(
     try:
         if teacher is not None:
             teacher.eval()
-        with _Bars(progress, description, settings.epochs, len(history), _length(train_loader)) as bars:
+        with _Bars(progress and distributed.is_main(), description, settings.epochs, len(history), _length(train_loader)) as bars:
             for epoch in range(len(history), settings.epochs):
-                record = _run_epoch(model, train_loader, optimizer, settings, epoch, seed, teacher, bars)
+                record = _run_epoch(net, train_loader, optimizer, settings, epoch, seed, teacher, bars)
+                distributed.broadcast_buffers(model)
                 if val_batches is not None:
                     val = evaluate(model, val_batches)
                     record.val_loss, record.val_accuracy = val.loss, val.accuracy
                 history.append(asdict(record))
-                if checkpoint_path is not None:
+                if checkpoint_path is not None and distributed.is_main():
                     save_training_checkpoint(checkpoint_path, model, optimizer, settings, seed, history)
+                distributed.barrier()
                 bars.epoch_done(record)
-                if log is not None:
+                if log is not None and distributed.is_main():
                     log(record.summary(settings.epochs, description))
     finally:
         model.eval()
         if teacher is not None:
             teacher.train(teacher_was_training)
     return [EpochRecord(**r) for r in history]
+
+
+def _ddp(model: nn.Module) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(model.parameters()).device
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
 def _make_optimizer(params: list[nn.Parameter], s: TrainSettings) -> torch.optim.Optimizer:
@@ -119,6 +132,9 @@ def _run_epoch(model, loader, optimizer, settings, epoch, seed, teacher, bars) -
     generator = getattr(loader, "generator", None)
     if isinstance(generator, torch.Generator):
         generator.manual_seed(seed + epoch)
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):  # DistributedSampler: each rank's share of this epoch
+        sampler.set_epoch(epoch)
     lr = settings.lr_at(epoch)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -141,6 +157,7 @@ def _run_epoch(model, loader, optimizer, settings, epoch, seed, teacher, bars) -
         correct += int((logits.detach().argmax(1) == y).sum())
         seen += len(y)
         bars.batch_done(loss_sum / seen, correct / seen)
+    loss_sum, correct, seen = distributed.sum_across(loss_sum, correct, seen)
     if seen == 0:
         raise LayerpruneError("train_loader: yielded no batches")
     return EpochRecord(epoch, lr, loss_sum / seen, correct / seen, None, None, time.perf_counter() - start)

@@ -1,0 +1,60 @@
+"""Two processes on the gloo backend over loopback: the training loop under torch.distributed."""
+
+import os
+import socket
+
+import torch
+import torch.multiprocessing as mp
+
+from layerprune.train import distributed
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from torch.utils.data.distributed import DistributedSampler
+
+    import layerprune
+    from layerprune.data import make_loader
+    from layerprune.train import TrainSettings, train
+
+    assert distributed.init_from_env()
+    data = layerprune.build_dataset("digits").train.subset(range(256))
+    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=0, drop_last=True)
+    loader = make_loader(data, 32, sampler=sampler)
+    torch.manual_seed(rank)  # different initial weights per rank: DDP must broadcast rank 0's
+    model = layerprune.create_model("cifar_resnet20", num_classes=10, in_chans=1)
+    logs: list[str] = []
+    history = train(model, loader, TrainSettings(epochs=2, lr=0.05), seed=0,
+                    checkpoint_path=os.path.join(out, "ckpt.pt"), log=logs.append)
+    sampler.set_epoch(1)
+    torch.save({"state": model.state_dict(), "logs": logs, "seen": list(sampler),
+                "history": [h.train_loss for h in history]}, os.path.join(out, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_train_in_step_and_write_once(tmp_path):
+    port = _free_port()
+    mp.start_processes(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    for key, value in r0["state"].items():
+        assert torch.equal(value, r1["state"][key]), key  # ranks end with identical weights
+    assert set(r0["seen"]).isdisjoint(r1["seen"]) and len(r0["seen"]) == len(r1["seen"]) == 128
+    assert len(r0["logs"]) == 2 and r1["logs"] == []  # only rank 0 reports
+    assert r0["history"] == r1["history"]  # metrics are reduced across ranks
+    assert (tmp_path / "ckpt.pt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "rank0.pt", "rank1.pt"]
+
+
+def test_single_process_is_not_distributed(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.init_from_env() is False
+    assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
+    assert distributed.sum_across(1.0, 2.0) == [1.0, 2.0]
