@@ -10,7 +10,6 @@ bench continues where it stopped.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -25,8 +24,7 @@ from layerprune.errors import LayerpruneError
 from layerprune.recipe.rundir import RunDir
 from layerprune.recipe.runner import Runner
 from layerprune.recipe.schema import Recipe
-from layerprune.surgery import find_blocks, measure_latency, model_cost
-from layerprune.surgery.remove import apply_edits, plan_edits
+from layerprune.surgery import find_blocks, measure_latency, model_cost, remove_blocks
 from layerprune.train import train
 
 Log = Callable[[str], None]
@@ -126,7 +124,8 @@ class Bench:
         rule = budget_rule(budget)
         removed = select_blocks(scores, blocks, protect=self.recipe.select.protect,
                                 collapse=self.recipe.select.collapse, **rule)
-        pruned = apply_edits(copy.deepcopy(base), plan_edits(blocks, removed, collapse=self.recipe.select.collapse))
+        pruned = remove_blocks(base, removed, self.runner.example_input(), collapse=self.recipe.select.collapse,
+                               blocks=blocks)
         return self._finish(pruned, seed, {"criterion": criterion, "budget": budget_name(budget), "seed": seed,
                                            "removed": removed})
 

@@ -59,6 +59,12 @@ class ModularityCurve:
                 "values": self.values.tolist(),
                 "blocks": {b: list(p) for b, p in self.block_probes.items()}}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModularityCurve":
+        """The curve back from :meth:`to_dict` (as stored in ``scores.json``)."""
+        return cls(list(d["probes"]), np.asarray(d["values"], dtype=np.float64), int(d["k"]), int(d["samples"]),
+                   {b: tuple(p) for b, p in d["blocks"].items()})
+
     def plot(self, path: str | Path, *, threshold: float = 0.03, removed: Sequence[str] = (),
              title: str | None = None) -> Path:
         """Write the curve to a PNG: degradation (ΔQ < 0) and plateau (ΔQ < ``threshold``) shaded,

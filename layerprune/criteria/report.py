@@ -17,7 +17,7 @@ import torch
 from layerprune.criteria.base import CriterionResult
 from layerprune.criteria.catalog import get_criterion
 from layerprune.criteria.context import ScoringContext
-from layerprune.criteria.selection import select_blocks
+from layerprune.criteria.selection import removed_share, select_blocks
 from layerprune.errors import LayerpruneError
 from layerprune.plots import pyplot, save_png
 from layerprune.surgery.blocks import Block
@@ -35,12 +35,11 @@ class ScoreReport:
 
     @property
     def params_share(self) -> float:
-        total = sum(b.params for b in self.blocks) or 1
-        return sum(b.params for b in self.blocks if b.name in self.removed) / total
+        return removed_share(self.blocks, self.removed)[0]
 
     @property
     def macs_share(self) -> float:
-        return sum(b.macs_share for b in self.blocks if b.name in self.removed)
+        return removed_share(self.blocks, self.removed)[1]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,14 +113,12 @@ def score_model(
     others: ``count`` with ``fraction`` 0.5). ``context`` goes to :class:`ScoringContext`.
     """
     from layerprune.data import build_dataset
-    from layerprune.models import create_model
+    from layerprune.models import create_model_for
 
     built = get_criterion(criterion, **(criterion_params or {}))  # bad names fail before any work
     bundle = build_dataset(data, **(data_args or {}))
-    kwargs = {"num_classes": bundle.num_classes, "in_chans": bundle.in_chans, **(model_args or {})}
-    with torch.random.fork_rng(devices=[]):  # without a checkpoint: the same weights every run
-        torch.manual_seed(context.get("seed", 0))
-        model = create_model(model_name, checkpoint=checkpoint, **kwargs).eval()
+    model = create_model_for(model_name, bundle, checkpoint=checkpoint, seed=context.get("seed", 0),
+                             **(model_args or {}))
     model.to(resolve_device(device))
     ctx = ScoringContext(model, bundle, progress=progress, **context)
     result = built(ctx)

@@ -38,6 +38,15 @@ class RuleParameterError(LayerpruneError):
         super().__init__(f"{key}: {message}")
 
 
+def removed_share(blocks: list[Block], names: Iterable[str]) -> tuple[float, float]:
+    """The shares of the model's parameters and MACs that the blocks ``names`` carry (estimates
+    from :func:`find_blocks`; a collapsed block keeps its shortcut, counted here as removed)."""
+    names = set(names)
+    total = sum(b.params for b in blocks) or 1
+    removed = [b for b in blocks if b.name in names]
+    return sum(b.params for b in removed) / total, sum(b.macs_share for b in removed)
+
+
 class _Plan:
     def __init__(self, blocks: list[Block]) -> None:
         self.blocks = blocks
@@ -46,7 +55,6 @@ class _Plan:
             if b.stage:
                 self.stage_size[b.stage] = self.stage_size.get(b.stage, 0) + 1
         self.removed: list[Block] = []
-        self.params_total = sum(b.params for b in blocks) or 1
 
     def try_remove(self, block: Block) -> bool:
         left = self.stage_size[block.stage] - sum(r.stage == block.stage for r in self.removed)
@@ -57,11 +65,11 @@ class _Plan:
 
     @property
     def params_share(self) -> float:
-        return sum(b.params for b in self.removed) / self.params_total
+        return removed_share(self.blocks, (b.name for b in self.removed))[0]
 
     @property
     def macs_share(self) -> float:
-        return sum(b.macs_share for b in self.removed)
+        return removed_share(self.blocks, (b.name for b in self.removed))[1]
 
 
 @RULES.register("threshold")

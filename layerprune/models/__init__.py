@@ -7,6 +7,7 @@ Importing this package registers ``cifar_resnet{20,32,44,56,110}`` and
 from __future__ import annotations
 
 import timm
+import torch
 
 from layerprune.errors import ModelError, UnknownNameError
 from layerprune.models import cifar_resnet, cifar_vgg  # noqa: F401  (registers the models)
@@ -17,7 +18,7 @@ from layerprune.registry import did_you_mean
 
 __all__ = [
     "BasicBlock", "CifarResNet", "CifarVGG", "ConvUnit", "PadShortcut",
-    "create_model", "extract_state_dict", "list_models", "load_checkpoint", "read_checkpoint",
+    "create_model", "create_model_for", "extract_state_dict", "list_models", "load_checkpoint", "read_checkpoint",
 ]
 
 
@@ -34,6 +35,19 @@ def list_models(pattern: str = "cifar_*") -> list[str]:
 
 def _unknown_model_message(name: str) -> str:
     return did_you_mean(name, timm.list_models(), "model", listing="list them with: layerprune models '*'")
+
+
+def create_model_for(name: str, data, *, checkpoint: str | None = None, seed: int = 0, **kwargs):
+    """:func:`create_model` sized to a :class:`~layerprune.data.DatasetBundle` (``num_classes``
+    and ``in_chans`` unless given), in eval mode. Weights not loaded from ``checkpoint`` are drawn
+    from ``seed``, the same every run, without touching the global random state.
+
+    >>> model = create_model_for("cifar_resnet20", build_dataset("digits"), seed=0)  # doctest: +SKIP
+    """
+    kwargs = {"num_classes": data.num_classes, "in_chans": data.in_chans, **kwargs}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_model(name, checkpoint=checkpoint, **kwargs).eval()
 
 
 def create_model(name: str, *, checkpoint: str | None = None, **kwargs):

@@ -179,6 +179,13 @@ def semantic_problems(raw: dict[str, Any]) -> list[str]:
                         where = f"criterion.params.{key}" if sep and key in crit_params else "criterion.params"
                         problems.append(f"{where}: {rest if where.endswith(key) and sep else message}")
 
+    bench = _section(raw, "bench")
+    named = [(f"bench.criteria.{i}", n) for i, n in enumerate(bench.get("criteria") or [])]
+    named += [("bench.oracle", bench["oracle"])] if "oracle" in bench else []
+    for where, name in named:
+        if isinstance(name, str) and name not in CRITERIA:
+            problems.append(f"{where}: {did_you_mean(name, CRITERIA.names(), 'criterion')}")
+
     sel = _section(raw, "select")
     rule, rule_params = sel.get("rule"), _section(sel, "params")
     if isinstance(rule, str):

@@ -9,7 +9,6 @@ A preflight builds the data and the model and checks the plan can be met before 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -20,14 +19,15 @@ import torch.nn as nn
 
 from layerprune.criteria.catalog import get_criterion
 from layerprune.criteria.context import ScoringContext
-from layerprune.criteria.selection import select_blocks
+from layerprune.criteria.selection import removed_share, select_blocks
 from layerprune.data import DatasetBundle, build_dataset, make_loader
 from layerprune.errors import LayerpruneError
 from layerprune.recipe.load import RecipeError
 from layerprune.recipe.rundir import RunDir
 from layerprune.recipe.schema import Recipe, TrainSection
-from layerprune.surgery import PruneSpec, find_blocks, load_pruned, measure_latency, model_cost, save_pruned
-from layerprune.surgery.remove import apply_edits, plan_edits
+from layerprune.surgery import (
+    PruneSpec, find_blocks, load_pruned, measure_latency, model_cost, remove_blocks, save_pruned,
+)
 from layerprune.train import EvalResult, TrainSettings, evaluate, repair_batchnorm, train
 
 STAGES = ("pretrain", "score", "select", "prune", "finetune", "eval", "export")
@@ -67,14 +67,13 @@ class Runner:
         return {"num_classes": data.num_classes, "in_chans": data.in_chans, **self.recipe.model.kwargs}
 
     def new_model(self, checkpoint: str | None = None) -> nn.Module:
-        from layerprune.models import create_model
+        from layerprune.models import create_model_for
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.recipe.seed)
-            try:
-                return create_model(self.recipe.model.name, checkpoint=checkpoint, **self.model_kwargs()).eval()
-            except LayerpruneError as exc:
-                raise LayerpruneError(f"model: {exc}") from None
+        try:
+            return create_model_for(self.recipe.model.name, self.build_data(), checkpoint=checkpoint,
+                                    seed=self.recipe.seed, **self.recipe.model.kwargs)
+        except LayerpruneError as exc:
+            raise LayerpruneError(f"model: {exc}") from None
 
     def example_input(self) -> torch.Tensor:
         return torch.zeros(1, *self.build_data().input_size)
@@ -191,8 +190,7 @@ class Runner:
         return {"rule": sel.rule, **sel.params}
 
     def stage_score(self) -> None:
-        scores, _, _ = self._score(self.base_model())
-        del scores
+        self._score(self.base_model())
 
     def stage_select(self) -> None:
         scores = self.run.read_json("scores.json")["scores"]
@@ -203,11 +201,8 @@ class Runner:
         curve_png = self.run.file("modularity_curve.png")
         if curve_png.exists():  # redraw with the chosen blocks marked
             from layerprune.criteria.curve import ModularityCurve
-            import numpy as np
 
-            d = self.run.read_json("scores.json")["diagnostics"]["curve"]
-            curve = ModularityCurve(d["probes"], np.array(d["values"]), d["k"], d["samples"],
-                                    {b: tuple(p) for b, p in d["blocks"].items()})
+            curve = ModularityCurve.from_dict(self.run.read_json("scores.json")["diagnostics"]["curve"])
             curve.plot(curve_png, threshold=rule.get("threshold", 0.03), removed=removed,
                        title=f"{self.recipe.model.name} on {self.recipe.data.dataset}")
 
@@ -220,13 +215,10 @@ class Runner:
             raise LayerpruneError(f"select: {exc}") from None
 
     def _write_plan(self, blocks, rule, removed, name) -> None:
-        total = sum(b.params for b in blocks) or 1
-        by_name = {b.name: b for b in blocks}
+        params_share, macs_share = removed_share(blocks, removed)
         self.run.write_json(name, {
             "rule": rule, "protect": self.recipe.select.protect, "collapse": self.recipe.select.collapse,
-            "removed": removed,
-            "params_reduction_estimate": sum(by_name[n].params for n in removed) / total,
-            "macs_reduction_estimate": sum(by_name[n].macs_share for n in removed),
+            "removed": removed, "params_reduction_estimate": params_share, "macs_reduction_estimate": macs_share,
         })
 
     def stage_prune(self) -> None:
@@ -243,12 +235,7 @@ class Runner:
         self.run.write_json("prune.json", {"steps": steps, "removed": spec.removed, "collapsed": spec.collapsed})
 
     def _prune_step(self, model: nn.Module, removed: list[str]) -> tuple[nn.Module, dict[str, Any]]:
-        blocks = find_blocks(model, self.example_input())
-        edits = plan_edits(blocks, removed, collapse=self.recipe.select.collapse)
-        pruned = apply_edits(copy.deepcopy(model), edits)
-        from layerprune.surgery.remove import verify
-
-        verify(model.eval(), pruned.eval(), self.example_input(), removed)
+        pruned = remove_blocks(model.eval(), removed, self.example_input(), collapse=self.recipe.select.collapse)
         record: dict[str, Any] = {"removed": removed, "after_surgery": self.evaluate(pruned).__dict__}
         if self.recipe.prune.repair:
             self.repair(pruned)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from layerprune import find_blocks, load_pruned  # noqa: F401  (load_pruned: exported API used by users)
+from layerprune import find_blocks
 from layerprune.bench.harness import WIDTH
 from layerprune.cli import app
 from layerprune.recipe import load_recipe

@@ -144,3 +144,10 @@ def test_docs_reference_matches_the_schema():
 ])
 def test_section_checks_name_the_key(tmp_path, override, expected):
     assert any(p.startswith(expected) for p in problems_of(tmp_path, MINIMAL, [override]))
+
+
+def test_bench_criteria_names_are_checked(tmp_path):
+    problems = problems_of(tmp_path, {**MINIMAL, "bench": {"criteria": ["modularity", "cak"], "oracle": "ablaton"}})
+    assert len(problems) == 2
+    assert problems[0].startswith("bench.criteria.1: unknown criterion 'cak'; did you mean 'cka'")
+    assert problems[1].startswith("bench.oracle: unknown criterion 'ablaton'; did you mean 'ablation'")
