@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad input (unknown name, bad option, missing file), 1 a
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Any, Callable, Optional
 
@@ -35,10 +36,16 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except LayerpruneError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
+            if _is_rank0():  # under torchrun, one message for the job, not one per process
+                err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
+
+
+def _is_rank0() -> bool:
+    """Rank 0 under torchrun (which sets RANK), or a plain process."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _version_callback(value: bool) -> None:
@@ -345,6 +352,8 @@ def run_cmd(
         resolved = load_recipe(recipe, set_, strict_plugins=strict)
     log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
     result = run_recipe(resolved, out=out, fresh=fresh, progress=sys.stderr.isatty(), log=log)
+    if not _is_rank0():
+        return
     console.print(summary_table(result.metrics, title=f"{resolved.name}: {resolved.model.name} on {resolved.data.dataset}"))
     console.print(f"outputs in {result.run_dir.path}/ (report.md, metrics.json, model/)")
 

@@ -10,6 +10,7 @@ bench continues where it stopped.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -186,6 +187,9 @@ def run_bench(recipe: Recipe, *, out: str | None = None, fresh: bool = False, pr
     """Run (or resume) the bench of ``recipe`` in ``out`` (default ``runs/NAME``)."""
     if recipe.bench is None:
         raise LayerpruneError("bench: the recipe has no bench section (see docs/results.md)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise LayerpruneError("bench: runs as a single process (start it without torchrun); "
+                              "torchrun is for 'layerprune run'")
     for name in recipe.bench.criteria + [recipe.bench.oracle]:
         get_criterion(name)  # unknown names fail before any training
     runner = Runner(recipe, progress=progress, log=log)

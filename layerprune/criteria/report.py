@@ -12,15 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
 from layerprune.criteria.base import CriterionResult
 from layerprune.criteria.catalog import get_criterion
 from layerprune.criteria.context import ScoringContext
 from layerprune.criteria.selection import removed_share, select_blocks
-from layerprune.errors import LayerpruneError
 from layerprune.plots import pyplot, save_png
 from layerprune.surgery.blocks import Block
+from layerprune.train.distributed import resolve_device
 
 
 @dataclass
@@ -74,20 +73,6 @@ def plot_scores(scores: dict[str, float], path: str | Path, *, removed: Sequence
     ax.set_title(title + (" — red: removed" if removed else ""))
     fig.tight_layout()
     return save_png(fig, path)
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``device`` as a ``torch.device`` (default: CUDA when available), refusing ones this
-    machine does not have."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise LayerpruneError(f"device: {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LayerpruneError(f"device: {device!r} requested but CUDA is not available here")
-    return dev
 
 
 def score_model(

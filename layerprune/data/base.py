@@ -45,6 +45,34 @@ class DatasetBundle:
             raise DatasetError(f"{self.name}: no {name!r} split (val_fraction is 0)")
         return ds
 
+    def to(self, device: torch.device | str) -> "DatasetBundle":
+        """Move in-memory splits to ``device`` (in place; returns ``self``).
+
+        Splits that share one image tensor keep sharing it: the images are copied once. Splits
+        that are not :class:`TensorImageDataset` (files read on demand) stay where they are.
+        """
+        moved: dict[int, torch.Tensor] = {}
+        for ds in (self.train, self.val, self.test):
+            if isinstance(ds, TensorImageDataset):
+                for attr in ("images", "labels"):
+                    t = getattr(ds, attr)
+                    if id(t) not in moved:
+                        moved[id(t)] = t.to(device)
+                    setattr(ds, attr, moved[id(t)])
+                ds.mean, ds.std = ds.mean.to(device), ds.std.to(device)
+        return self
+
+    def in_memory_bytes(self) -> int | None:
+        """Bytes of the image tensors behind the splits, or ``None`` when a split reads files."""
+        tensors: dict[int, torch.Tensor] = {}
+        for ds in (self.train, self.val, self.test):
+            if ds is None:
+                continue
+            if not isinstance(ds, TensorImageDataset):
+                return None
+            tensors[id(ds.images)] = ds.images
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
     def describe(self) -> dict[str, object]:
         sizes = {s: (len(getattr(self, s)) if getattr(self, s) is not None else 0) for s in ("train", "val", "test")}
         return dict(name=self.name, num_classes=self.num_classes, input_size=list(self.input_size),
@@ -66,13 +94,16 @@ class CropFlip:
         if self.padding:
             p = self.padding
             padded = torch.nn.functional.pad(x, (p, p, p, p))
-            dy = torch.randint(0, 2 * p + 1, (b,))
-            dx = torch.randint(0, 2 * p + 1, (b,))
-            rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
-            cols = (dx[:, None] + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
-            x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+            # Draws come from the CPU generator wherever x lives: the same augmentation on any device.
+            dev = x.device
+            dy = torch.randint(0, 2 * p + 1, (b,)).to(dev)
+            dx = torch.randint(0, 2 * p + 1, (b,)).to(dev)
+            rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # (B, 1, H, 1)
+            cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # (B, 1, 1, W)
+            x = padded[torch.arange(b, device=dev)[:, None, None, None],
+                       torch.arange(c, device=dev)[None, :, None, None], rows, cols]
         if self.flip:
-            mask = torch.rand(b) < 0.5
+            mask = (torch.rand(b) < 0.5).to(x.device)
             x = torch.where(mask[:, None, None, None], x.flip(-1), x)
         return x
 
@@ -122,7 +153,7 @@ class TensorImageDataset(Dataset):
 
     def batch(self, idx: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples ``idx`` as one ``(images, labels)`` pair of batched tensors."""
-        rows = self.indices[torch.as_tensor(idx, dtype=torch.long)]
+        rows = self.indices[torch.as_tensor(idx, dtype=torch.long)].to(self.images.device)
         x = self.images[rows].float().div_(255.0)
         if self.augment is not None:
             x = self.augment(x)
@@ -196,6 +227,7 @@ def make_loader(
     shuffling order reproducible.
     """
     generator = torch.Generator().manual_seed(seed) if seed is not None and sampler is None else None
+    on_host = getattr(getattr(dataset, "images", None), "device", torch.device("cpu")).type == "cpu"
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -203,7 +235,7 @@ def make_loader(
         sampler=sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=torch.cuda.is_available() and on_host,  # page-locked: non_blocking copies to the GPU
         drop_last=drop_last,
         generator=generator,
     )

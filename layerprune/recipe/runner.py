@@ -4,6 +4,9 @@ Each stage writes its outputs atomically into the run directory and is then mark
 the same recipe again skips finished stages (finetuning resumes from its last epoch checkpoint).
 A preflight builds the data and the model and checks the plan can be met before any training.
 
+Under ``torchrun`` every rank pretrains and finetunes (DDP, each on its share of the data); score,
+select, prune, eval and export run once, on rank 0, while the others wait; only rank 0 writes.
+
 >>> result = run_recipe(load_recipe("recipes/quickstart.yaml"))  # doctest: +SKIP
 """
 
@@ -28,9 +31,11 @@ from layerprune.recipe.schema import Recipe, TrainSection
 from layerprune.surgery import (
     PruneSpec, find_blocks, load_pruned, measure_latency, model_cost, remove_blocks, save_pruned,
 )
-from layerprune.train import EvalResult, TrainSettings, evaluate, repair_batchnorm, train
+from layerprune.train import EvalResult, TrainSettings, distributed, evaluate, repair_batchnorm, train
 
 STAGES = ("pretrain", "score", "select", "prune", "finetune", "eval", "export")
+EVERY_RANK = ("pretrain", "finetune")  # the stages that train, on every rank under torchrun
+ON_DEVICE_LIMIT = 2 * 1024**3  # data.on_device default: in-memory data sets up to this size go to the GPU
 Log = Callable[[str], None]
 
 
@@ -46,6 +51,16 @@ class Runner:
         self.recipe, self.run, self.progress, self.log = recipe, run, progress, log
         self.data: DatasetBundle | None = None
         self._base: nn.Module | None = None
+        self._device: torch.device | None = None
+
+    @property
+    def device(self) -> torch.device:
+        if self._device is None:
+            try:
+                self._device = distributed.resolve_device(self.recipe.device)
+            except LayerpruneError as exc:
+                raise LayerpruneError(f"recipe.{exc}") from None
+        return self._device
 
     # -- building blocks ----------------------------------------------------------------------
     def build_data(self) -> DatasetBundle:
@@ -57,9 +72,15 @@ class Runner:
             if d.download:
                 options["download"] = True
             try:
-                self.data = build_dataset(d.dataset, **options)
+                data = build_dataset(d.dataset, **options)
             except LayerpruneError as exc:
                 raise LayerpruneError(f"data: {exc}") from None
+            size = data.in_memory_bytes()
+            on_device = d.on_device if d.on_device is not None else (
+                self.device.type == "cuda" and size is not None and size <= ON_DEVICE_LIMIT)
+            if on_device and self.device.type != "cpu":
+                data.to(self.device)  # batches are then cut and augmented where the model is
+            self.data = data
         return self.data
 
     def model_kwargs(self) -> dict[str, Any]:
@@ -70,23 +91,32 @@ class Runner:
         from layerprune.models import create_model_for
 
         try:
-            return create_model_for(self.recipe.model.name, self.build_data(), checkpoint=checkpoint,
-                                    seed=self.recipe.seed, **self.recipe.model.kwargs)
+            model = create_model_for(self.recipe.model.name, self.build_data(), checkpoint=checkpoint,
+                                     seed=self.recipe.seed, **self.recipe.model.kwargs)
         except LayerpruneError as exc:
             raise LayerpruneError(f"model: {exc}") from None
+        return model.to(self.device)
 
     def example_input(self) -> torch.Tensor:
-        return torch.zeros(1, *self.build_data().input_size)
+        return torch.zeros(1, *self.build_data().input_size, device=self.device)
 
     def train_loader(self):
-        d = self.recipe.data
-        return make_loader(self.build_data().train, d.batch_size, shuffle=True, workers=d.workers,
-                           seed=self.recipe.seed, drop_last=len(self.build_data().train) > d.batch_size)
+        """Shuffled, augmented training batches; under torchrun, this rank's share of each epoch."""
+        d, train_set = self.recipe.data, self.build_data().train
+        sampler = None
+        if distributed.active():
+            from torch.utils.data.distributed import DistributedSampler
 
-    def eval_batches(self, split: str | None = None):
-        d = self.recipe.data
-        return make_loader(self.build_data().split(split or self.recipe.eval.split), d.eval_batch_size,
-                           workers=d.workers)
+            sampler = DistributedSampler(train_set, shuffle=True, seed=self.recipe.seed, drop_last=True)
+        return make_loader(train_set, d.batch_size, shuffle=True, workers=d.workers, seed=self.recipe.seed,
+                           drop_last=len(train_set) > d.batch_size * distributed.world_size(), sampler=sampler)
+
+    def eval_batches(self, split: str | None = None, share: bool = False):
+        """Evaluation batches in order; with ``share`` under torchrun, every ``world_size``-th sample
+        from this rank's offset (the shares are disjoint and cover the split exactly)."""
+        d, data = self.recipe.data, self.build_data().split(split or self.recipe.eval.split)
+        sampler = range(distributed.rank(), len(data), distributed.world_size()) if share and distributed.active() else None
+        return make_loader(data, d.eval_batch_size, workers=d.workers, sampler=sampler)
 
     def evaluate(self, model: nn.Module, description: str = "eval") -> EvalResult:
         return evaluate(model, self.eval_batches(), progress=self.progress, description=description)
@@ -109,7 +139,7 @@ class Runner:
         return TrainSettings(**values)
 
     def fit(self, model: nn.Module, settings: TrainSettings, name: str, teacher: nn.Module | None = None) -> list:
-        history = train(model, self.train_loader(), settings, val_batches=self.eval_batches("val")
+        history = train(model, self.train_loader(), settings, val_batches=self.eval_batches("val", share=True)
                         if self.build_data().val is not None else None, teacher=teacher,
                         checkpoint_path=self.run.file(f"{name}.ckpt"), seed=self.recipe.seed,
                         progress=self.progress, log=self.log, description=name)
@@ -128,6 +158,7 @@ class Runner:
     # -- preflight ----------------------------------------------------------------------------
     def preflight(self) -> None:
         """Build data and model and check the plan's constraints: fail in seconds, not hours."""
+        self.device  # noqa: B018 - an unavailable device is the first thing to report
         self.build_data()
         checkpoint = self.recipe.model.checkpoint
         model = self.new_model(checkpoint)
@@ -142,6 +173,10 @@ class Runner:
             if target > reachable + 1e-12:
                 problems.append(f"select.params.{key}: {target:g} is out of reach for {self.recipe.model.name}; "
                                 f"removing every allowed block saves {reachable:.3f}")
+        if distributed.active() and self.device.type == "cpu":
+            problems += [f"{name}.sync_batchnorm: SyncBatchNorm runs on CUDA devices only and this run trains "
+                         "on the CPU; set it to false" for name in ("pretrain", "finetune")
+                         if getattr(self.recipe, name) is not None and getattr(self.recipe, name).sync_batchnorm]
         if problems:
             raise RecipeError("recipe", problems)
 
@@ -160,11 +195,17 @@ class Runner:
             return
         model = self.new_model()
         history = self.fit(model, self.settings(self.recipe.pretrain), "pretrain")
-        from layerprune.io import atomic_path
+        ranks = distributed.world_size()
 
-        with atomic_path(self.run.file("pretrained.pth")) as tmp:
-            torch.save(model.state_dict(), tmp)
-        self.run.write_json("pretrain.json", {"history": history, "eval": self.evaluate(model).__dict__})
+        def save() -> None:
+            from layerprune.io import atomic_path
+
+            with atomic_path(self.run.file("pretrained.pth")) as tmp:
+                torch.save(model.state_dict(), tmp)
+            self.run.write_json("pretrain.json", {"history": history, "world_size": ranks,
+                                                  "eval": self.evaluate(model).__dict__})
+
+        distributed.on_main(save)
 
     def _score(self, model: nn.Module, prefix: str = "") -> tuple[dict[str, float], list, Any]:
         rc = self.recipe
@@ -269,16 +310,21 @@ class Runner:
         return model, records
 
     def pruned_model(self, name: str = "pruned") -> nn.Module:
-        return load_pruned(self.run.file(name))
+        return load_pruned(self.run.file(name)).to(self.device)
 
     def stage_finetune(self) -> None:
         rc = self.recipe
-        model = self.pruned_model()
+        model = self.pruned_model()  # every rank loads what rank 0 pruned, then wraps it in DDP
         teacher = self.base_model() if rc.finetune.distill.enabled else None
         history = self.fit(model, self.settings(rc.finetune, distill=rc.finetune.distill.enabled), "finetune", teacher)
-        spec = PruneSpec.load(self.run.file("pruned") / "spec.json")
-        save_pruned(model, spec, self.run.file("finetuned"))
-        self.run.write_json("finetune.json", {"history": history})
+        ranks = distributed.world_size()
+
+        def save() -> None:
+            spec = PruneSpec.load(self.run.file("pruned") / "spec.json")
+            save_pruned(model, spec, self.run.file("finetuned"))
+            self.run.write_json("finetune.json", {"history": history, "world_size": ranks})
+
+        distributed.on_main(save)
 
     def stage_eval(self) -> None:
         rc = self.recipe
@@ -320,8 +366,12 @@ class Runner:
                 self.log(f"[dim]✓ {stage} (done earlier)[/]")
                 continue
             self.log(f"[bold]▶ {stage}[/]")
-            getattr(self, f"stage_{stage}")()
-            self.run.mark_done(stage)
+            work = getattr(self, f"stage_{stage}")
+            if stage in EVERY_RANK:
+                work()
+            else:
+                distributed.on_main(work)  # once, on rank 0; the other ranks wait
+            distributed.on_main(lambda: self.run.mark_done(stage))  # noqa: B023 - called right here
         return RunResult(self.run, self.run.read_json("metrics.json"))
 
 
@@ -352,9 +402,21 @@ def _step_line(record: dict[str, Any]) -> str:
 
 def run_recipe(recipe: Recipe, *, out: str | None = None, fresh: bool = False, progress: bool = False,
                log: Log = print) -> RunResult:
-    """Run (or resume) ``recipe`` in its run directory; returns the final metrics."""
-    runner = Runner(recipe, progress=progress, log=log)
-    runner.preflight()  # before the run directory exists: a recipe that cannot run leaves nothing
-    runner.run = RunDir.open(recipe, out, fresh=fresh)
-    log(f"run directory: {runner.run.path}")
+    """Run (or resume) ``recipe`` in its run directory; returns the final metrics.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) this joins the process group first; only rank 0 logs,
+    shows progress and writes, and every rank returns the same result.
+    """
+    distributed.init_from_env()
+    main = distributed.is_main()
+    runner = Runner(recipe, progress=progress and main, log=log if main else _quiet)
+    # Before the run directory exists: a recipe that cannot run leaves nothing. Every rank checks
+    # (a data set may be missing on one node only); a failure anywhere stops all of them.
+    distributed.check_everywhere(runner.preflight)
+    runner.run = distributed.on_main(lambda: RunDir.open(recipe, out, fresh=fresh))
+    runner.log(f"run directory: {runner.run.path}")
     return runner()
+
+
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0."""

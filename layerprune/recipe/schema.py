@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -44,6 +44,8 @@ class DataSection(Section):
     batch_size: int = Field(128, gt=0, description="training batch size")
     eval_batch_size: int = Field(256, gt=0, description="evaluation batch size")
     workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the main process)")
+    on_device: Optional[bool] = Field(None, description="keep in-memory data sets on the training device "
+                                      "(default: on CUDA when they fit in 2 GiB)")
     calibration: CalibrationSection = Field(default_factory=CalibrationSection, description="calibration samples")
 
 
@@ -62,6 +64,15 @@ class TrainSection(Section):
     gamma: float = Field(0.1, gt=0, le=1, description="step schedule: lr factor at each milestone")
     warmup_epochs: int = Field(0, ge=0, description="linear warm-up epochs before the schedule")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy")
+    precision: Literal["32", "bf16", "fp16"] = Field("32", description="32: full precision; bf16/fp16: mixed precision (autocast; fp16 with loss scaling)")
+    channels_last: bool = Field(False, description="NHWC memory layout for model and images (faster convolutions on GPUs)")
+    compile: bool = Field(False, description="torch.compile the training step (pays off on long GPU runs)")
+    sync_batchnorm: bool = Field(False, description="under torchrun: BatchNorm statistics over the global batch (CUDA only)")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _milestones_and_warmup(self) -> "TrainSection":
@@ -163,6 +174,7 @@ class Recipe(Section):
 
     name: Optional[str] = Field(None, description="run name (default: the recipe file's name)")
     seed: int = Field(0, description="seed for weights, data order and calibration samples")
+    device: str = Field("auto", description="auto (CUDA when available, cuda:LOCAL_RANK under torchrun), cpu, cuda or cuda:N")
     output_dir: Optional[str] = Field(None, description="run directory (default: runs/NAME)")
     plugins: list[str] = Field(default_factory=list, description="criterion plugins: .py files, modules or module:attr")
     model: ModelSection = Field(description="the network")
@@ -175,6 +187,18 @@ class Recipe(Section):
     eval: EvalSection = Field(default_factory=EvalSection, description="measurements")
     export: ExportSection = Field(default_factory=ExportSection, description="outputs")
     bench: Optional[BenchSection] = Field(None, description="criteria comparison (used by layerprune bench)")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value != "auto":
+            import torch
+
+            try:
+                torch.device(value)
+            except RuntimeError:
+                raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}") from None
+        return value
 
     @model_validator(mode="after")
     def _needs_weights(self) -> "Recipe":

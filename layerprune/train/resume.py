@@ -9,6 +9,7 @@ A checkpoint is a plain dict that ``torch.load(..., weights_only=True)`` reads (
 ``history``       one dict per finished epoch (the fields of ``EpochRecord``)
 ``settings``      ``TrainSettings.to_dict()`` of the run that wrote it
 ``seed``          the run's seed
+``scaler``        the fp16 loss scaler's state (``precision: fp16`` only)
 
 There is no scheduler state: the learning rate is a pure function of the epoch
 (``TrainSettings.lr_at``), and the random state of epoch ``e`` is re-seeded from ``seed + e``.
@@ -16,6 +17,7 @@ There is no scheduler state: the learning rate is a pure function of the epoch
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import torch.nn as nn
 from layerprune.errors import CheckpointError
 from layerprune.io import atomic_path
 from layerprune.models.checkpoint import read_checkpoint
-from layerprune.train.settings import TrainSettings
+from layerprune.train.settings import SPEED_ONLY, TrainSettings
 
 FORMAT = "layerprune.train/1"
 _MISSING = "<missing>"
@@ -38,6 +40,7 @@ def save_training_checkpoint(
     settings: TrainSettings,
     seed: int,
     history: list[dict[str, Any]],
+    scaler: "torch.amp.GradScaler | None" = None,
 ) -> None:
     """Write the run's state after ``len(history)`` epochs; readers never see a partial file."""
     state = {
@@ -49,6 +52,8 @@ def save_training_checkpoint(
         "settings": settings.to_dict(),
         "seed": seed,
     }
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -59,8 +64,9 @@ def load_training_checkpoint(
     optimizer: torch.optim.Optimizer,
     settings: TrainSettings,
     seed: int,
+    scaler: "torch.amp.GradScaler | None" = None,
 ) -> list[dict[str, Any]]:
-    """Restore ``model`` and ``optimizer`` from ``path`` (in place) and return the stored history.
+    """Restore ``model``, ``optimizer`` (and ``scaler``) from ``path`` in place; return the history.
 
     Refuses a checkpoint written with other settings or another seed: continuing it would give a
     model that neither run describes.
@@ -73,6 +79,8 @@ def load_training_checkpoint(
     try:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
     except (RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path} does not fit this model or optimizer: {first}") from exc
@@ -86,6 +94,12 @@ def load_training_checkpoint(
 def _check_same_run(path: str | Path, state: dict[str, Any], settings: TrainSettings, seed: int) -> None:
     stored = dict(state.get("settings") or {}, seed=state.get("seed", _MISSING))
     wanted = dict(settings.to_dict(), seed=seed)
+    for f in dataclasses.fields(TrainSettings):  # fields added later: older checkpoints used the default
+        if f.name not in stored and f.default is not dataclasses.MISSING:
+            stored[f.name] = f.default
+    for key in SPEED_ONLY:  # the same run, only faster or slower
+        stored.pop(key, None)
+        wanted.pop(key, None)
     for field in [*wanted, *(k for k in stored if k not in wanted)]:  # first difference, in field order
         old, new = stored.get(field, _MISSING), wanted.get(field, _MISSING)
         if old != new:

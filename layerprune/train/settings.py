@@ -11,9 +11,14 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+
 from layerprune.errors import LayerpruneError
 
 OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("32", "bf16", "fp16")
+# Settings that change speed, not the result: a checkpoint written with other values resumes.
+SPEED_ONLY = ("channels_last", "compile")
 SCHEDULES = ("cosine", "step", "constant")
 WARMUP_START = 0.1  # warm-up starts at lr * WARMUP_START
 
@@ -43,6 +48,10 @@ class TrainSettings:
     label_smoothing: float = 0.0
     distill_alpha: float = 0.0  # weight of the distillation term; 0 = no distillation
     distill_temperature: float = 4.0
+    precision: str = "32"  # "32" | "bf16" | "fp16": autocast for forward and loss (fp16 adds loss scaling)
+    channels_last: bool = False  # NHWC memory layout for model and images (faster convs on GPUs)
+    compile: bool = False  # torch.compile the training forward pass
+    sync_batchnorm: bool = False  # under DDP: BatchNorm statistics over the global batch (CUDA only)
 
     def __post_init__(self) -> None:
         # Recipes arrive from YAML as lists; a tuple keeps the dataclass hashable and comparable.
@@ -85,6 +94,9 @@ class TrainSettings:
         need(is_num(self.label_smoothing) and 0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)")
         need(is_num(self.distill_alpha) and 0 <= self.distill_alpha <= 1, "distill_alpha", "in [0, 1]")
         need(is_num(self.distill_temperature) and self.distill_temperature > 0, "distill_temperature", "> 0")
+        need(self.precision in PRECISIONS, "precision", "'32', 'bf16' or 'fp16'")
+        for flag in ("channels_last", "compile", "sync_batchnorm"):
+            need(isinstance(getattr(self, flag), bool), flag, "true or false")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,6 +104,11 @@ class TrainSettings:
         d = asdict(self)
         d["milestones"] = list(self.milestones)
         return d
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype, or ``None`` for full precision."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of epoch ``epoch`` (0-based).

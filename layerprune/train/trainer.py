@@ -64,7 +64,14 @@ def train(
     (when it has one) the same way, so its shuffling and augmentation depend only on ``(seed, e)``.
     With ``checkpoint_path`` the state is saved after every epoch and an existing file is resumed:
     the result is bitwise identical to an uninterrupted run. A finished checkpoint trains nothing:
-    its weights are loaded into ``model`` and its history returned. The model ends in eval mode.
+    its weights are loaded into ``model`` and its history returned. The model ends in eval mode,
+    in its original memory layout and with plain BatchNorm layers.
+
+    Training happens on the model's device. ``settings.precision`` (autocast in bf16/fp16),
+    ``channels_last`` and ``compile`` speed it up where the hardware gains from them. Under torchrun
+    (see :mod:`layerprune.train.distributed`) the model is wrapped in DDP (with SyncBatchNorm when
+    ``settings.sync_batchnorm``), ``train_loader`` should hold this rank's share (a
+    ``DistributedSampler``), metrics are summed over ranks, and only rank 0 logs and checkpoints.
     """
     if settings.distill_alpha > 0 and teacher is None:
         raise LayerpruneError(f"distill_alpha: is {settings.distill_alpha} but no teacher was given "
@@ -77,32 +84,44 @@ def train(
     if not params:
         raise LayerpruneError(f"{description}: the model has no parameters with requires_grad=True")
     optimizer = _make_optimizer(params, settings)
+    device = params[0].device
+    scaler = torch.amp.GradScaler(device.type) if settings.precision == "fp16" else None
+    history: list[dict] = []
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        history = load_training_checkpoint(checkpoint_path, model, optimizer, settings, seed, scaler)
+    teacher = teacher if settings.distill_alpha > 0 else None  # α = 0: skip the teacher's forward passes
+    teacher_was_training = teacher.training if teacher is not None else False
+    restore_batchnorm = _sync_batchnorm(model, device) if settings.sync_batchnorm and distributed.active() else None
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)  # parameters keep their identity (the optimizer's)
     # Under torchrun, gradients are averaged across ranks by DDP; the model is wrapped here, after
     # any surgery, because DDP fixes the parameter set it synchronises when it is built.
     net = _ddp(model) if distributed.active() else model
-    history: list[dict] = []
-    if checkpoint_path is not None and Path(checkpoint_path).exists():
-        history = load_training_checkpoint(checkpoint_path, model, optimizer, settings, seed)
-    teacher = teacher if settings.distill_alpha > 0 else None  # α = 0: skip the teacher's forward passes
-    teacher_was_training = teacher.training if teacher is not None else False
+    if settings.compile:
+        net = torch.compile(net)
+    step = _Step(net, optimizer, settings, teacher, scaler, device)
     try:
         if teacher is not None:
             teacher.eval()
         with _Bars(progress and distributed.is_main(), description, settings.epochs, len(history), _length(train_loader)) as bars:
             for epoch in range(len(history), settings.epochs):
-                record = _run_epoch(net, train_loader, optimizer, settings, epoch, seed, teacher, bars)
+                record = _run_epoch(step, train_loader, settings, epoch, seed, bars)
                 distributed.broadcast_buffers(model)
                 if val_batches is not None:
-                    val = evaluate(model, val_batches)
-                    record.val_loss, record.val_accuracy = val.loss, val.accuracy
+                    record.val_loss, record.val_accuracy = _validate(model, val_batches)
                 history.append(asdict(record))
                 if checkpoint_path is not None and distributed.is_main():
-                    save_training_checkpoint(checkpoint_path, model, optimizer, settings, seed, history)
+                    save_training_checkpoint(checkpoint_path, model, optimizer, settings, seed, history, scaler)
                 distributed.barrier()
                 bars.epoch_done(record)
                 if log is not None and distributed.is_main():
                     log(record.summary(settings.epochs, description))
+        distributed.check_in_step(model, description)
     finally:
+        if settings.channels_last:
+            model.to(memory_format=torch.contiguous_format)
+        if restore_batchnorm is not None:
+            restore_batchnorm()
         model.eval()
         if teacher is not None:
             teacher.train(teacher_was_training)
@@ -124,11 +143,43 @@ def _make_optimizer(params: list[nn.Parameter], s: TrainSettings) -> torch.optim
                            nesterov=s.nesterov and s.momentum > 0)
 
 
-def _run_epoch(model, loader, optimizer, settings, epoch, seed, teacher, bars) -> EpochRecord:
+class _Step:
+    """One optimisation step: forward (under autocast), loss, backward (loss-scaled for fp16), update."""
+
+    def __init__(self, net, optimizer, settings: TrainSettings, teacher, scaler, device: torch.device) -> None:
+        self.net, self.optimizer, self.settings, self.teacher = net, optimizer, settings, teacher
+        self.scaler, self.device = scaler, device
+        self.amp = settings.amp_dtype
+        self.memory_format = torch.channels_last if settings.channels_last else torch.preserve_format
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.settings
+        # non_blocking: copies from pinned host memory overlap with the GPU's work (no-op on CPU)
+        x = x.to(self.device, non_blocking=True, memory_format=self.memory_format if x.dim() == 4 else torch.preserve_format)
+        y = y.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            logits = self.net(x)
+            with torch.no_grad():
+                teacher_logits = self.teacher(x) if self.teacher is not None else None
+            loss = distillation_loss(logits, teacher_logits, y, alpha=s.distill_alpha,
+                                     temperature=s.distill_temperature, label_smoothing=s.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return loss.detach(), logits.detach()
+
+
+def _run_epoch(step: _Step, loader, settings, epoch, seed, bars) -> EpochRecord:
     start = time.perf_counter()
     # Everything random in epoch e (shuffle order, augmentation, dropout) follows from seed + e
-    # alone, whether the run got here directly or resumed from a checkpoint.
-    torch.manual_seed(seed + epoch)
+    # alone (and the rank, so that ranks augment their shares differently), whether the run got
+    # here directly or resumed from a checkpoint.
+    torch.manual_seed((seed + epoch) * distributed.world_size() + distributed.rank())
     generator = getattr(loader, "generator", None)
     if isinstance(generator, torch.Generator):
         generator.manual_seed(seed + epoch)
@@ -136,31 +187,53 @@ def _run_epoch(model, loader, optimizer, settings, epoch, seed, teacher, bars) -
     if hasattr(sampler, "set_epoch"):  # DistributedSampler: each rank's share of this epoch
         sampler.set_epoch(epoch)
     lr = settings.lr_at(epoch)
-    for group in optimizer.param_groups:
+    for group in step.optimizer.param_groups:
         group["lr"] = lr
-    device = next(model.parameters()).device
-    model.train()
+    step.net.train()
     loss_sum, correct, seen = 0.0, 0, 0
     bars.epoch_started(epoch)
     for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        with torch.no_grad():
-            teacher_logits = teacher(x) if teacher is not None else None
-        loss = distillation_loss(logits, teacher_logits, y, alpha=settings.distill_alpha,
-                                 temperature=settings.distill_temperature,
-                                 label_smoothing=settings.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += float(loss.detach()) * len(y)
-        correct += int((logits.detach().argmax(1) == y).sum())
+        loss, logits = step(x, y)
+        y = y.to(logits.device)
+        loss_sum += float(loss) * len(y)
+        correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
         bars.batch_done(loss_sum / seen, correct / seen)
     loss_sum, correct, seen = distributed.sum_across(loss_sum, correct, seen)
     if seen == 0:
         raise LayerpruneError("train_loader: yielded no batches")
     return EpochRecord(epoch, lr, loss_sum / seen, correct / seen, None, None, time.perf_counter() - start)
+
+
+def _validate(model: nn.Module, val_batches: Batches) -> tuple[float, float]:
+    """Loss and accuracy over every rank's validation batches (each rank may hold a share)."""
+    val = evaluate(model, val_batches)
+    loss_sum, correct, seen = distributed.sum_across(val.loss * val.samples, val.accuracy * val.samples, val.samples)
+    return loss_sum / seen, correct / seen
+
+
+def _sync_batchnorm(model: nn.Module, device: torch.device) -> Callable[[], None]:
+    """Swap every BatchNorm for a SyncBatchNorm sharing its tensors; returns the undo.
+
+    Statistics are then computed over the global batch. The swap is undone after training so
+    the saved and returned model holds plain BatchNorm layers (same weights, same buffers).
+    """
+    if device.type == "cpu":
+        raise LayerpruneError("sync_batchnorm: SyncBatchNorm runs on CUDA devices only and this run trains "
+                              "on the CPU; set it to false")
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+                setattr(parent, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+                swapped.append((parent, name, child))
+
+    def undo() -> None:
+        for parent, name, child in swapped:
+            child.train(getattr(parent, name).training)
+            setattr(parent, name, child)
+
+    return undo
 
 
 def _length(loader: object) -> int | None:

@@ -91,3 +91,10 @@ def test_rerun_resumes_without_recomputing(bench_dir):
 def test_a_recipe_without_bench_section_exits_2(tmp_path):
     result = runner.invoke(app, ["bench", str(ROOT / "recipes/quickstart.yaml"), "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and "no bench section" in result.output
+
+
+def test_under_torchrun_the_bench_refuses_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = runner.invoke(app, ["bench", str(SMALL), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "single process" in result.output
+    assert not (tmp_path / "b").exists()

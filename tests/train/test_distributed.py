@@ -58,3 +58,63 @@ def test_single_process_is_not_distributed(monkeypatch):
     assert distributed.init_from_env() is False
     assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
     assert distributed.sum_across(1.0, 2.0) == [1.0, 2.0]
+
+
+def _coordination_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    from layerprune.errors import LayerpruneError
+
+    assert distributed.init_from_env()
+    seen: dict[str, object] = {}
+    ran_on = []
+    seen["result"] = distributed.on_main(lambda: ran_on.append(rank) or {"from": distributed.rank()})
+    seen["ran_on"] = ran_on
+    with distributed.alone():
+        seen["alone"] = (distributed.active(), distributed.world_size())
+    seen["after"] = distributed.active()
+
+    def fails_on_main():
+        raise LayerpruneError("select.protect: unknown block 'nope'")
+
+    try:
+        distributed.on_main(fails_on_main)
+    except LayerpruneError as exc:
+        seen["main_error"] = (type(exc).__name__, str(exc), exc.exit_code)
+
+    def fails_on_rank1():
+        if distributed.rank() == 1:
+            raise LayerpruneError("data: mnist5k: file missing on this node")
+
+    try:
+        distributed.check_everywhere(fails_on_rank1)
+    except LayerpruneError as exc:
+        seen["check_error"] = (type(exc).__name__, str(exc), exc.exit_code)
+
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.fill_(float(rank))  # ranks out of step on purpose
+    try:
+        distributed.check_in_step(model, "finetune")
+    except LayerpruneError as exc:
+        seen["step_error"] = str(exc)
+    torch.save(seen, os.path.join(out, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_rank0_work_errors_and_divergence_reach_every_rank(tmp_path):
+    mp.start_processes(_coordination_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    # on_main: rank 0 alone runs the work (as a single process), every rank gets its result
+    assert r0["ran_on"] == [0] and r1["ran_on"] == []
+    assert r0["result"] == r1["result"] == {"from": 0}
+    assert r0["alone"] == r1["alone"] == (False, 1) and r0["after"] is r1["after"] is True
+    # rank 0's error: its own exception there, the same message and exit code everywhere else
+    assert r0["main_error"] == ("LayerpruneError", "select.protect: unknown block 'nope'", 2)
+    assert r1["main_error"] == ("RankFailed", "select.protect: unknown block 'nope'", 2)
+    # a check that fails on one rank only stops all of them, naming the rank
+    assert r1["check_error"] == ("LayerpruneError", "data: mnist5k: file missing on this node", 2)
+    assert r0["check_error"] == ("RankFailed", "rank 1: data: mnist5k: file missing on this node", 2)
+    for r in (r0, r1):
+        assert "rank 1 ended with a different weight" in r["step_error"]

@@ -1,0 +1,59 @@
+"""``torchrun --nproc_per_node 2 -m layerprune run``: two processes on gloo over loopback.
+
+Score, select and prune run once on rank 0; both ranks finetune the pruned model under DDP; rank 0
+alone prints and writes. (That the ranks end with identical weights is checked inside every run:
+``train`` raises when they differ; tests/train/test_distributed.py shows the check firing.)
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+RECIPE = "recipes/quickstart.yaml"
+TINY = ["--set", "pretrain.epochs=1", "--set", "finetune.epochs=2", "--set", "eval.latency=false",
+        "--set", "data.calibration.batches=1"]
+
+
+def torchrun(*args: str, cwd: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "layerprune", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_two_ranks_run_a_recipe_and_write_once(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = tmp_path / "runs" / "ddp"
+    done = torchrun("run", RECIPE, *TINY, "--out", str(out), cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # one job, one voice: every stage and epoch line and the summary appear once
+    assert done.stdout.count("▶ finetune") == 1 and done.stdout.count("outputs in") == 1
+    assert done.stdout.count("finetune epoch 2/2") == 1
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp"]  # no second run directory
+    state = json.loads((out / "state.json").read_text())
+    assert state["done"] == ["pretrain", "score", "select", "prune", "finetune", "eval", "export"]
+    finetune = json.loads((out / "finetune.json").read_text())
+    assert finetune["world_size"] == 2 and len(finetune["history"]) == 2
+    # what rank 0 saved is what DDP trained: the final training checkpoint's weights
+    ckpt = torch.load(out / "finetune.ckpt", map_location="cpu", weights_only=True)
+    saved = torch.load(out / "finetuned" / "weights.pth", map_location="cpu", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in ckpt["state_dict"].items())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["removed"] == json.loads((out / "plan.json").read_text())["removed"]
+
+
+def test_a_bad_recipe_stops_every_rank_with_one_message(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = tmp_path / "run"
+    done = torchrun("run", RECIPE, *TINY, "--set", "select.protect=[nope]", "--set", "finetune.sync_batchnorm=true",
+                    "--out", str(out), cwd=root)
+    assert done.returncode != 0
+    assert done.stderr.count("error: recipe: 2 problems") == 1, done.stderr[-2000:]  # rank 0 speaks for the job
+    assert done.stderr.count("select.protect: unknown block 'nope'") == 1
+    assert done.stderr.count("finetune.sync_batchnorm: SyncBatchNorm runs on CUDA devices only") == 1
+    assert "exitcode  : 2" in done.stderr  # both ranks exit 2 (torchrun itself then exits 1)
+    assert not out.exists()
