@@ -122,8 +122,8 @@ class TensorImageDataset(Dataset):
         self,
         images: torch.Tensor,
         labels: torch.Tensor,
-        mean: Sequence[float],
-        std: Sequence[float],
+        mean: Sequence[float] | torch.Tensor,
+        std: Sequence[float] | torch.Tensor,
         augment: CropFlip | None = None,
         indices: torch.Tensor | None = None,
     ) -> None:
@@ -133,15 +133,15 @@ class TensorImageDataset(Dataset):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels = images, labels.long()
         self.indices = torch.arange(len(images)) if indices is None else indices.long()
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        # On the images' device: a subset of a split moved to the GPU stays there.
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).reshape(1, -1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=images.device).reshape(1, -1, 1, 1)
         self.augment = augment
 
     def subset(self, indices: torch.Tensor | np.ndarray, augment: CropFlip | None = None) -> "TensorImageDataset":
         """A view on some of these samples (sharing memory), with its own augmentation."""
         idx = self.indices[torch.as_tensor(indices, dtype=torch.long)]
-        return TensorImageDataset(self.images, self.labels, self.mean.flatten().tolist(),
-                                  self.std.flatten().tolist(), augment, idx)
+        return TensorImageDataset(self.images, self.labels, self.mean, self.std, augment, idx)
 
     @property
     def targets(self) -> torch.Tensor:

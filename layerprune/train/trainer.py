@@ -65,7 +65,7 @@ def train(
     With ``checkpoint_path`` the state is saved after every epoch and an existing file is resumed:
     the result is bitwise identical to an uninterrupted run. A finished checkpoint trains nothing:
     its weights are loaded into ``model`` and its history returned. The model ends in eval mode,
-    in its original memory layout and with plain BatchNorm layers.
+    in the default (contiguous) memory layout and with plain BatchNorm layers.
 
     Training happens on the model's device. ``settings.precision`` (autocast in bf16/fp16),
     ``channels_last`` and ``compile`` speed it up where the hardware gains from them. Under torchrun
