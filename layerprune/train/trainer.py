@@ -9,6 +9,7 @@ schedule, optional knowledge distillation, validation, and exact resume from a c
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -157,7 +158,7 @@ class _Step:
         # non_blocking: copies from pinned host memory overlap with the GPU's work (no-op on CPU)
         x = x.to(self.device, non_blocking=True, memory_format=self.memory_format if x.dim() == 4 else torch.preserve_format)
         y = y.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+        with torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext():
             logits = self.net(x)
             with torch.no_grad():
                 teacher_logits = self.teacher(x) if self.teacher is not None else None
@@ -190,16 +191,20 @@ def _run_epoch(step: _Step, loader, settings, epoch, seed, bars) -> EpochRecord:
     for group in step.optimizer.param_groups:
         group["lr"] = lr
     step.net.train()
-    loss_sum, correct, seen = 0.0, 0, 0
+    # Running sums stay tensors on the device: no host synchronisation per batch unless a progress
+    # bar shows them.
+    loss_sum = correct = torch.zeros((), dtype=torch.float64, device=step.device)
+    seen = 0
     bars.epoch_started(epoch)
     for x, y in loader:
         loss, logits = step(x, y)
-        y = y.to(logits.device)
-        loss_sum += float(loss) * len(y)
-        correct += int((logits.argmax(1) == y).sum())
+        y = y.to(logits.device, non_blocking=True)
+        loss_sum = loss_sum + loss * len(y)
+        correct = correct + (logits.argmax(1) == y).sum()
         seen += len(y)
-        bars.batch_done(loss_sum / seen, correct / seen)
-    loss_sum, correct, seen = distributed.sum_across(loss_sum, correct, seen)
+        if bars.enabled:
+            bars.batch_done(float(loss_sum) / seen, float(correct) / seen)
+    loss_sum, correct, seen = distributed.sum_across(float(loss_sum), float(correct), seen)
     if seen == 0:
         raise LayerpruneError("train_loader: yielded no batches")
     return EpochRecord(epoch, lr, loss_sum / seen, correct / seen, None, None, time.perf_counter() - start)
