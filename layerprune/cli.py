@@ -164,7 +164,7 @@ class _plugin_warnings:
 
         self._catch.__exit__(*exc)
         for record in self._records:
-            if issubclass(record.category, PluginWarning):
+            if issubclass(record.category, PluginWarning) and _is_rank0():
                 err_console.print(f"[yellow]warning:[/] {record.message}", highlight=False, soft_wrap=True)
         return False
 

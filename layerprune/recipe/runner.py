@@ -179,6 +179,12 @@ class Runner:
                          if getattr(self.recipe, name) is not None and getattr(self.recipe, name).sync_batchnorm]
         if problems:
             raise RecipeError("recipe", problems)
+        if self.device.type == "cpu":
+            for name in ("pretrain", "finetune"):
+                section = getattr(self.recipe, name)
+                if section is not None and section.epochs and section.precision == "fp16":
+                    self.log(f"[yellow]warning:[/] {name}.precision: fp16 has no fast CPU kernels (about 75× "
+                             "slower than 32 in docs/performance.md); bf16 is the CPU's mixed precision")
 
     # -- stages -------------------------------------------------------------------------------
     def base_model(self) -> nn.Module:
@@ -362,7 +368,7 @@ class Runner:
         assert self.run is not None, "open a run directory first"
         torch.manual_seed(self.recipe.seed)
         for stage in STAGES:
-            if self.run.is_done(stage):
+            if distributed.on_main(lambda: self.run.is_done(stage)):  # noqa: B023 - rank 0's word for all
                 self.log(f"[dim]✓ {stage} (done earlier)[/]")
                 continue
             self.log(f"[bold]▶ {stage}[/]")
@@ -372,7 +378,7 @@ class Runner:
             else:
                 distributed.on_main(work)  # once, on rank 0; the other ranks wait
             distributed.on_main(lambda: self.run.mark_done(stage))  # noqa: B023 - called right here
-        return RunResult(self.run, self.run.read_json("metrics.json"))
+        return RunResult(self.run, distributed.on_main(lambda: self.run.read_json("metrics.json")))
 
 
 def _max_reduction(blocks, key: str, protect, collapse: bool) -> float:
@@ -414,8 +420,19 @@ def run_recipe(recipe: Recipe, *, out: str | None = None, fresh: bool = False, p
     # (a data set may be missing on one node only); a failure anywhere stops all of them.
     distributed.check_everywhere(runner.preflight)
     runner.run = distributed.on_main(lambda: RunDir.open(recipe, out, fresh=fresh))
+    distributed.check_everywhere(lambda: _visible(runner.run))
     runner.log(f"run directory: {runner.run.path}")
     return runner()
+
+
+def _visible(run: RunDir) -> None:
+    """Ranks read what rank 0 writes (the pruned model, checkpoints): the run directory must be
+    on storage that every node sees."""
+    from layerprune.recipe.rundir import RECIPE_FILE
+
+    if not (run.path / RECIPE_FILE).is_file():
+        raise LayerpruneError(f"{run.path}: the run directory rank 0 created is not visible here; on several "
+                              "nodes, put it on shared storage (--out /shared/path)")
 
 
 def _quiet(message: str) -> None:

@@ -144,6 +144,24 @@ def test_unknown_protected_block_is_refused(tmp_path):
         run_recipe(recipe, out=str(tmp_path / "r"), log=lambda m: None)
 
 
+def test_fp16_on_the_cpu_gets_a_warning_naming_the_key_at_preflight():
+    from layerprune.recipe.runner import Runner
+
+    lines: list[str] = []
+    Runner(load_recipe(QUICKSTART, ["finetune.precision=fp16", "device=cpu"]), log=lines.append).preflight()
+    assert len(lines) == 1 and "finetune.precision: fp16 has no fast CPU kernels" in lines[0]
+    lines.clear()
+    Runner(load_recipe(QUICKSTART, ["finetune.precision=bf16", "device=cpu"]), log=lines.append).preflight()
+    assert lines == []
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_unavailable_device_is_refused_before_any_work(tmp_path):
+    result = runner.invoke(app, ["run", str(QUICKSTART), "--out", str(tmp_path / "r"), "--set", "device=cuda:1"])
+    assert result.exit_code == 2 and "device: 'cuda:1' requested but CUDA is not available" in result.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_iterative_pruning_with_distillation_and_a_plugin_criterion(tmp_path):
     plugin = ROOT / "plugins/single_file/entropy_gain.py"
     recipe = load_recipe(QUICKSTART, [*SMALL, "pretrain.epochs=1", "prune.steps=2", "prune.epochs_between=1",
