@@ -38,3 +38,20 @@ def train_loader(digits):
 @pytest.fixture
 def val_loader(digits):
     return make_loader(digits.val, 256)
+
+
+@pytest.fixture
+def stop_after():
+    """``stop_after(n)``: a ``log`` callback that interrupts a run once ``n`` epochs are done (and saved)."""
+
+    def make(epochs: int):
+        lines = []
+
+        def log(line):
+            lines.append(line)
+            if len(lines) == epochs:
+                raise KeyboardInterrupt
+
+        return log
+
+    return make

@@ -14,18 +14,6 @@ from layerprune.train import TrainSettings, train
 from layerprune.train.trainer import _sync_batchnorm
 
 
-def _stop_after(epochs):
-    """A ``log`` callback that interrupts the run once ``epochs`` epochs are done (and saved)."""
-    lines = []
-
-    def log(line):
-        lines.append(line)
-        if len(lines) == epochs:
-            raise KeyboardInterrupt
-
-    return log
-
-
 def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -89,7 +77,7 @@ def test_a_full_precision_checkpoint_has_no_scaler_entry(make_mlp, train_loader,
     assert "scaler" not in torch.load(path, weights_only=True)
 
 
-def test_a_resumed_fp16_run_is_bitwise_identical_to_an_uninterrupted_one(train_loader, tmp_path):
+def test_a_resumed_fp16_run_is_bitwise_identical_to_an_uninterrupted_one(stop_after, train_loader, tmp_path):
     # An output layer scaled up ×30 makes fp16 gradients overflow at the initial loss scale (65536):
     # the scaler skips those steps and backs off, so epoch 2 only matches if its state is restored.
     def model():
@@ -105,7 +93,7 @@ def test_a_resumed_fp16_run_is_bitwise_identical_to_an_uninterrupted_one(train_l
 
     path = tmp_path / "fp16.pt"
     with pytest.raises(KeyboardInterrupt):
-        train(model(), train_loader(128, batch_size=32), settings, checkpoint_path=path, log=_stop_after(1))
+        train(model(), train_loader(128, batch_size=32), settings, checkpoint_path=path, log=stop_after(1))
     assert torch.load(path, weights_only=True)["scaler"]["scale"] < 65536.0  # the scaler did back off
     resumed = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 64), nn.ReLU(), nn.Linear(64, 10))
     history = train(resumed, train_loader(128, batch_size=32), settings, checkpoint_path=path)
@@ -171,32 +159,32 @@ def test_channels_last_training_keeps_the_parameters_the_optimizer_updated(train
 
 # -- checkpoints across speed options -------------------------------------------------------------
 
-def test_a_checkpoint_resumes_with_another_channels_last(make_mlp, train_loader, tmp_path):
+def test_a_checkpoint_resumes_with_another_channels_last(stop_after, make_mlp, train_loader, tmp_path):
     path = tmp_path / "c.pt"
     with pytest.raises(KeyboardInterrupt):
         train(make_mlp(), train_loader(64), TrainSettings(epochs=2, channels_last=False), checkpoint_path=path,
-              log=_stop_after(1))
+              log=stop_after(1))
     first = torch.load(path, weights_only=True)["history"]
     history = train(make_mlp(seed=5), train_loader(64), TrainSettings(epochs=2, channels_last=True),
                     checkpoint_path=path)
     assert [r.epoch for r in history] == [0, 1] and history[0].train_loss == first[0]["train_loss"]
 
 
-def test_a_checkpoint_is_refused_with_another_precision(make_mlp, train_loader, tmp_path):
+def test_a_checkpoint_is_refused_with_another_precision(stop_after, make_mlp, train_loader, tmp_path):
     path = tmp_path / "c.pt"
     with pytest.raises(KeyboardInterrupt):
         train(make_mlp(), train_loader(64), TrainSettings(epochs=2, precision="32"), checkpoint_path=path,
-              log=_stop_after(1))
+              log=stop_after(1))
     with pytest.raises(CheckpointError, match="precision: '32' in the checkpoint, 'bf16' now"):
         train(make_mlp(), train_loader(64), TrainSettings(epochs=2, precision="bf16"), checkpoint_path=path)
 
 
-def test_an_older_checkpoint_without_the_new_settings_resumes_with_their_defaults(make_mlp, train_loader,
+def test_an_older_checkpoint_without_the_new_settings_resumes_with_their_defaults(stop_after, make_mlp, train_loader,
                                                                                    tmp_path):
     path = tmp_path / "old.pt"
     settings = TrainSettings(epochs=2)
     with pytest.raises(KeyboardInterrupt):
-        train(make_mlp(), train_loader(64), settings, checkpoint_path=path, log=_stop_after(1))
+        train(make_mlp(), train_loader(64), settings, checkpoint_path=path, log=stop_after(1))
     state = torch.load(path, weights_only=True)
     for key in ("precision", "channels_last", "compile", "sync_batchnorm"):
         del state["settings"][key]

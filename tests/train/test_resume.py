@@ -5,20 +5,8 @@ from layerprune import CheckpointError, create_model, load_checkpoint
 from layerprune.train import TrainSettings, train
 
 
-def _stop_after(epochs):
-    """A ``log`` callback that interrupts the run once ``epochs`` epochs are done (and saved)."""
-    lines = []
-
-    def log(line):
-        lines.append(line)
-        if len(lines) == epochs:
-            raise KeyboardInterrupt
-
-    return log
-
-
 @pytest.mark.parametrize("optimizer, lr", [("sgd", 0.1), ("adamw", 1e-3)])
-def test_a_resumed_run_ends_bitwise_identical_to_an_uninterrupted_one(digits, optimizer, lr, tmp_path,
+def test_a_resumed_run_ends_bitwise_identical_to_an_uninterrupted_one(stop_after, digits, optimizer, lr, tmp_path,
                                                                        train_loader, val_loader):
     settings = TrainSettings(epochs=3, optimizer=optimizer, lr=lr)
 
@@ -32,7 +20,7 @@ def test_a_resumed_run_ends_bitwise_identical_to_an_uninterrupted_one(digits, op
     path = tmp_path / "finetune.pt"
     with pytest.raises(KeyboardInterrupt):
         train(fresh_model(0), train_loader(128), settings, val_batches=val_loader, checkpoint_path=path,
-              log=_stop_after(1))
+              log=stop_after(1))
     # As a new process would: a differently initialised model and a fresh loader.
     resumed = fresh_model(1)
     history = train(resumed, train_loader(128), settings, val_batches=val_loader, checkpoint_path=path)
@@ -48,13 +36,13 @@ def test_a_resumed_run_ends_bitwise_identical_to_an_uninterrupted_one(digits, op
     (dict(settings=TrainSettings(epochs=3, lr=0.1)), "epochs: 2 in the checkpoint, 3 now"),
     (dict(seed=1), "seed: 0 in the checkpoint, 1 now"),
 ])
-def test_resuming_with_other_settings_is_refused_naming_the_field(make_mlp, train_loader, tmp_path, change,
+def test_resuming_with_other_settings_is_refused_naming_the_field(stop_after, make_mlp, train_loader, tmp_path, change,
                                                                   message):
     path = tmp_path / "c.pt"
     run = dict(settings=TrainSettings(epochs=2, lr=0.1), seed=0)
     with pytest.raises(KeyboardInterrupt):
         train(make_mlp(), train_loader(64), run["settings"], seed=run["seed"], checkpoint_path=path,
-              log=_stop_after(1))
+              log=stop_after(1))
     run.update(change)
     with pytest.raises(CheckpointError, match=message):
         train(make_mlp(), train_loader(64), run["settings"], seed=run["seed"], checkpoint_path=path)
