@@ -51,6 +51,10 @@ class RunDir:
             if not saved_file.is_file():
                 raise LayerpruneError(f"{path} exists and is not a layerprune run directory; choose another --out")
             saved = yaml.safe_load(saved_file.read_text(encoding="utf-8"))
+            try:  # keys added to the schema since that run was saved take their defaults
+                saved = Recipe.model_validate(saved).model_dump(mode="json")
+            except ValueError:
+                pass  # compare as written; the first difference names the key
             diff = _first_difference(saved, resolved)
             if diff:
                 raise LayerpruneError(

@@ -79,6 +79,21 @@ def test_a_different_recipe_never_overwrites_a_run(finished_run):
     assert "holds a run of a different recipe" in result.output and "--fresh" in result.output
 
 
+def test_a_run_saved_before_keys_were_added_still_resumes(finished_run, tmp_path):
+    import shutil
+
+    import yaml
+
+    out = tmp_path / "older"
+    shutil.copytree(finished_run[0], out)
+    saved = yaml.safe_load((out / "recipe.yaml").read_text())
+    del saved["device"], saved["finetune"]["precision"], saved["data"]["on_device"]  # newer keys, at defaults
+    (out / "recipe.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    result = runner.invoke(app, ["run", str(QUICKSTART), "--out", str(out), *sum((["--set", s] for s in SMALL), [])])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("done earlier") == 7
+
+
 class Interrupt(Exception):
     pass
 
