@@ -218,4 +218,5 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, strict_plugi
     problems.extend(semantic_problems(raw))
     if problems or recipe is None:
         raise RecipeError(str(path), problems)
+    recipe._source = str(path)
     return recipe

@@ -56,10 +56,7 @@ class Runner:
     @property
     def device(self) -> torch.device:
         if self._device is None:
-            try:
-                self._device = distributed.resolve_device(self.recipe.device)
-            except LayerpruneError as exc:
-                raise LayerpruneError(f"recipe.{exc}") from None
+            self._device = distributed.resolve_device(self.recipe.device)  # errors name the `device` key
         return self._device
 
     # -- building blocks ----------------------------------------------------------------------
@@ -178,7 +175,7 @@ class Runner:
                          "on the CPU; set it to false" for name in ("pretrain", "finetune")
                          if getattr(self.recipe, name) is not None and getattr(self.recipe, name).sync_batchnorm]
         if problems:
-            raise RecipeError("recipe", problems)
+            raise RecipeError(self.recipe.source, problems)
         if self.device.type == "cpu":
             for name in ("pretrain", "finetune"):
                 section = getattr(self.recipe, name)

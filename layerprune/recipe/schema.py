@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -187,6 +187,12 @@ class Recipe(Section):
     eval: EvalSection = Field(default_factory=EvalSection, description="measurements")
     export: ExportSection = Field(default_factory=ExportSection, description="outputs")
     bench: Optional[BenchSection] = Field(None, description="criteria comparison (used by layerprune bench)")
+    _source: Optional[str] = PrivateAttr(None)  # the file it was loaded from, for error messages
+
+    @property
+    def source(self) -> str:
+        """The recipe file's path, or ``"recipe"`` for one built in code."""
+        return self._source or "recipe"
 
     @field_validator("device")
     @classmethod

@@ -149,6 +149,7 @@ def test_a_budget_no_plan_can_meet_exits_2_before_training(tmp_path):
     result = runner.invoke(app, ["run", str(QUICKSTART), "--out", str(tmp_path / "r"),
                                  "--set", "select.params.macs=0.95"])
     assert result.exit_code == 2
+    assert f"{QUICKSTART}: 1 problem" in result.output  # the file, as for schema problems
     assert "select.params.macs: 0.95 is out of reach" in result.output
     assert not (tmp_path / "r").exists()
 

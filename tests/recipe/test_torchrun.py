@@ -52,7 +52,7 @@ def test_a_bad_recipe_stops_every_rank_with_one_message(tmp_path):
     done = torchrun("run", RECIPE, *TINY, "--set", "select.protect=[nope]", "--set", "finetune.sync_batchnorm=true",
                     "--out", str(out), cwd=root)
     assert done.returncode != 0
-    assert done.stderr.count("error: recipe: 2 problems") == 1, done.stderr[-2000:]  # rank 0 speaks for the job
+    assert done.stderr.count(f"error: {RECIPE}: 2 problems") == 1, done.stderr[-2000:]  # rank 0 speaks for the job
     assert done.stderr.count("select.protect: unknown block 'nope'") == 1
     assert done.stderr.count("finetune.sync_batchnorm: SyncBatchNorm runs on CUDA devices only") == 1
     assert "exitcode  : 2" in done.stderr  # both ranks exit 2 (torchrun itself then exits 1)
