@@ -13,6 +13,8 @@ unknown name raises :class:`UnknownNameError` with a "did you mean" hint and the
 
 from __future__ import annotations
 
+import contextlib
+
 import difflib
 import importlib
 from dataclasses import dataclass
@@ -122,6 +124,22 @@ class Registry(Generic[T]):
         self._entries.pop(name, None)
         for alias in [a for a, n in self._aliases.items() if n == name]:
             del self._aliases[alias]
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator["Registry[T]"]:
+        """Inside, register freely; on leaving, the registry holds what it held before.
+
+        >>> with CRITERIA.restored():  # doctest: +SKIP
+        ...     load_plugin("my_criteria.py")
+        """
+        entries, aliases = dict(self._entries), dict(self._aliases)
+        try:
+            yield self
+        finally:
+            self._entries.clear()
+            self._entries.update(entries)
+            self._aliases.clear()
+            self._aliases.update(aliases)
 
     # -- lookup -------------------------------------------------------------------------------
     def canonical(self, name: str) -> str:

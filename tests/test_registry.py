@@ -73,3 +73,13 @@ def test_unknown_name_without_close_match_still_lists_known(reg):
     reg.register("hammer", len)
     with pytest.raises(UnknownNameError, match=r"unknown widget 'zzz' \(known: hammer\)"):
         reg.get("zzz")
+
+
+def test_restored_undoes_registrations_and_aliases_made_inside():
+    reg = Registry("thing")
+    reg.register("kept", 1)
+    with reg.restored():
+        reg.register("temporary", 2, aliases=["temp"])
+        reg.unregister("kept")
+        assert reg.names() == ["temporary"]
+    assert reg.names() == ["kept"] and "temp" not in reg

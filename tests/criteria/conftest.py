@@ -48,13 +48,8 @@ def zero_residual_branch():
 @pytest.fixture
 def fresh_catalog(monkeypatch):
     """The criterion catalog as built-ins only; whatever a test registers or loads is undone."""
-    entries = dict(catalog.CRITERIA._entries)
-    aliases = dict(catalog.CRITERIA._aliases)
     monkeypatch.setattr(catalog, "_failures", [])
     monkeypatch.setattr(catalog, "_loaded", {})
     monkeypatch.setattr(catalog, "_entry_points_loaded", False)
-    yield catalog
-    catalog.CRITERIA._entries.clear()
-    catalog.CRITERIA._entries.update(entries)
-    catalog.CRITERIA._aliases.clear()
-    catalog.CRITERIA._aliases.update(aliases)
+    with catalog.CRITERIA.restored():
+        yield catalog
