@@ -6,6 +6,12 @@ Importing this package registers ``cifar_resnet{20,32,44,56,110}`` and
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import urllib.parse
+from typing import Iterator
+
 import timm
 import torch
 
@@ -58,7 +64,8 @@ def create_model(name: str, *, checkpoint: str | None = None, **kwargs):
     if not timm.is_model(name):
         raise UnknownNameError(_unknown_model_message(name))
     try:
-        model = timm.create_model(name, **kwargs)
+        with _hub_offline_when_unreachable(bool(kwargs.get("pretrained"))):
+            model = timm.create_model(name, **kwargs)
     except (TypeError, ValueError) as exc:  # unknown or invalid keyword arguments
         raise ModelError(f"{name}: {exc}") from exc
     except Exception as exc:
@@ -74,3 +81,37 @@ def create_model(name: str, *, checkpoint: str | None = None, **kwargs):
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model
+
+
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+@contextlib.contextmanager
+def _hub_offline_when_unreachable(pretrained: bool) -> Iterator[None]:
+    """Hugging Face Hub offline mode while timm fetches weights, when the Hub cannot be reached.
+
+    Without a network the Hub client retries each file with back-off for about 45 s, printing a
+    line per retry, before it fails. In offline mode, weights already cached still load and
+    missing ones fail at once. Behind a proxy a direct probe says nothing, so nothing changes.
+    """
+    if not pretrained or any(os.environ.get(v) for v in _PROXY_VARS):
+        yield
+        return
+    from huggingface_hub import constants
+
+    endpoint = urllib.parse.urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=3).close()
+        reachable = True
+    except OSError:
+        reachable = False
+    if reachable:
+        yield
+        return
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
