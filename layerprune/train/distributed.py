@@ -43,7 +43,11 @@ def init_from_env(backend: str | None = None) -> bool:
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     minutes = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_MIN))
-    dist.init_process_group(backend or ("nccl" if cuda else "gloo"), timeout=timedelta(minutes=minutes))
+    try:
+        dist.init_process_group(backend or ("nccl" if cuda else "gloo"), timeout=timedelta(minutes=minutes))
+    except ValueError as exc:  # WORLD_SIZE set by hand, without the rest of torchrun's environment
+        raise LayerpruneError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {exc}; start several processes "
+                              "with torchrun --nproc_per_node N -m layerprune ...") from None
     return True
 
 

@@ -118,3 +118,17 @@ def test_rank0_work_errors_and_divergence_reach_every_rank(tmp_path):
     assert r0["check_error"] == ("RankFailed", "rank 1: data: mnist5k: file missing on this node", 2)
     for r in (r0, r1):
         assert "rank 1 ended with a different weight" in r["step_error"]
+
+
+def test_world_size_without_torchrun_environment_is_a_clear_error(monkeypatch):
+    import pytest
+
+    from layerprune.errors import LayerpruneError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(LayerpruneError, match=r"WORLD_SIZE=2 but .*MASTER_ADDR.*torchrun --nproc_per_node"):
+        distributed.init_from_env()
+    assert not distributed.active()
