@@ -6,7 +6,6 @@ Exit codes: 0 success, 2 bad input (unknown name, bad option, missing file), 1 a
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from typing import Any, Callable, Optional
 
@@ -44,8 +43,10 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _is_rank0() -> bool:
-    """Rank 0 under torchrun (which sets RANK), or a plain process."""
-    return os.environ.get("RANK", "0") == "0"
+    """Rank 0 under torchrun, or a plain process: the one that speaks for the job."""
+    from layerprune.train.distributed import launched_rank
+
+    return launched_rank() == 0
 
 
 def _version_callback(value: bool) -> None:

@@ -10,7 +10,6 @@ bench continues where it stopped.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -26,7 +25,7 @@ from layerprune.recipe.rundir import RunDir
 from layerprune.recipe.runner import Runner
 from layerprune.recipe.schema import Recipe
 from layerprune.surgery import find_blocks, measure_latency, model_cost, remove_blocks
-from layerprune.train import train
+from layerprune.train import distributed, train
 
 Log = Callable[[str], None]
 WIDTH = "width (Torch-Pruning L1 channels)"
@@ -187,7 +186,7 @@ def run_bench(recipe: Recipe, *, out: str | None = None, fresh: bool = False, pr
     """Run (or resume) the bench of ``recipe`` in ``out`` (default ``runs/NAME``)."""
     if recipe.bench is None:
         raise LayerpruneError("bench: the recipe has no bench section (see docs/results.md)")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if distributed.launched_world_size() > 1:
         raise LayerpruneError("bench: runs as a single process (start it without torchrun); "
                               "torchrun is for 'layerprune run'")
     for name in recipe.bench.criteria + [recipe.bench.oracle]:

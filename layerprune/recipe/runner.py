@@ -32,6 +32,7 @@ from layerprune.surgery import (
     PruneSpec, find_blocks, load_pruned, measure_latency, model_cost, remove_blocks, save_pruned,
 )
 from layerprune.train import EvalResult, TrainSettings, distributed, evaluate, repair_batchnorm, train
+from layerprune.train.trainer import SYNC_BATCHNORM_ON_CPU
 
 STAGES = ("pretrain", "score", "select", "prune", "finetune", "eval", "export")
 EVERY_RANK = ("pretrain", "finetune")  # the stages that train, on every rank under torchrun
@@ -170,18 +171,18 @@ class Runner:
             if target > reachable + 1e-12:
                 problems.append(f"select.params.{key}: {target:g} is out of reach for {self.recipe.model.name}; "
                                 f"removing every allowed block saves {reachable:.3f}")
-        if distributed.active() and self.device.type == "cpu":
-            problems += [f"{name}.sync_batchnorm: SyncBatchNorm runs on CUDA devices only and this run trains "
-                         "on the CPU; set it to false" for name in ("pretrain", "finetune")
-                         if getattr(self.recipe, name) is not None and getattr(self.recipe, name).sync_batchnorm]
+        training = {name: section for name in ("pretrain", "finetune")
+                    if (section := getattr(self.recipe, name)) is not None}
+        on_cpu = self.device.type == "cpu"
+        if on_cpu and distributed.active():
+            problems += [f"{name}.sync_batchnorm: {SYNC_BATCHNORM_ON_CPU}"
+                         for name, section in training.items() if section.sync_batchnorm]
         if problems:
             raise RecipeError(self.recipe.source, problems)
-        if self.device.type == "cpu":
-            for name in ("pretrain", "finetune"):
-                section = getattr(self.recipe, name)
-                if section is not None and section.epochs and section.precision == "fp16":
-                    self.log(f"[yellow]warning:[/] {name}.precision: fp16 has no fast CPU kernels (about 75× "
-                             "slower than 32 in docs/performance.md); bf16 is the CPU's mixed precision")
+        for name, section in training.items():
+            if on_cpu and section.epochs and section.precision == "fp16":
+                self.log(f"[yellow]warning:[/] {name}.precision: fp16 has no fast CPU kernels (about 75× "
+                         "slower than 32 in docs/performance.md); bf16 is the CPU's mixed precision")
 
     # -- stages -------------------------------------------------------------------------------
     def base_model(self) -> nn.Module:

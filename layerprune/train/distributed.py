@@ -37,7 +37,7 @@ def init_from_env(backend: str | None = None) -> bool:
     """
     if dist.is_available() and dist.is_initialized():
         return active()
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if launched_world_size() <= 1:
         return False
     cuda = torch.cuda.is_available()
     if cuda:
@@ -46,7 +46,7 @@ def init_from_env(backend: str | None = None) -> bool:
     try:
         dist.init_process_group(backend or ("nccl" if cuda else "gloo"), timeout=timedelta(minutes=minutes))
     except ValueError as exc:  # WORLD_SIZE set by hand, without the rest of torchrun's environment
-        raise LayerpruneError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {exc}; start several processes "
+        raise LayerpruneError(f"WORLD_SIZE={launched_world_size()} but {exc}; start several processes "
                               "with torchrun --nproc_per_node N -m layerprune ...") from None
     return True
 
@@ -72,6 +72,11 @@ def launched_rank() -> int:
     """This process's rank as torchrun set it (0 when not launched by torchrun), even before
     the process group exists: for deciding who prints."""
     return int(os.environ.get("RANK", "0"))
+
+
+def launched_world_size() -> int:
+    """How many processes torchrun started (1 when not launched by torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def barrier() -> None:
@@ -107,7 +112,7 @@ def on_main(fn: Callable[[], T]) -> T:
                 payload[0] = ("ok", fn())
         except BaseException as exc:  # noqa: BLE001 - every failure must release the other ranks
             error = exc
-            payload[0] = ("error", str(exc) or type(exc).__name__, getattr(exc, "exit_code", 1))
+            payload[0] = ("error", *_report(exc))
     dist.broadcast_object_list(payload, src=0)
     if error is not None:
         raise error
@@ -130,7 +135,7 @@ def check_everywhere(fn: Callable[[], Any]) -> None:
     except BaseException as exc:  # noqa: BLE001
         error = exc
     reports: list[Any] = [None] * dist.get_world_size()
-    mine = None if error is None else (str(error) or type(error).__name__, getattr(error, "exit_code", 1))
+    mine = None if error is None else _report(error)
     dist.all_gather_object(reports, mine)
     if error is not None:
         raise error
@@ -138,6 +143,11 @@ def check_everywhere(fn: Callable[[], Any]) -> None:
     if failed:
         r, (message, code) = failed[0]
         raise RankFailed(f"rank {r}: {message}", code)
+
+
+def _report(exc: BaseException) -> tuple[str, int]:
+    """What other ranks need of a failure: its message and exit code."""
+    return str(exc) or type(exc).__name__, getattr(exc, "exit_code", 1)
 
 
 class RankFailed(LayerpruneError):
@@ -188,10 +198,10 @@ def check_in_step(model: torch.nn.Module, what: str = "model") -> None:
     """
     if not active():
         return
-    mine = [float(t.detach().double().sum()) for t in model.state_dict().values() if t.is_floating_point()]
+    state = {n: t for n, t in model.state_dict().items() if t.is_floating_point()}
+    names, mine = list(state), [float(t.detach().double().sum()) for t in state.values()]
     everyone: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
-    names = [n for n, t in model.state_dict().items() if t.is_floating_point()]
     for r, theirs in enumerate(everyone[1:], start=1):
         for name, a, b in zip(names, everyone[0], theirs):
             if abs(a - b) > 1e-5 * max(abs(a), abs(b), 1.0):

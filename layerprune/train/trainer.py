@@ -26,6 +26,10 @@ from layerprune.train.resume import load_training_checkpoint, save_training_chec
 from layerprune.train.settings import TrainSettings
 
 
+# torch's SyncBatchNorm refuses CPU tensors under torch.distributed.
+SYNC_BATCHNORM_ON_CPU = "SyncBatchNorm runs on CUDA devices only and this run trains on the CPU; set it to false"
+
+
 @dataclass
 class EpochRecord:
     """What one epoch did. ``epoch`` is 0-based; train metrics are running averages over the
@@ -61,8 +65,9 @@ def train(
 ) -> list[EpochRecord]:
     """Train ``model`` in place for ``settings.epochs`` epochs and return one record per epoch.
 
-    Epoch ``e`` starts with ``torch.manual_seed(seed + e)`` and re-seeds ``train_loader.generator``
-    (when it has one) the same way, so its shuffling and augmentation depend only on ``(seed, e)``.
+    Epoch ``e`` starts with ``torch.manual_seed(seed + e)`` (under torchrun, a different seed per
+    rank derived from it) and re-seeds ``train_loader.generator`` (when it has one) with
+    ``seed + e``, so its shuffling and augmentation depend only on ``(seed, e)``.
     With ``checkpoint_path`` the state is saved after every epoch and an existing file is resumed:
     the result is bitwise identical to an uninterrupted run. A finished checkpoint trains nothing:
     its weights are loaded into ``model`` and its history returned. The model ends in eval mode,
@@ -106,7 +111,7 @@ def train(
             teacher.eval()
         with _Bars(progress and distributed.is_main(), description, settings.epochs, len(history), _length(train_loader)) as bars:
             for epoch in range(len(history), settings.epochs):
-                record = _run_epoch(step, train_loader, settings, epoch, seed, bars)
+                record = _run_epoch(step, train_loader, epoch, seed, bars)
                 distributed.broadcast_buffers(model)
                 if val_batches is not None:
                     record.val_loss, record.val_accuracy = _validate(model, val_batches)
@@ -154,6 +159,7 @@ class _Step:
         self.memory_format = torch.channels_last if settings.channels_last else torch.preserve_format
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train on one batch; returns its loss and how many it classified right (device tensors)."""
         s = self.settings
         # non_blocking: copies from pinned host memory overlap with the GPU's work (no-op on CPU)
         x = x.to(self.device, non_blocking=True, memory_format=self.memory_format if x.dim() == 4 else torch.preserve_format)
@@ -172,10 +178,10 @@ class _Step:
         else:
             loss.backward()
             self.optimizer.step()
-        return loss.detach(), logits.detach()
+        return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
 
-def _run_epoch(step: _Step, loader, settings, epoch, seed, bars) -> EpochRecord:
+def _run_epoch(step: _Step, loader, epoch, seed, bars) -> EpochRecord:
     start = time.perf_counter()
     # Everything random in epoch e (shuffle order, augmentation, dropout) follows from seed + e
     # alone (and the rank, so that ranks augment their shares differently), whether the run got
@@ -187,7 +193,7 @@ def _run_epoch(step: _Step, loader, settings, epoch, seed, bars) -> EpochRecord:
     sampler = getattr(loader, "sampler", None)
     if hasattr(sampler, "set_epoch"):  # DistributedSampler: each rank's share of this epoch
         sampler.set_epoch(epoch)
-    lr = settings.lr_at(epoch)
+    lr = step.settings.lr_at(epoch)
     for group in step.optimizer.param_groups:
         group["lr"] = lr
     step.net.train()
@@ -197,10 +203,9 @@ def _run_epoch(step: _Step, loader, settings, epoch, seed, bars) -> EpochRecord:
     seen = 0
     bars.epoch_started(epoch)
     for x, y in loader:
-        loss, logits = step(x, y)
-        y = y.to(logits.device, non_blocking=True)
+        loss, right = step(x, y)
         loss_sum = loss_sum + loss * len(y)
-        correct = correct + (logits.argmax(1) == y).sum()
+        correct = correct + right
         seen += len(y)
         if bars.enabled:
             bars.batch_done(float(loss_sum) / seen, float(correct) / seen)
@@ -224,8 +229,7 @@ def _sync_batchnorm(model: nn.Module, device: torch.device) -> Callable[[], None
     the saved and returned model holds plain BatchNorm layers (same weights, same buffers).
     """
     if device.type == "cpu":
-        raise LayerpruneError("sync_batchnorm: SyncBatchNorm runs on CUDA devices only and this run trains "
-                              "on the CPU; set it to false")
+        raise LayerpruneError(f"sync_batchnorm: {SYNC_BATCHNORM_ON_CPU}")
     swapped = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
