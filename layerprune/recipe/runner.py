@@ -411,16 +411,20 @@ def run_recipe(recipe: Recipe, *, out: str | None = None, fresh: bool = False, p
     Under ``torchrun`` (``WORLD_SIZE`` > 1) this joins the process group first; only rank 0 logs,
     shows progress and writes, and every rank returns the same result.
     """
-    distributed.init_from_env()
-    main = distributed.is_main()
-    runner = Runner(recipe, progress=progress and main, log=log if main else _quiet)
-    # Before the run directory exists: a recipe that cannot run leaves nothing. Every rank checks
-    # (a data set may be missing on one node only); a failure anywhere stops all of them.
-    distributed.check_everywhere(runner.preflight)
-    runner.run = distributed.on_main(lambda: RunDir.open(recipe, out, fresh=fresh))
-    distributed.check_everywhere(lambda: _visible(runner.run))
-    runner.log(f"run directory: {runner.run.path}")
-    return runner()
+    joined = distributed.init_from_env()
+    try:
+        main = distributed.is_main()
+        runner = Runner(recipe, progress=progress and main, log=log if main else _quiet)
+        # Before the run directory exists: a recipe that cannot run leaves nothing. Every rank checks
+        # (a data set may be missing on one node only); a failure anywhere stops all of them.
+        distributed.check_everywhere(runner.preflight)
+        runner.run = distributed.on_main(lambda: RunDir.open(recipe, out, fresh=fresh))
+        distributed.check_everywhere(lambda: _visible(runner.run))
+        runner.log(f"run directory: {runner.run.path}")
+        return runner()
+    finally:
+        if joined:
+            distributed.shutdown()
 
 
 def _visible(run: RunDir) -> None:

@@ -51,6 +51,13 @@ def init_from_env(backend: str | None = None) -> bool:
     return True
 
 
+def shutdown() -> None:
+    """Leave the process group (when one exists). A process that exits with the group still up can
+    abort in the backend's teardown while its peers disconnect, turning a clean exit into SIGABRT."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def active() -> bool:
     """True under torchrun with more than one process (and outside :func:`alone`)."""
     return _alone == 0 and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
