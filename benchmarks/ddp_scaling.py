@@ -40,6 +40,7 @@ def worker(args: argparse.Namespace) -> None:
     images = len(loader) * (args.batch_size // world) * world
     if distributed.is_main():
         print(json.dumps({"images": images, "seconds": [h.seconds for h in history[1:]]}))  # epoch 1 warms up
+    distributed.shutdown()
 
 
 def measure(cmd: list[str], env: dict[str, str]) -> tuple[int, float]:
