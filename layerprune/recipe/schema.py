@@ -203,7 +203,7 @@ class Recipe(Section):
             try:
                 torch.device(value)
             except RuntimeError:
-                raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}") from None
+                raise ValueError("must be auto, cpu, cuda or cuda:N") from None
         return value
 
     @model_validator(mode="after")

@@ -81,6 +81,8 @@ def problems_of(tmp_path, recipe, overrides=()):
     (["pretrain=null"], "pretrain: required when model.checkpoint is not given"),
     (["finetune.optimizer=adam"], "finetune.optimizer: Input should be 'sgd' or 'adamw' (got 'adam')"),
     (["prune.steps=0"], "prune.steps: Input should be greater than 0 (got 0)"),
+    (["device=gpu9"], "device: must be auto, cpu, cuda or cuda:N (got 'gpu9')"),
+    (["finetune.precision=16"], "finetune.precision: Input should be '32', 'bf16' or 'fp16' (got '16')"),
 ])
 def test_each_problem_names_its_key_path(tmp_path, overrides, expected):
     assert any(p.startswith(expected) for p in problems_of(tmp_path, MINIMAL, overrides)), expected
