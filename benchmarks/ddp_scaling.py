@@ -26,7 +26,8 @@ def worker(args: argparse.Namespace) -> None:
 
     import layerprune
     from layerprune.data import make_loader
-    from layerprune.train import TrainSettings, distributed, train
+    from layerprune import distributed
+    from layerprune.train import TrainSettings, train
 
     distributed.init_from_env()
     world = distributed.world_size()

@@ -21,7 +21,7 @@ import torch
 import layerprune
 from layerprune.data import make_loader
 from layerprune.train import TrainSettings, train
-from layerprune.train.distributed import resolve_device
+from layerprune.distributed import resolve_device
 
 
 def main() -> None:

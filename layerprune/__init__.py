@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version as _version
-
-try:
-    __version__ = _version("layerprune")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
+from layerprune.version import __version__
 
 from layerprune.errors import (  # noqa: E402
     CheckpointError, DatasetError, LayerpruneError, ModelError, SurgeryError, UnknownNameError,
@@ -24,6 +19,8 @@ from layerprune.criteria import (  # noqa: E402
     Criterion, CriterionResult, ModularityCurve, ScoringContext, get_criterion, list_criteria, load_plugin,
     modularity, modularity_curve, register_criterion, score_blocks, select_blocks,
 )
+from layerprune.calibration import Calibration, Repair  # noqa: E402
+from layerprune.pruner import PruneResult, PruneStep, Pruner  # noqa: E402
 
 __all__ = [
     "Block", "CheckpointError", "DatasetBundle", "DatasetError", "LayerpruneError", "ModelError",
@@ -32,4 +29,5 @@ __all__ = [
     "load_pruned", "make_loader", "measure_latency", "model_cost", "remove_blocks", "save_pruned",
     "Criterion", "CriterionResult", "ModularityCurve", "ScoringContext", "get_criterion", "list_criteria",
     "load_plugin", "modularity", "modularity_curve", "register_criterion", "score_blocks", "select_blocks",
+    "Calibration", "PruneResult", "PruneStep", "Pruner", "Repair",
 ]

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from layerprune.calibration import Calibration
 from layerprune.errors import LayerpruneError
 
 app = typer.Typer(
@@ -44,14 +45,14 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _is_rank0() -> bool:
     """Rank 0 under torchrun, or a plain process: the one that speaks for the job."""
-    from layerprune.train.distributed import launched_rank
+    from layerprune.distributed import launched_rank
 
     return launched_rank() == 0
 
 
 def _version_callback(value: bool) -> None:
     if value:
-        from layerprune import __version__
+        from layerprune.version import __version__
 
         console.print(f"layerprune {__version__}")
         raise typer.Exit()
@@ -138,12 +139,10 @@ def _parse_pairs(pairs: list[str], flag: str = "--model-arg") -> dict[str, Any]:
 
 
 def _load_plugins(specs: list[str], strict: bool) -> None:
-    """Load ``--plugin`` specs and installed entry points (failures warn; call inside
+    """Load installed entry points and ``--plugin`` specs (failures warn; call inside
     :class:`_plugin_warnings`)."""
     from layerprune.criteria import load_plugins
-    from layerprune.criteria.catalog import load_entry_points
 
-    load_entry_points(strict=strict)
     load_plugins(specs, strict=strict)
 
 
@@ -188,7 +187,7 @@ def inspect_cmd(
 
     from layerprune.models import create_model
     from layerprune.surgery import find_blocks, model_cost
-    from layerprune.surgery.blocks import default_input
+    from layerprune.surgery import default_input
 
     model = create_model(model_name, checkpoint=checkpoint, **_parse_pairs(model_arg)).eval()
     x = torch.randn(1, *input_size) if input_size else default_input(model)
@@ -252,10 +251,10 @@ def score_cmd(
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Load these weights first."),
     model_arg: list[str] = typer.Option([], "--model-arg", "-a", metavar="KEY=VALUE", help="Model keyword argument (repeatable)."),
     data_arg: list[str] = typer.Option([], "--data-arg", metavar="KEY=VALUE", help="Dataset option (repeatable), e.g. root=./data."),
-    split: str = typer.Option("val", "--split", help="Calibration split: val (held out of train), test or train."),
-    samples: int = typer.Option(500, "--samples", help="Samples per calibration batch."),
-    batches: int = typer.Option(5, "--batches", help="Calibration batches (mean and std over them)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for drawing calibration samples."),
+    split: str = typer.Option(Calibration.split, "--split", help="Calibration split: val (held out of train), test or train."),
+    samples: int = typer.Option(Calibration.samples, "--samples", help="Samples per calibration batch."),
+    batches: int = typer.Option(Calibration.batches, "--batches", help="Calibration batches (mean and std over them)."),
+    seed: int = typer.Option(Calibration.seed, "--seed", help="Seed for drawing calibration samples (and the model's initial weights)."),
     rule: Optional[str] = typer.Option(None, "--rule", help="threshold, count or budget (default: the criterion's)."),
     rule_arg: list[str] = typer.Option([], "--rule-arg", "-r", metavar="KEY=VALUE", help="Rule parameter, e.g. threshold=0.03, k=8, macs=0.5."),
     protect: list[str] = typer.Option([], "--protect", help="Never remove this block (repeatable)."),
@@ -269,7 +268,7 @@ def score_cmd(
     """Score the blocks of MODEL on calibration data and show what the rule would remove."""
     import json
 
-    from layerprune.criteria.report import score_model
+    from layerprune.app import score_model
 
     with _plugin_warnings():
         _load_plugins(plugin, strict)
@@ -277,8 +276,8 @@ def score_cmd(
             model_name, data, criterion, criterion_params=_parse_pairs(param, "--param"),
             checkpoint=checkpoint, model_args=_parse_pairs(model_arg), data_args=_parse_pairs(data_arg, "--data-arg"),
             rule=rule, rule_params=_parse_pairs(rule_arg, "--rule-arg"), protect=protect, collapse=collapse,
-            device=device, progress=not as_json and sys.stderr.isatty(), split=split, samples=samples,
-            batches=batches, seed=seed,
+            device=device, progress=not as_json and sys.stderr.isatty(),
+            calibration=Calibration(split=split, samples=samples, batches=batches, seed=seed),
         )
     if plot:
         report.plot(plot)

@@ -1,10 +1,11 @@
 """``layerprune bench``: every criterion × budget × seed on one base model, measured the same way.
 
 For each seed, each criterion scores the base model's blocks once (timed, forward passes
-counted). For each trial (criterion × budget × seed): select → remove → BatchNorm repair →
-accuracy before finetune → finetune (the same epochs for everyone) → accuracy after. A
-width-pruning row (Torch-Pruning channel pruning at the same MACs) goes through the same repair
-and finetune. Every score set and trial is its own JSON file, written atomically: an interrupted
+counted) through the recipe's :class:`~layerprune.Pruner`, with that seed's calibration draw and
+the recipe's repair: every criterion sees the same calibration samples and repair batches. For
+each trial (criterion × budget × seed): the pruner plans → removes → repairs, then accuracy before
+finetune → finetune (the same epochs for everyone) → accuracy after. A width-pruning row
+(Torch-Pruning channel pruning at the same MACs) goes through the same repair and finetune. Every score set and trial is its own JSON file, written atomically: an interrupted
 bench continues where it stopped.
 """
 
@@ -17,15 +18,14 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from layerprune.criteria.catalog import get_criterion
-from layerprune.criteria.context import ScoringContext
-from layerprune.criteria.selection import select_blocks
+from layerprune import distributed
+from layerprune.criteria.catalog import criterion_parameters, get_criterion
 from layerprune.errors import LayerpruneError
 from layerprune.recipe.rundir import RunDir
 from layerprune.recipe.runner import Runner
 from layerprune.recipe.schema import Recipe
-from layerprune.surgery import find_blocks, measure_latency, model_cost, remove_blocks
-from layerprune.train import distributed, train
+from layerprune.surgery import find_blocks, measure_latency, model_cost
+from layerprune.train import train
 
 Log = Callable[[str], None]
 WIDTH = "width (Torch-Pruning L1 channels)"
@@ -81,31 +81,27 @@ class Bench:
         if self.run.file(name).is_file():
             return self.run.read_json(name)
         base = self.runner.base_model()
-        params = {"seed": seed} if criterion in ("random", "sr_init") else {}
-        built = get_criterion(criterion, **params)
-        cal = self.recipe.data.calibration
+        # Criteria with a seed of their own (random draws, re-initialisation) take the trial's.
+        params = {"seed": seed} if "seed" in criterion_parameters(criterion) else {}
+        pruner = self.runner.pruner(criterion=criterion, criterion_params=params, seed=seed)
         counter = _ForwardCounter(base)
         start = time.perf_counter()
         try:
-            ctx = ScoringContext(base, self.runner.build_data(), samples=cal.samples, batches=cal.batches,
-                                 split=cal.split, seed=seed, progress=self.progress)
-            result = built(ctx)
+            scored = pruner.score(base, self.runner.build_data())
         finally:
             counter.close()
         seconds = time.perf_counter() - start
-        record = {"criterion": criterion, "seed": seed, "scores": result.scores, "seconds": seconds,
-                  "forward_passes": counter.samples / (ctx.samples * ctx.num_batches),
-                  "diagnostics": result.to_dict()["diagnostics"]}
+        drawn = scored.calibration["samples"] * scored.calibration["batches"]
+        record = {"criterion": criterion, "seed": seed, "scores": scored.scores, "seconds": seconds,
+                  "forward_passes": counter.samples / drawn, "calibration": scored.calibration,
+                  "diagnostics": scored.result.to_dict()["diagnostics"]}
         self.run.write_json(name, record)
         return record
 
     # -- trials -------------------------------------------------------------------------------
     def _finish(self, model: nn.Module, seed: int, record: dict[str, Any]) -> dict[str, Any]:
-        """Repair, evaluate, finetune, evaluate and measure ``model`` (a pruned copy)."""
+        """Finetune, evaluate and measure ``model`` (a pruned, repaired copy)."""
         runner, x = self.runner, self.runner.example_input()
-        if self.recipe.prune.repair:
-            runner.repair(model)
-        record["before_finetune"] = runner.evaluate(model).accuracy
         epochs = self.cfg.finetune_epochs if self.cfg.finetune_epochs is not None else self.recipe.finetune.epochs
         settings = runner.settings(self.recipe.finetune, epochs=epochs)
         train(model, runner.train_loader(), settings, seed=seed, progress=self.progress)
@@ -119,23 +115,24 @@ class Bench:
 
     def depth_trial(self, criterion: str, budget: dict[str, float], seed: int) -> dict[str, Any]:
         scores = self.scores(criterion, seed)["scores"]
-        base = self.runner.base_model()
-        blocks = self.blocks
-        rule = budget_rule(budget)
-        removed = select_blocks(scores, blocks, protect=self.recipe.select.protect,
-                                collapse=self.recipe.select.collapse, **rule)
-        pruned = remove_blocks(base, removed, self.runner.example_input(), collapse=self.recipe.select.collapse,
-                               blocks=blocks)
+        pruner = self.runner.pruner(criterion=criterion, rule=budget_rule(budget), seed=seed)
+        removed = pruner.plan(scores, self.blocks)
+        pruned, step = pruner.remove(self.runner.base_model(), removed, self.runner.build_data(), blocks=self.blocks,
+                                     example_input=self.runner.example_input(), evaluate_with=self.runner.evaluate)
         return self._finish(pruned, seed, {"criterion": criterion, "budget": budget_name(budget), "seed": seed,
-                                           "removed": removed})
+                                           "removed": removed, "after_surgery": step.after_surgery.accuracy,
+                                           "before_finetune": (step.after_repair or step.after_surgery).accuracy})
 
     def width_trial(self, budget: dict[str, float], seed: int) -> dict[str, Any]:
         from layerprune.bench.width import prune_width
 
         key, value = next(iter(budget.items()))
         pruned, ratio = prune_width(self.runner.base_model(), self.runner.example_input(), **{key: value})
+        after_surgery = self.runner.evaluate(pruned).accuracy
+        self.runner.pruner().repair_model(pruned, self.runner.build_data())  # the depth trials' repair
         return self._finish(pruned, seed, {"criterion": WIDTH, "budget": budget_name(budget), "seed": seed,
-                                           "removed": [], "channel_ratio": ratio})
+                                           "removed": [], "channel_ratio": ratio, "after_surgery": after_surgery,
+                                           "before_finetune": self.runner.evaluate(pruned).accuracy})
 
     def plan(self) -> list[tuple[str, dict[str, float], int]]:
         trials = [(c, b, s) for s in self.cfg.seeds for b in self.cfg.budgets for c in self.cfg.criteria]
@@ -175,9 +172,9 @@ class Bench:
                      f"MACs −{100 * record['macs_reduction']:.1f}%")
         from layerprune.bench.report import correlations, costs, write_outputs
 
-        corr = correlations(self)
-        cost = costs(self)
-        write_outputs(self, trials, corr, cost)
+        corr = correlations(self.cfg, self.scores)
+        cost = costs(self.cfg, self.scores)
+        write_outputs(self.run, self.recipe, self.scores, trials, corr, cost)
         return BenchResult(self.run, trials, corr, cost)
 
 

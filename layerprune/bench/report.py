@@ -6,15 +6,17 @@ from __future__ import annotations
 import csv
 import io
 import statistics
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 from rich.table import Table
 
 from layerprune.io import write_json, write_text
 from layerprune.plots import pyplot, save_png
+from layerprune.recipe.rundir import RunDir
+from layerprune.recipe.schema import BenchSection, Recipe
 
-if TYPE_CHECKING:
-    from layerprune.bench.harness import Bench
+# criterion, seed → its stored score record ({"scores", "seconds", "forward_passes", "diagnostics"})
+ScoresOf = Callable[[str, int], dict[str, Any]]
 
 CSV_FIELDS = ["criterion", "budget", "seed", "before_finetune", "after_finetune", "loss", "params", "macs",
               "params_reduction", "macs_reduction", "latency_ms", "removed"]
@@ -24,15 +26,15 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
-def correlations(bench: "Bench") -> list[dict[str, Any]]:
+def correlations(cfg: BenchSection, scores_of: ScoresOf) -> list[dict[str, Any]]:
     """Spearman and Kendall rank correlation of each criterion's scores with the oracle's, per seed."""
     from scipy.stats import kendalltau, spearmanr
 
     rows = []
-    for seed in bench.cfg.seeds:
-        oracle = bench.scores(bench.cfg.oracle, seed)["scores"]
-        for criterion in bench.cfg.criteria:
-            scores = bench.scores(criterion, seed)["scores"]
+    for seed in cfg.seeds:
+        oracle = scores_of(cfg.oracle, seed)["scores"]
+        for criterion in cfg.criteria:
+            scores = scores_of(criterion, seed)["scores"]
             common = sorted(set(scores) & set(oracle))
             a, b = [scores[n] for n in common], [oracle[n] for n in common]
             varied = len(set(a)) > 1 and len(set(b)) > 1
@@ -42,10 +44,10 @@ def correlations(bench: "Bench") -> list[dict[str, Any]]:
     return rows
 
 
-def costs(bench: "Bench") -> list[dict[str, Any]]:
+def costs(cfg: BenchSection, scores_of: ScoresOf) -> list[dict[str, Any]]:
     rows = []
-    for criterion in bench.cfg.criteria:
-        records = [bench.scores(criterion, s) for s in bench.cfg.seeds]
+    for criterion in cfg.criteria:
+        records = [scores_of(criterion, s) for s in cfg.seeds]
         rows.append({"criterion": criterion,
                      "seconds": statistics.fmean(r["seconds"] for r in records),
                      "forward_passes": statistics.fmean(r["forward_passes"] for r in records)})
@@ -132,12 +134,12 @@ def plot_accuracy(rows: list[dict[str, Any]], base: dict[str, Any], path) -> Non
     save_png(fig, path)
 
 
-def plot_choices(bench: "Bench", trials: list[dict[str, Any]], path) -> bool:
+def plot_choices(cfg: BenchSection, scores_of: ScoresOf, trials: list[dict[str, Any]], path) -> bool:
     """The modularity curve, and under it which blocks each criterion removed (first seed and budget)."""
-    if "modularity" not in bench.cfg.criteria:
+    if "modularity" not in cfg.criteria:
         return False
-    seed, budget = bench.cfg.seeds[0], trials[0]["budget"]
-    curve = bench.scores("modularity", seed)["diagnostics"].get("curve")
+    seed, budget = cfg.seeds[0], trials[0]["budget"]
+    curve = scores_of("modularity", seed)["diagnostics"].get("curve")
     if not curve:
         return False
     plt = pyplot()
@@ -165,8 +167,8 @@ def plot_choices(bench: "Bench", trials: list[dict[str, Any]], path) -> bool:
     return True
 
 
-def write_outputs(bench: "Bench", trials, corr, cost) -> None:
-    run = bench.run
+def write_outputs(run: RunDir, recipe: Recipe, scores_of: ScoresOf, trials, corr, cost) -> None:
+    cfg = recipe.bench
     base = run.read_json("base.json")
     rows = summary(trials)
     write_json(run.file("trials.json"), {"base": base, "trials": trials, "correlations": corr, "costs": cost,
@@ -178,13 +180,13 @@ def write_outputs(bench: "Bench", trials, corr, cost) -> None:
         writer.writerow({**t, "removed": " ".join(t["removed"])})
     write_text(run.file("trials.csv"), buf.getvalue())
     plot_accuracy(rows, base, run.file("accuracy_vs_macs.png"))
-    has_choices = plot_choices(bench, trials, run.file("curve_choices.png"))
-    r = bench.recipe
+    has_choices = plot_choices(cfg, scores_of, trials, run.file("curve_choices.png"))
+    r = recipe
     lines = [f"# bench {r.name}: {r.model.name} on {r.data.dataset}", "",
              f"Base model: {100 * base['accuracy']:.2f}% {r.eval.split} accuracy, {base['params']:,} params, "
-             f"{base['macs'] / 1e6:.1f}M MACs. Seeds {bench.cfg.seeds}; finetune "
-             f"{bench.cfg.finetune_epochs if bench.cfg.finetune_epochs is not None else r.finetune.epochs} epochs per trial; "
-             f"rank correlation with `{bench.cfg.oracle}`.", "", _markdown(rows, corr, cost, base), "",
+             f"{base['macs'] / 1e6:.1f}M MACs. Seeds {cfg.seeds}; finetune "
+             f"{cfg.finetune_epochs if cfg.finetune_epochs is not None else r.finetune.epochs} epochs per trial; "
+             f"rank correlation with `{cfg.oracle}`.", "", _markdown(rows, corr, cost, base), "",
              "![accuracy vs MACs](accuracy_vs_macs.png)", ""]
     if has_choices:
         lines += ["![modularity curve and choices](curve_choices.png)", ""]

@@ -21,7 +21,7 @@ from layerprune.errors import LayerpruneError
 
 def _branch_outputs(model: nn.Module) -> set[str]:
     """Convs whose output feeds another conv inside the same block (``conv1`` of a basic block)."""
-    from layerprune.surgery.blocks import discover
+    from layerprune.surgery.find import discover
 
     names = set()
     for block, _ in discover(model)[0]:

@@ -2,7 +2,9 @@
 
 >>> ctx = ScoringContext(model, build_dataset("digits"), samples=200, batches=2)  # doctest: +SKIP
 >>> result = get_criterion("modularity")(ctx)  # doctest: +SKIP
->>> select_blocks(result.scores, ctx.blocks, **result_rule)  # doctest: +SKIP
+>>> select_blocks(result.scores, ctx.blocks, rule="threshold", threshold=0.03)  # doctest: +SKIP
+
+The whole score → plan → remove → repair pipeline is :class:`layerprune.Pruner`.
 """
 
 from __future__ import annotations
@@ -14,17 +16,21 @@ from layerprune.criteria.catalog import (
     CRITERIA, ENTRY_POINT_GROUP, CriterionInfo, PluginFailure, PluginWarning, get_criterion, list_criteria,
     load_plugin, load_plugins, plugin_failures, register_criterion,
 )
-from layerprune.criteria.context import Probe, ScoringContext
+from layerprune.criteria.catalog import criterion_parameters
+from layerprune.criteria.context import ScoringContext
+from layerprune.criteria.curve import PAPER_THRESHOLD, ModularityCurve, modularity_curve
 from layerprune.criteria.graph import KnnGraph, graph_modularity, knn_graph, modularity
-from layerprune.criteria.curve import ModularityCurve, modularity_curve
-from layerprune.criteria.selection import RULES, select_blocks
+from layerprune.criteria.plots import plot_result, plot_scores
+from layerprune.criteria.selection import RULES, max_reduction, removed_share, select_blocks
+from layerprune.criteria.stream import FeatureStream, Probe, ProbeGroup, StreamPass
 
 __all__ = [
-    "CRITERIA", "Criterion", "CriterionInfo", "CriterionResult", "ENTRY_POINT_GROUP", "KnnGraph",
-    "ModularityCurve", "PluginFailure", "PluginWarning", "Probe", "RULES", "ScoringContext",
-    "get_criterion", "graph_modularity", "knn_graph", "list_criteria", "load_plugin", "load_plugins",
-    "modularity", "modularity_curve", "plugin_failures", "register_criterion", "score_blocks",
-    "select_blocks",
+    "CRITERIA", "Criterion", "CriterionInfo", "CriterionResult", "ENTRY_POINT_GROUP", "FeatureStream",
+    "KnnGraph", "ModularityCurve", "PAPER_THRESHOLD", "PluginFailure", "PluginWarning", "Probe", "ProbeGroup",
+    "RULES", "ScoringContext", "StreamPass", "criterion_parameters", "get_criterion", "graph_modularity",
+    "knn_graph", "list_criteria", "load_plugin", "load_plugins", "max_reduction", "modularity",
+    "modularity_curve", "plot_result", "plot_scores", "plugin_failures", "register_criterion",
+    "removed_share", "score_blocks", "select_blocks",
 ]
 
 

@@ -120,6 +120,11 @@ def _parameters(fn: Callable[..., Any], skip: int = 1) -> list[str]:
     return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
+def parameters_of(obj: Any) -> list[str]:
+    """The keyword parameters of a criterion class (its ``__init__``) or function (after ``ctx``)."""
+    return _parameters(obj.__init__ if isinstance(obj, type) else obj)
+
+
 def describe(obj: Any) -> str:
     """The one-line description of a criterion class or function."""
     text = getattr(obj, "description", "") or (inspect.getdoc(obj) or "")

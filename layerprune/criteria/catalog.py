@@ -191,8 +191,11 @@ def _import_file(path: Path) -> None:
         raise
 
 
-def load_plugins(specs: list[str] | tuple[str, ...], *, strict: bool = False) -> list[str]:
-    """:func:`load_plugin` for each spec; the criteria they registered."""
+def load_plugins(specs: list[str] | tuple[str, ...] = (), *, strict: bool = False) -> list[str]:
+    """Every plugin there is: installed packages' entry points (once per process, registered
+    lazily), then :func:`load_plugin` for each spec. The one loader the CLI and recipes call.
+    Returns the criteria the specs registered."""
+    load_entry_points(strict=strict)
     added: list[str] = []
     for spec in specs:
         added.extend(load_plugin(spec, strict=strict))
@@ -208,6 +211,14 @@ def get_criterion(name: str, **params: Any) -> Criterion:
     load_entry_points()
     canonical = CRITERIA.canonical(name)
     return instantiate(CRITERIA.get(canonical), canonical, params)
+
+
+def criterion_parameters(name: str) -> list[str]:
+    """The keyword parameters criterion ``name`` accepts (e.g. to tell which take a ``seed``)."""
+    from layerprune.criteria.base import parameters_of
+
+    load_entry_points()
+    return parameters_of(CRITERIA.get(CRITERIA.canonical(name)))
 
 
 def is_criterion(obj: Any) -> bool:

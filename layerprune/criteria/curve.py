@@ -19,11 +19,17 @@ from typing import Any, Sequence
 import numpy as np
 import torch.nn as nn
 
+from layerprune.calibration import Calibration
 from layerprune.criteria.base import Criterion, CriterionResult
 from layerprune.criteria.context import ScoringContext
 from layerprune.criteria.graph import modularity
 from layerprune.errors import LayerpruneError
 from layerprune.plots import pyplot, save_png
+
+
+# ΔQ below this is a plateau: the rule that reproduces the paper's ResNet-56 choice. The criterion's
+# default threshold and every curve plot read it from here.
+PAPER_THRESHOLD = 0.03
 
 
 @dataclass
@@ -65,10 +71,11 @@ class ModularityCurve:
         return cls(list(d["probes"]), np.asarray(d["values"], dtype=np.float64), int(d["k"]), int(d["samples"]),
                    {b: tuple(p) for b, p in d["blocks"].items()})
 
-    def plot(self, path: str | Path, *, threshold: float = 0.03, removed: Sequence[str] = (),
+    def plot(self, path: str | Path, *, threshold: float | None = None, removed: Sequence[str] = (),
              title: str | None = None) -> Path:
         """Write the curve to a PNG: degradation (ΔQ < 0) and plateau (ΔQ < ``threshold``) shaded,
-        blocks in ``removed`` marked."""
+        blocks in ``removed`` marked. ``threshold`` defaults to the paper's :data:`PAPER_THRESHOLD`."""
+        threshold = PAPER_THRESHOLD if threshold is None else threshold
         plt = pyplot()
         x = np.arange(len(self.probes))
         index = {p: i for i, p in enumerate(self.probes)}
@@ -113,12 +120,12 @@ def modularity_curve(
     model: nn.Module,
     data: Any,
     *,
-    samples: int = 500,
-    batches: int = 5,
+    samples: int = Calibration.samples,
+    batches: int = Calibration.batches,
     k: int = 3,
     probes: Sequence[str] | None = None,
-    split: str = "val",
-    seed: int = 0,
+    split: str = Calibration.split,
+    seed: int = Calibration.seed,
     progress: bool = False,
     **context: Any,
 ) -> ModularityCurve:
@@ -149,7 +156,7 @@ class ModularityCriterion(Criterion):
 
     description = "ΔQ of label modularity on a cosine kNN graph across the block (Lu et al., ECCV 2022)"
 
-    def __init__(self, k: int = 3, threshold: float = 0.03) -> None:
+    def __init__(self, k: int = 3, threshold: float = PAPER_THRESHOLD) -> None:
         _check_k(k)
         self.k = k
         self.threshold = float(threshold)

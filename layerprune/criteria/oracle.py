@@ -4,7 +4,10 @@
 ``ablation`` and ``sr_init`` evaluate a changed copy of the model. Removing or re-initialising
 any block shifts the statistics every later BatchNorm sees; measured with stale statistics, the
 drop mostly reflects that shift rather than the block's contribution. So by default each copy's
-BatchNorm statistics are re-estimated on a few training batches first (``repair=True``).
+BatchNorm statistics are re-estimated first (``repair=True``), with the context's
+:class:`~layerprune.calibration.Repair`: the same batches the pruner repairs the pruned model with,
+so the oracle predicts the damage of a removal under the repair the pruned model then gets. A
+disabled ``Repair`` means no repair here either.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import torch.nn.functional as F
 from layerprune.criteria.base import Criterion, CriterionResult
 from layerprune.criteria.context import ScoringContext
 from layerprune.errors import LayerpruneError
-from layerprune.surgery.blocks import Block, replacement, swap_blocks
+from layerprune.hooks import eval_mode, forward_hooks
+from layerprune.surgery.blocks import Block
+from layerprune.surgery.edit import replacement, swap_blocks
 
 METRICS = ("loss", "accuracy")
 
@@ -49,11 +54,12 @@ class _Measured(Criterion):
     def score(self, ctx: ScoringContext) -> CriterionResult:
         # The reference gets the same repair, so that a block that does nothing scores 0 rather
         # than whatever re-estimating the statistics alone changes.
-        base = ctx.evaluate(ctx.repair(copy.deepcopy(ctx.model)) if self.repair else None)
+        repair = self.repair and ctx.repair_policy.enabled
+        base = ctx.evaluate(ctx.repair(copy.deepcopy(ctx.model)) if repair else None)
         loss_up, acc_down = {}, {}
         for block in ctx.track(self.candidates(ctx), self.name):
             changed = self.change(copy.deepcopy(ctx.model), block)
-            if self.repair:
+            if repair:
                 ctx.repair(changed)
             result = ctx.evaluate(changed)
             loss_up[block.name] = result.loss - base.loss
@@ -61,7 +67,7 @@ class _Measured(Criterion):
         scores = loss_up if self.metric == "loss" else acc_down
         return CriterionResult(self.name, dict(scores), self.params(), {
             "loss_increase": loss_up, "accuracy_drop": acc_down,
-            "base": {"loss": base.loss, "accuracy": base.accuracy}, "repair": self.repair,
+            "base": {"loss": base.loss, "accuracy": base.accuracy}, "repair": repair,
         })
 
 
@@ -70,8 +76,8 @@ class AblationCriterion(_Measured):
 
     Source: the "oracle" ranking of Molchanov et al., "Importance Estimation for Neural Network
     Pruning", CVPR 2019 (there per filter; here per block). BatchNorm statistics are re-estimated
-    after each removal unless ``repair=False``. Cost: per block, ``repair_batches`` training
-    batches plus one evaluation pass over the calibration samples.
+    after each removal (the context's ``Repair``) unless ``repair=False``. Cost: per block, the
+    repair's training batches plus one evaluation pass over the calibration samples.
     """
 
     description = "Oracle: loss increase when the block alone is removed, after BN repair (Molchanov 2019)"
@@ -99,8 +105,8 @@ class SRInitCriterion(_Measured):
 
     Source: Tang et al., "SR-init: An Interpretable Layer Pruning Method", ICASSP 2023. A block
     whose weights can be replaced by random ones at little cost contributes little. BatchNorm
-    statistics are re-estimated after re-initialisation unless ``repair=False``. Cost: per
-    block, ``repair_batches`` training batches plus one evaluation pass.
+    statistics are re-estimated after re-initialisation (the context's ``Repair``) unless
+    ``repair=False``. Cost: per block, the repair's training batches plus one evaluation pass.
     """
 
     description = "Accuracy drop after re-initialising the block, after BN repair (SR-init, Tang 2023)"
@@ -139,34 +145,27 @@ class TaylorCriterion(Criterion):
         pieces = ctx.micro_batches()
         total = sum(len(y) for _, y in pieces)
         estimate = {b.name: 0.0 for b in blocks}
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             for x, y in ctx.track(pieces, self.name):
-                outputs, changes, handles = {}, {}, []
-                for b in blocks:
-                    swap = replacement(model.get_submodule(b.name), b.collapse_to)
+                outputs, changes = {}, {}
 
-                    def hook(module, args, out, name=b.name, swap=swap, changes=changes, outputs=outputs):
+                def hook(name: str):
+                    swap = replacement(model.get_submodule(name), next(b.collapse_to for b in blocks if b.name == name))
+
+                    def fn(module, args, out):
                         with torch.no_grad():
                             changes[name] = swap(args[0].detach()) - out.detach()
                         outputs[name] = out
+                    return fn
 
-                    handles.append(model.get_submodule(b.name).register_forward_hook(hook))
-                try:
-                    with torch.enable_grad():
-                        x = x.to(ctx.device).requires_grad_(True)
-                        loss = F.cross_entropy(model(x), y.to(ctx.device), reduction="sum") / total
-                        names = [b.name for b in blocks if b.name in outputs]
-                        grads = torch.autograd.grad(loss, [outputs[n] for n in names], allow_unused=True)
-                finally:
-                    for h in handles:
-                        h.remove()
+                with forward_hooks(model, after={b.name: hook(b.name) for b in blocks}), torch.enable_grad():
+                    x = x.to(ctx.device).requires_grad_(True)
+                    loss = F.cross_entropy(model(x), y.to(ctx.device), reduction="sum") / total
+                    names = [b.name for b in blocks if b.name in outputs]
+                    grads = torch.autograd.grad(loss, [outputs[n] for n in names], allow_unused=True)
                 for name, g in zip(names, grads):
                     if g is None:
                         continue
                     per_sample = (g * changes[name]).flatten(1).sum(dim=1)
                     estimate[name] += float(per_sample.abs().sum() if self.absolute else per_sample.sum())
-        finally:
-            model.train(was_training)
         return estimate

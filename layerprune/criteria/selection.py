@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Mapping
 from layerprune.errors import LayerpruneError
 from layerprune.params import check_parameters
 from layerprune.registry import Registry, did_you_mean
-from layerprune.surgery.blocks import Block
+from layerprune.surgery.blocks import Block, StagePlan
 
 # A rule gets the plan (with its ``try_remove``) and the candidates, lowest score first.
 Rule = Callable[..., None]
@@ -47,21 +47,8 @@ def removed_share(blocks: list[Block], names: Iterable[str]) -> tuple[float, flo
     return sum(b.params for b in removed) / total, sum(b.macs_share for b in removed)
 
 
-class _Plan:
-    def __init__(self, blocks: list[Block]) -> None:
-        self.blocks = blocks
-        self.stage_size: dict[str, int] = {}
-        for b in blocks:
-            if b.stage:
-                self.stage_size[b.stage] = self.stage_size.get(b.stage, 0) + 1
-        self.removed: list[Block] = []
-
-    def try_remove(self, block: Block) -> bool:
-        left = self.stage_size[block.stage] - sum(r.stage == block.stage for r in self.removed)
-        if left <= 1:
-            return False
-        self.removed.append(block)
-        return True
+class Plan(StagePlan):
+    """The blocks a rule has chosen so far (never the last of a stage), and what they carry."""
 
     @property
     def params_share(self) -> float:
@@ -72,8 +59,21 @@ class _Plan:
         return removed_share(self.blocks, (b.name for b in self.removed))[1]
 
 
+def max_reduction(blocks: list[Block], key: str, *, protect: Iterable[str] = (), collapse: bool = False) -> float:
+    """The largest ``params`` or ``macs`` share any rule can remove under the constraints: every
+    allowed block, the cheapest of each stage kept when the whole stage is allowed."""
+    protected = set(protect)
+    total = sum(b.params for b in blocks) or 1
+    share = (lambda b: b.params / total) if key == "params" else (lambda b: b.macs_share)
+    plan = Plan(blocks)
+    for block in sorted((b for b in blocks if b.stage and b.can_remove(collapse) and b.name not in protected),
+                        key=share, reverse=True):
+        plan.try_remove(block)
+    return plan.params_share if key == "params" else plan.macs_share
+
+
 @RULES.register("threshold")
-def threshold_rule(plan: _Plan, ordered: list[tuple[Block, float]], *, threshold: float) -> None:
+def threshold_rule(plan: Plan, ordered: list[tuple[Block, float]], *, threshold: float) -> None:
     """Remove every block scoring strictly below ``threshold``."""
     for block, score in ordered:
         if score < threshold:
@@ -81,7 +81,7 @@ def threshold_rule(plan: _Plan, ordered: list[tuple[Block, float]], *, threshold
 
 
 @RULES.register("count")
-def count_rule(plan: _Plan, ordered: list[tuple[Block, float]], *, k: int | None = None,
+def count_rule(plan: Plan, ordered: list[tuple[Block, float]], *, k: int | None = None,
                fraction: float | None = None) -> None:
     """Remove the ``k`` lowest-scoring blocks (or ``fraction`` of the candidates)."""
     if (k is None) == (fraction is None):
@@ -105,7 +105,7 @@ def count_rule(plan: _Plan, ordered: list[tuple[Block, float]], *, k: int | None
 
 
 @RULES.register("budget")
-def budget_rule(plan: _Plan, ordered: list[tuple[Block, float]], *, params: float | None = None,
+def budget_rule(plan: Plan, ordered: list[tuple[Block, float]], *, params: float | None = None,
                 macs: float | None = None) -> None:
     """Remove lowest first until parameters or MACs fall by at least the given fraction."""
     if (params is None) == (macs is None):
@@ -139,7 +139,7 @@ def rule_problems(rule: str, params: Mapping[str, Any], where: str = "") -> list
     problems = check_parameters(fn, dict(params), where, skip=2)
     if not problems:
         try:
-            fn(_Plan([]), [], **params)  # values are checked before a rule looks at any block
+            fn(Plan([]), [], **params)  # values are checked before a rule looks at any block
         except RuleParameterError as exc:
             problems.append(f"{where + '.' if where else ''}{exc.key}: {exc.message}")
         except LayerpruneError:
@@ -176,7 +176,7 @@ def select_blocks(
          if n not in protected and by_name[n].stage and by_name[n].can_remove(collapse) and not math.isnan(s)),
         key=lambda bs: bs[1],
     )
-    plan = _Plan(blocks)
+    plan = Plan(blocks)
     fn(plan, ordered, **params)
     chosen = {b.name for b in plan.removed}
     return [b.name for b in blocks if b.name in chosen]

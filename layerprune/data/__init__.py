@@ -14,14 +14,14 @@ import inspect
 from typing import Any, Callable
 
 from layerprune.data.base import (
-    CropFlip, DatasetBundle, TensorImageDataset, make_loader, stratified_split,
+    CropFlip, DatasetBundle, TensorImageDataset, make_loader, stratified_split, without_augmentation,
 )
 from layerprune.errors import DatasetError
 from layerprune.registry import Registry
 
 __all__ = [
     "DATASETS", "CropFlip", "DatasetBundle", "TensorImageDataset", "build_dataset", "dataset_options",
-    "list_datasets", "make_loader", "stratified_split",
+    "list_datasets", "make_loader", "stratified_split", "without_augmentation",
 ]
 
 DATASETS: Registry[Callable[..., DatasetBundle]] = Registry("dataset")

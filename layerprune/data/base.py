@@ -143,6 +143,10 @@ class TensorImageDataset(Dataset):
         idx = self.indices[torch.as_tensor(indices, dtype=torch.long)]
         return TensorImageDataset(self.images, self.labels, self.mean, self.std, augment, idx)
 
+    def without_augmentation(self) -> "TensorImageDataset":
+        """The same samples, scaled and normalised but never augmented (a view, no copy)."""
+        return TensorImageDataset(self.images, self.labels, self.mean, self.std, None, self.indices)
+
     @property
     def targets(self) -> torch.Tensor:
         """Labels of this dataset's samples, in order."""
@@ -167,6 +171,12 @@ class TensorImageDataset(Dataset):
     def __getitems__(self, idx: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         x, y = self.batch(idx)
         return list(zip(x.unbind(0), y.unbind(0)))
+
+
+def without_augmentation(ds: Dataset) -> Dataset:
+    """``ds`` without its random augmentation when it knows how to drop it, else ``ds`` itself."""
+    plain = getattr(ds, "without_augmentation", None)
+    return plain() if callable(plain) else ds
 
 
 def stratified_split(

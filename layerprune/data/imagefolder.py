@@ -20,10 +20,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class TransformedSubset(Dataset):
-    """Some samples of an untransformed dataset, each passed through ``transform``."""
+    """Some samples of an untransformed dataset, each passed through ``transform``
+    (``plain_transform``: the same without random augmentation, for BatchNorm repair)."""
 
-    def __init__(self, base: Dataset, indices, transform: Callable) -> None:
+    def __init__(self, base: Dataset, indices, transform: Callable, plain_transform: Callable | None = None) -> None:
         self.base, self.indices, self.transform = base, [int(i) for i in indices], transform
+        self.plain_transform = plain_transform
+
+    def without_augmentation(self) -> "TransformedSubset":
+        return TransformedSubset(self.base, self.indices, self.plain_transform or self.transform)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -76,7 +81,7 @@ def build_imagefolder(
     val_idx, train_idx = stratified_split(train_raw.targets, [val_fraction], seed)
     return DatasetBundle(
         name="imagefolder",
-        train=TransformedSubset(train_raw, train_idx, train_tf),
+        train=TransformedSubset(train_raw, train_idx, train_tf, eval_tf),
         val=TransformedSubset(train_raw, val_idx, eval_tf) if val_fraction > 0 else None,
         test=TransformedSubset(test_raw, range(len(test_raw)), eval_tf),
         num_classes=len(train_raw.classes),

@@ -24,7 +24,7 @@ from layerprune.registry import did_you_mean
 
 __all__ = [
     "BasicBlock", "CifarResNet", "CifarVGG", "ConvUnit", "PadShortcut",
-    "create_model", "create_model_for", "extract_state_dict", "list_models", "load_checkpoint", "read_checkpoint",
+    "create_model", "create_model_for", "extract_state_dict", "unknown_model_message", "list_models", "load_checkpoint", "read_checkpoint",
 ]
 
 
@@ -36,10 +36,11 @@ def list_models(pattern: str = "cifar_*") -> list[str]:
         return names
     if any(c in pattern for c in "*?["):
         raise UnknownNameError(f"no model matches {pattern!r} (try 'cifar_*' or '*resnet*')")
-    raise UnknownNameError(_unknown_model_message(pattern))
+    raise UnknownNameError(unknown_model_message(pattern))
 
 
-def _unknown_model_message(name: str) -> str:
+def unknown_model_message(name: str) -> str:
+    """"unknown model NAME", with the closest timm names and how to list them all."""
     return did_you_mean(name, timm.list_models(), "model", listing="list them with: layerprune models '*'")
 
 
@@ -62,7 +63,7 @@ def create_model(name: str, *, checkpoint: str | None = None, **kwargs):
     >>> model = create_model("cifar_resnet20", num_classes=10)
     """
     if not timm.is_model(name):
-        raise UnknownNameError(_unknown_model_message(name))
+        raise UnknownNameError(unknown_model_message(name))
     try:
         with _hub_offline_when_unreachable(bool(kwargs.get("pretrained"))):
             model = timm.create_model(name, **kwargs)

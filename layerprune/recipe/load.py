@@ -128,13 +128,13 @@ def semantic_problems(raw: dict[str, Any]) -> list[str]:
     from layerprune.criteria.catalog import CRITERIA, load_entry_points
     from layerprune.criteria.selection import RULES, rule_problems
     from layerprune.data import DATASETS, dataset_options
-    from layerprune.models import _unknown_model_message
+    from layerprune.models import unknown_model_message
 
     problems: list[str] = []
     model = _section(raw, "model")
     name, checkpoint = model.get("name"), model.get("checkpoint")
     if isinstance(name, str) and not timm.is_model(name):
-        problems.append(f"model.name: {_unknown_model_message(name)}")
+        problems.append(f"model.name: {unknown_model_message(name)}")
     if isinstance(checkpoint, str) and not Path(checkpoint).is_file():
         problems.append(f"model.checkpoint: no such file: {checkpoint}")
 

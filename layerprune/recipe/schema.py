@@ -12,6 +12,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from layerprune.calibration import Calibration, Repair
+from layerprune.train.settings import TrainConfig
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
@@ -29,9 +32,9 @@ class ModelSection(Section):
 class CalibrationSection(Section):
     """The samples criteria score blocks on."""
 
-    split: Literal["val", "test", "train"] = Field("val", description="val: held out of train (default); test replicates the paper")
-    samples: int = Field(500, gt=0, description="samples per calibration batch")
-    batches: int = Field(5, gt=0, description="calibration batches (mean and std over them)")
+    split: Literal["val", "test", "train"] = Field(Calibration.split, description="val: held out of train (default); test replicates the paper")
+    samples: int = Field(Calibration.samples, gt=0, description="samples per calibration batch")
+    batches: int = Field(Calibration.batches, gt=0, description="calibration batches (mean and std over them)")
 
 
 class DataSection(Section):
@@ -49,38 +52,8 @@ class DataSection(Section):
     calibration: CalibrationSection = Field(default_factory=CalibrationSection, description="calibration samples")
 
 
-class TrainSection(Section):
-    """An SGD/AdamW schedule (pretraining)."""
-
-    epochs: int = Field(ge=0, description="epochs (0 skips the stage)")
-    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (with momentum) or adamw")
-    lr: float = Field(0.1, gt=0, description="peak learning rate")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    nesterov: bool = Field(True, description="Nesterov momentum (SGD)")
-    weight_decay: float = Field(5e-4, ge=0, description="weight decay")
-    schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="learning-rate schedule, stepped per epoch")
-    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75],
-                                    description="step schedule: fractions of the epochs where lr is multiplied by gamma")
-    gamma: float = Field(0.1, gt=0, le=1, description="step schedule: lr factor at each milestone")
-    warmup_epochs: int = Field(0, ge=0, description="linear warm-up epochs before the schedule")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy")
-    precision: Literal["32", "bf16", "fp16"] = Field("32", description="32: full precision; bf16/fp16: mixed precision (autocast; fp16 with loss scaling)")
-    channels_last: bool = Field(False, description="NHWC memory layout for model and images (faster convolutions on GPUs)")
-    compile: bool = Field(False, description="torch.compile the training step (pays off on long GPU runs)")
-    sync_batchnorm: bool = Field(False, description="under torchrun: BatchNorm statistics over the global batch (CUDA only)")
-
-    @field_validator("precision", mode="before")
-    @classmethod
-    def _precision_as_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-    @model_validator(mode="after")
-    def _milestones_and_warmup(self) -> "TrainSection":
-        if any(not 0 < m < 1 for m in self.milestones):
-            raise ValueError(f"milestones: each must be a fraction in (0, 1), got {self.milestones}")
-        if self.epochs > 0 and self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs: must be < epochs ({self.epochs}), got {self.warmup_epochs}")
-        return self
+# The pretrain section: the training settings, defined once in layerprune.train (which also runs them).
+TrainSection = TrainConfig
 
 
 class DistillSection(Section):
@@ -91,7 +64,7 @@ class DistillSection(Section):
     temperature: float = Field(4.0, gt=0, description="softmax temperature")
 
 
-class FinetuneSection(TrainSection):
+class FinetuneSection(TrainConfig):
     """Finetuning after pruning (a TrainSection, plus distillation)."""
 
     epochs: int = Field(10, ge=0, description="epochs (0 skips the stage)")
@@ -121,8 +94,10 @@ class PruneSection(Section):
 
     steps: int = Field(1, gt=0, description="1: one shot; N: score, remove a share and finetune, N times")
     epochs_between: int = Field(1, ge=0, description="finetune epochs after each step but the last (steps > 1)")
-    repair: bool = Field(True, description="re-estimate BatchNorm statistics right after surgery")
-    repair_batches: int = Field(20, gt=0, description="training batches used for the repair")
+    repair: bool = Field(Repair.enabled, description="re-estimate BatchNorm statistics right after surgery "
+                         "(and, for ablation and sr_init, after each candidate removal: the same batches)")
+    repair_batches: int = Field(Repair.batches, gt=0, description="training batches used for the repair (without augmentation)")
+    repair_batch_size: int = Field(Repair.batch_size, gt=0, description="samples per repair batch")
 
 
 class EvalSection(Section):

@@ -1,13 +1,20 @@
-"""Surgery: find blocks, remove them safely, save and rebuild pruned models, measure cost."""
+"""Surgery: find blocks, remove them safely, save and rebuild pruned models, measure cost.
+
+One file per concern: ``blocks`` (the Block record and the keep-one-per-stage rule), ``find``
+(discover and classify), ``edit`` (plan and swap), ``verify`` (run and re-trace), ``remove``
+(the three together on a copy), ``spec`` (save and rebuild), ``cost`` (params, MACs, latency).
+"""
 
 from layerprune.errors import SurgeryError
-from layerprune.surgery.blocks import Block, find_blocks
+from layerprune.surgery.blocks import Block, StagePlan, stages
 from layerprune.surgery.cost import Cost, Latency, count_macs, count_params, measure_latency, model_cost
-from layerprune.surgery.remove import apply_edits, plan_edits, remove_blocks
+from layerprune.surgery.edit import apply_edits, plan_edits, swap_blocks
+from layerprune.surgery.find import default_input, find_blocks
+from layerprune.surgery.remove import remove_blocks
 from layerprune.surgery.spec import PruneSpec, apply_spec, load_pruned, save_pruned
 
 __all__ = [
-    "Block", "Cost", "Latency", "PruneSpec", "SurgeryError", "apply_edits", "apply_spec", "count_macs",
-    "count_params", "find_blocks", "load_pruned", "measure_latency", "model_cost", "plan_edits",
-    "remove_blocks", "save_pruned",
+    "Block", "Cost", "Latency", "PruneSpec", "StagePlan", "SurgeryError", "apply_edits", "apply_spec",
+    "count_macs", "count_params", "default_input", "find_blocks", "load_pruned", "measure_latency",
+    "model_cost", "plan_edits", "remove_blocks", "save_pruned", "stages", "swap_blocks",
 ]

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from layerprune.errors import SurgeryError
 from layerprune.io import atomic_dir, write_json
-from layerprune.surgery.remove import EDITS_ATTR, apply_edits
+from layerprune.surgery.edit import EDITS_ATTR, apply_edits
 
 SPEC_FILE, WEIGHTS_FILE = "spec.json", "weights.pth"
 FORMAT_VERSION = 1
@@ -30,9 +30,9 @@ def _versions() -> dict[str, str]:
     import timm
     import torch_pruning
 
-    import layerprune
+    from layerprune.version import __version__
 
-    return {"layerprune": layerprune.__version__, "torch": torch.__version__, "timm": timm.__version__,
+    return {"layerprune": __version__, "torch": torch.__version__, "timm": timm.__version__,
             "torch_pruning": torch_pruning.__version__}
 
 

@@ -17,7 +17,6 @@ There is no scheduler state: the learning rate is a pure function of the epoch
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +93,10 @@ def load_training_checkpoint(
 def _check_same_run(path: str | Path, state: dict[str, Any], settings: TrainSettings, seed: int) -> None:
     stored = dict(state.get("settings") or {}, seed=state.get("seed", _MISSING))
     wanted = dict(settings.to_dict(), seed=seed)
-    for f in dataclasses.fields(TrainSettings):  # fields added later: older checkpoints used the default
-        if f.name not in stored and f.default is not dataclasses.MISSING:
-            stored[f.name] = f.default
+    for name, f in TrainSettings.model_fields.items():  # fields added later: older checkpoints used the default
+        if name not in stored and not f.is_required():
+            default = f.get_default(call_default_factory=True)
+            stored[name] = list(default) if isinstance(default, tuple) else default  # as to_dict() writes it
     for key in SPEED_ONLY:  # the same run, only faster or slower
         stored.pop(key, None)
         wanted.pop(key, None)

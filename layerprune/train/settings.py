@@ -1,5 +1,9 @@
 """What a training run is asked to do, checked once, and its learning rate at every epoch.
 
+:class:`TrainConfig` holds the settings a recipe's ``pretrain`` and ``finetune`` sections share (the
+recipe schema uses it as it is); :class:`TrainSettings`, what :func:`layerprune.train.train` takes,
+adds the distillation weights.
+
 >>> s = TrainSettings(epochs=10, lr=0.1, warmup_epochs=2)
 >>> [round(s.lr_at(e), 4) for e in (0, 1, 2)]
 [0.01, 0.055, 0.1]
@@ -8,102 +12,91 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from layerprune.errors import LayerpruneError
 
-OPTIMIZERS = ("sgd", "adamw")
-PRECISIONS = ("32", "bf16", "fp16")
+Optimizer = Literal["sgd", "adamw"]
+Precision = Literal["32", "bf16", "fp16"]
+Schedule = Literal["cosine", "step", "constant"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 # Settings that change speed, not the result: a checkpoint written with other values resumes.
 SPEED_ONLY = ("channels_last", "compile")
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 WARMUP_START = 0.1  # warm-up starts at lr * WARMUP_START
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """Optimiser, learning-rate schedule and loss of one training run.
+class _Invalid(ValueError):
+    """A check across fields that names the field it blames (the recipe loader reads ``str()``,
+    :class:`TrainSettings` the parts)."""
 
-    The schedule is stepped once per epoch and is a pure function of the epoch index (see
-    :meth:`lr_at`), so resuming needs no scheduler state. Invalid values raise
-    :class:`LayerpruneError` listing every offending field at once.
+    def __init__(self, field: str, rule: str, value: Any) -> None:
+        super().__init__(f"{field}: {rule}, got {value}")
+        self.field, self.rule, self.value = field, rule, value
 
-    >>> round(TrainSettings(epochs=30, optimizer="adamw", lr=1e-3, weight_decay=0.05).lr_at(15), 6)
-    0.0005
+
+class TrainConfig(BaseModel):
+    """An SGD/AdamW schedule (pretraining).
+
+    The settings shared by a recipe's ``pretrain`` and ``finetune`` sections and by
+    :class:`TrainSettings`, defined once: the recipe schema uses this model as its ``pretrain``
+    section, and ``docs/recipes.md`` prints these fields and descriptions.
     """
 
-    epochs: int
-    optimizer: str = "sgd"  # "sgd" | "adamw"
-    lr: float = 0.1
-    momentum: float = 0.9  # sgd only
-    nesterov: bool = True  # sgd only; ignored when momentum is 0 (torch refuses that combination)
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # "cosine" | "step" | "constant"
-    milestones: tuple[float, ...] = (0.5, 0.75)  # "step": fractions of `epochs` where lr *= gamma
-    gamma: float = 0.1
-    warmup_epochs: int = 0  # linear warm-up from lr/10, before the schedule
-    label_smoothing: float = 0.0
-    distill_alpha: float = 0.0  # weight of the distillation term; 0 = no distillation
-    distill_temperature: float = 4.0
-    precision: str = "32"  # "32" | "bf16" | "fp16": autocast for forward and loss (fp16 adds loss scaling)
-    channels_last: bool = False  # NHWC memory layout for model and images (faster convs on GPUs)
-    compile: bool = False  # torch.compile the training forward pass
-    sync_batchnorm: bool = False  # under DDP: BatchNorm statistics over the global batch (CUDA only)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
-    def __post_init__(self) -> None:
-        # Recipes arrive from YAML as lists; a tuple keeps the dataclass hashable and comparable.
-        if isinstance(self.milestones, list):
-            object.__setattr__(self, "milestones", tuple(self.milestones))
-        problems = self.problems()
-        if problems:
-            raise LayerpruneError("; ".join(problems))
+    epochs: int = Field(ge=0, description="epochs (0 skips the stage)")
+    optimizer: Optimizer = Field("sgd", description="sgd (with momentum) or adamw")
+    lr: float = Field(0.1, gt=0, description="peak learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(True, description="Nesterov momentum (SGD)")
+    weight_decay: float = Field(5e-4, ge=0, description="weight decay")
+    schedule: Schedule = Field("cosine", description="learning-rate schedule, stepped per epoch")
+    milestones: tuple[float, ...] = Field((0.5, 0.75),
+                                          description="step schedule: fractions of the epochs where lr is multiplied by gamma")
+    gamma: float = Field(0.1, gt=0, le=1, description="step schedule: lr factor at each milestone")
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up epochs before the schedule")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy")
+    precision: Precision = Field("32", description="32: full precision; bf16/fp16: mixed precision (autocast; fp16 with loss scaling)")
+    channels_last: bool = Field(False, description="NHWC memory layout for model and images (faster convolutions on GPUs)")
+    compile: bool = Field(False, description="torch.compile the training step (pays off on long GPU runs)")
+    sync_batchnorm: bool = Field(False, description="under torchrun: BatchNorm statistics over the global batch (CUDA only)")
 
-    def problems(self) -> list[str]:
-        """One ``field: must be …, got …`` message per invalid field."""
-        out: list[str] = []
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode would read true as 1
+        if isinstance(value, bool) and info.field_name and cls.model_fields[info.field_name].annotation in (int, float):
+            raise ValueError("must be a number, not true or false")
+        return value
 
-        def need(ok: bool, field: str, rule: str) -> None:
-            if not ok:
-                out.append(f"{field}: must be {rule}, got {getattr(self, field)!r}")
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
+    @field_validator("milestones")
+    @classmethod
+    def _milestones_are_fractions(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < m < 1 for m in value):
+            raise ValueError("each must be a fraction in (0, 1)")
+        return value
 
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        need(is_int(self.epochs) and self.epochs >= 0, "epochs", "an integer ≥ 0")
-        need(self.optimizer in OPTIMIZERS, "optimizer", "'sgd' or 'adamw'")
-        need(is_num(self.lr) and self.lr > 0, "lr", "> 0")
-        need(is_num(self.momentum) and 0 <= self.momentum < 1, "momentum", "in [0, 1)")
-        need(isinstance(self.nesterov, bool), "nesterov", "true or false")
-        need(is_num(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "≥ 0")
-        need(self.schedule in SCHEDULES, "schedule", "'cosine', 'step' or 'constant'")
-        need(isinstance(self.milestones, tuple) and all(is_num(m) and 0 < m < 1 for m in self.milestones),
-             "milestones", "fractions of epochs in (0, 1)")
-        need(is_num(self.gamma) and 0 < self.gamma <= 1, "gamma", "in (0, 1]")
-        warmup_ok = is_int(self.warmup_epochs) and self.warmup_epochs >= 0
-        if warmup_ok and self.warmup_epochs > 0 and is_int(self.epochs) and self.epochs > 0:
-            # A run that is all warm-up never reaches its lr: almost certainly a typo. (epochs = 0
-            # skips training altogether, so any warm-up is harmless there.)
-            warmup_ok = self.warmup_epochs < self.epochs
-        need(warmup_ok, "warmup_epochs", f"an integer ≥ 0 and < epochs ({self.epochs})")
-        need(is_num(self.label_smoothing) and 0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)")
-        need(is_num(self.distill_alpha) and 0 <= self.distill_alpha <= 1, "distill_alpha", "in [0, 1]")
-        need(is_num(self.distill_temperature) and self.distill_temperature > 0, "distill_temperature", "> 0")
-        need(self.precision in PRECISIONS, "precision", "'32', 'bf16' or 'fp16'")
-        for flag in ("channels_last", "compile", "sync_batchnorm"):
-            need(isinstance(getattr(self, flag), bool), flag, "true or false")
-        return out
+    @model_validator(mode="after")
+    def _warmup_before_the_end(self) -> TrainConfig:
+        # A run that is all warm-up never reaches its lr: almost certainly a typo. (epochs = 0
+        # skips training altogether, so any warm-up is harmless there.)
+        if self.epochs > 0 and self.warmup_epochs >= self.epochs:
+            raise _Invalid("warmup_epochs", f"must be < epochs ({self.epochs})", self.warmup_epochs)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (milestones as a list): JSON- and ``weights_only``-safe."""
-        d = asdict(self)
-        d["milestones"] = list(self.milestones)
-        return d
+        return self.model_dump(mode="json")
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -131,3 +124,71 @@ class TrainSettings:
         if self.schedule == "step":
             return self.lr * self.gamma ** sum(epoch >= round(m * e) for m in self.milestones)
         return self.lr
+
+
+class TrainSettings(TrainConfig):
+    """Optimiser, learning-rate schedule and loss of one training run: a :class:`TrainConfig`
+    plus distillation, immutable.
+
+    The schedule is stepped once per epoch and is a pure function of the epoch index (see
+    :meth:`lr_at`), so resuming needs no scheduler state. Invalid values raise
+    :class:`LayerpruneError` listing every offending field at once (``field: message (got VALUE)``).
+
+    >>> round(TrainSettings(epochs=30, optimizer="adamw", lr=1e-3, weight_decay=0.05).lr_at(15), 6)
+    0.0005
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    distill_alpha: float = Field(0.0, ge=0, le=1, description="weight of the distillation term; 0 = no distillation")
+    distill_temperature: float = Field(4.0, gt=0, description="softmax temperature of the distillation term")
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise LayerpruneError("; ".join(_problems(type(self), values, exc))) from None
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, *, epochs: int | None = None, distill_alpha: float = 0.0,
+                    distill_temperature: float = 4.0) -> TrainSettings:
+        """The settings of a recipe section (fields a section adds, such as ``finetune.distill``,
+        are not copied), with ``epochs`` replaced when given."""
+        values: dict[str, Any] = {name: getattr(config, name) for name in TrainConfig.model_fields}
+        if epochs is not None:
+            values["epochs"] = epochs
+        return cls(**values, distill_alpha=distill_alpha, distill_temperature=distill_temperature)
+
+
+def _problems(cls: type[TrainConfig], values: dict[str, Any], exc: ValidationError) -> list[str]:
+    """One ``field: message (got VALUE)`` per problem, in field order."""
+    errors = exc.errors()
+    failed = {e["loc"][0] for e in errors if e["loc"]}
+    if failed and "epochs" not in failed:
+        # Checks across fields (all TrainConfig's) run only once every field is valid: run them on
+        # the valid rest too.
+        try:
+            TrainConfig.model_validate({k: v for k, v in values.items()
+                                        if k not in failed and k in TrainConfig.model_fields})
+        except ValidationError as again:
+            errors += [e for e in again.errors() if not e["loc"]]
+    order = list(cls.model_fields)
+    problems: list[tuple[int, str]] = []
+    for e in errors:
+        error = (e.get("ctx") or {}).get("error")
+        if not e["loc"] and isinstance(error, _Invalid):
+            field, message, value = error.field, error.rule, error.value
+        elif not e["loc"]:
+            problems.append((-1, e["msg"].removeprefix("Value error, ")))
+            continue
+        else:
+            field, message, value = ".".join(map(str, e["loc"])), e["msg"].removeprefix("Value error, "), e["input"]
+        if e["type"] == "missing":
+            text = f"{field}: required"
+        elif e["type"] == "extra_forbidden":
+            text = f"{field}: unknown setting (got {value!r})"
+        else:
+            text = f"{field}: {message} (got {value!r})"
+        name = field.split(".")[0]
+        problems.append((order.index(name) if name in order else len(order), text))
+    return [text for _, text in sorted(problems, key=lambda p: p[0])]

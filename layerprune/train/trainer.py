@@ -19,15 +19,11 @@ import torch
 import torch.nn as nn
 
 from layerprune.errors import LayerpruneError
-from layerprune.train import distributed
+from layerprune import distributed
 from layerprune.train.distill import distillation_loss
 from layerprune.train.loops import Batches, evaluate
 from layerprune.train.resume import load_training_checkpoint, save_training_checkpoint
 from layerprune.train.settings import TrainSettings
-
-
-# torch's SyncBatchNorm refuses CPU tensors under torch.distributed.
-SYNC_BATCHNORM_ON_CPU = "SyncBatchNorm runs on CUDA devices only and this run trains on the CPU; set it to false"
 
 
 @dataclass
@@ -75,7 +71,7 @@ def train(
 
     Training happens on the model's device. ``settings.precision`` (autocast in bf16/fp16),
     ``channels_last`` and ``compile`` speed it up where the hardware gains from them. Under torchrun
-    (see :mod:`layerprune.train.distributed`) the model is wrapped in DDP (with SyncBatchNorm when
+    (see :mod:`layerprune.distributed`) the model is wrapped in DDP (with SyncBatchNorm when
     ``settings.sync_batchnorm``), ``train_loader`` should hold this rank's share (a
     ``DistributedSampler``), metrics are summed over ranks, and only rank 0 logs and checkpoints.
     """
@@ -229,7 +225,7 @@ def _sync_batchnorm(model: nn.Module, device: torch.device) -> Callable[[], None
     the saved and returned model holds plain BatchNorm layers (same weights, same buffers).
     """
     if device.type == "cpu":
-        raise LayerpruneError(f"sync_batchnorm: {SYNC_BATCHNORM_ON_CPU}")
+        raise LayerpruneError(f"sync_batchnorm: {distributed.SYNC_BATCHNORM_ON_CPU}")
     swapped = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

@@ -9,7 +9,7 @@ from layerprune import get_criterion, score_blocks
 from layerprune.criteria import ScoringContext
 from layerprune.criteria.representation import linear_cka, probe_accuracy
 from layerprune.errors import LayerpruneError
-from layerprune.surgery.blocks import swap_blocks
+from layerprune.surgery import swap_blocks
 from layerprune.train import evaluate
 
 ZEROED = "layer2.1"

@@ -3,7 +3,8 @@ import torch
 
 from layerprune import create_model
 from layerprune.criteria import ScoringContext
-from layerprune.criteria.context import draw_batches
+from layerprune import Calibration, Repair
+from layerprune.calibration import draw_batches
 from layerprune.errors import DatasetError, LayerpruneError
 
 
@@ -41,12 +42,12 @@ def test_a_small_memory_budget_gives_the_same_statistics_in_more_passes(trained_
         ctx = ScoringContext(trained_resnet20, digits, samples=48, batches=2, memory_budget=budget)
         probe, block = ctx.feature_stats(probe={"mean": lambda f, y: float(f.mean())},
                                          block={"diff": lambda a, b, y: float((b - a).abs().sum()) if a.shape == b.shape else 0.0})
-        return len(ctx._groups(pairs=True)), probe["mean"], block["diff"]
+        return len(ctx.stream.passes), probe["mean"], block["diff"]
 
     groups_big, probe_big, block_big = stats(1 << 30)
     with pytest.warns(ResourceWarning, match="memory_budget"):
         groups_small, probe_small, block_small = stats(1)  # one block per group
-    assert groups_big == 1 and groups_small == 9
+    assert groups_big == 2 and groups_small == 2 * 9  # one pass per group and batch
     for small, big in ((probe_small, probe_big), (block_small, block_big)):
         assert small.keys() == big.keys()
         assert all(small[k] == pytest.approx(big[k], rel=1e-5) for k in big)
@@ -100,30 +101,87 @@ def test_missing_val_split_is_a_dataset_error(trained_resnet20):
         ScoringContext(trained_resnet20, bundle)
 
 
-def test_repair_data_comes_from_the_training_split(trained_resnet20, digits):
-    ctx = ScoringContext(trained_resnet20, digits, samples=16, batches=1, repair_batches=2, repair_batch_size=32)
+def test_repair_data_comes_from_the_training_split_without_augmentation(trained_resnet20, digits):
+    ctx = ScoringContext(trained_resnet20, digits, samples=16, batches=1, repair=Repair(batches=2, batch_size=32))
     repair = ctx.repair_data()
     assert [len(y) for _, y in repair] == [32, 32]
+    plain = digits.train.without_augmentation()
+    x, y = repair[0]
+    rows = [i for i in range(len(plain)) if torch.equal(plain[i][0], x[0])]
+    assert rows and int(y[0]) == plain[rows[0]][1]  # an unaugmented training image, as it is
+
+
+def test_calibration_object_and_keyword_overrides_agree(trained_resnet20, digits):
+    by_object = ScoringContext(trained_resnet20, digits, calibration=Calibration(samples=30, batches=2, seed=3))
+    by_keywords = ScoringContext(trained_resnet20, digits, samples=30, batches=2, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(by_object.indices, by_keywords.indices))
+    assert by_object.calibration == by_keywords.calibration == Calibration(samples=30, batches=2, seed=3)
 
 
 def test_probe_statistics_alone_group_by_probe_and_read_each_probe_once(trained_resnet20, digits):
     per_probe = 64 * 16 * 32 * 32 * 4  # 64 samples of a first-stage probe
     ctx = ScoringContext(trained_resnet20, digits, samples=64, batches=1, memory_budget=2 * per_probe)
-    # 16×32×32 floats per first-stage sample, half that in stage 2, a quarter in stage 3
-    assert [len(g.probes) for g in ctx._groups(pairs=False)] == [2, 2, 5, 1]
-    reads = []
-    original = ctx._collect
-    ctx._collect = lambda x, probes: reads.extend(p.name for p in probes) or original(x, probes)
+    # 16×32×32 floats per first-stage sample, half that in stage 2, a quarter in stage 3; a group's
+    # budget also holds the probe its pass resumes from
+    groups = ctx.stream.groups(64, pairs=False)
+    assert [len(g.probes) for g in groups] == [2, 1, 1, 2, 4]
+    assert [g.resumes_from.name if g.resumes_from else None for g in groups] == [
+        None, "layer1.0", "layer1.1", "layer1.2", "layer2.1"]
     stats, _ = ctx.feature_stats(probe={"n": lambda f, y: len(f)})
+    reads = [name for p in ctx.stream.passes for name in p.probes]
     assert sorted(reads) == sorted(p.name for p in ctx.probes)
     assert all(v == [64] for v in stats["n"].values())
 
 
+def test_passes_resume_from_the_previous_group_and_read_the_same_features(trained_resnet20, digits):
+    def features(budget):
+        ctx = ScoringContext(trained_resnet20, digits, samples=48, batches=1, memory_budget=budget)
+        stats, _ = ctx.feature_stats(probe={"f": lambda f, y: f.clone()})
+        return ctx.stream.passes, stats["f"]
+
+    one_pass, expected = features(1 << 30)
+    with pytest.warns(ResourceWarning):
+        passes, got = features(1)  # a group per probe
+    assert len(one_pass) == 1 and len(passes) == len(expected)
+    assert passes[0].resumed_from is None
+    assert [p.resumed_from for p in passes[1:]] == [p.probes[0] for p in passes[:-1]]
+    for name in expected:
+        assert torch.equal(got[name][0], expected[name][0]), name
+
+
+def test_a_forward_that_cannot_be_skipped_starts_from_the_image(digits):
+    class Reuse(torch.nn.Module):
+        """The stem's output feeds the first block and is added back at the end: skipping the
+        stem while resuming after the first block would change the result."""
+
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.blocks = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1),
+                                                                    torch.nn.ReLU()) for _ in range(3)])
+            self.head = torch.nn.Linear(4, 10)
+
+        def forward(self, x):
+            s = self.stem(x)
+            y = self.blocks(s) + s
+            return self.head(y.mean((2, 3)))
+
+    model = Reuse().eval()
+    ctx = ScoringContext(model, digits, samples=20, batches=1, memory_budget=1)
+    with pytest.warns(ResourceWarning):
+        stats, _ = ctx.feature_stats(probe={"f": lambda f, y: f.clone()})
+    assert len(ctx.stream.passes) == len(ctx.probes) and all(p.resumed_from for p in ctx.stream.passes[1:])
+    plain = ScoringContext(model, digits, samples=20, batches=1)
+    expected, _ = plain.feature_stats(probe={"f": lambda f, y: f.clone()})
+    for name in expected["f"]:
+        assert torch.equal(stats["f"][name][0], expected["f"][name][0]), name
+
+
 def test_repair_data_does_not_depend_on_the_global_random_state(trained_resnet20, digits):
     def draw():
-        return ScoringContext(trained_resnet20, digits, samples=16, batches=1, repair_batches=1).repair_data()[0][0]
+        return ScoringContext(trained_resnet20, digits, samples=16, batches=1, repair=Repair(batches=1)).repair_data()[0][0]
 
     torch.manual_seed(1)
     a = draw()
     torch.manual_seed(2)
-    assert torch.equal(a, draw())  # augmented training images, seeded by the context's seed
+    assert torch.equal(a, draw())  # training images drawn with the repair's own seed

@@ -6,7 +6,7 @@ import socket
 import torch
 import torch.multiprocessing as mp
 
-from layerprune.train import distributed
+from layerprune import distributed
 
 
 def _free_port() -> int:

@@ -26,6 +26,8 @@ T = TypeVar("T")
 # models and slow criteria; the default process-group timeout (10-30 min) would cut that short.
 TIMEOUT_ENV = "LAYERPRUNE_DIST_TIMEOUT_MIN"
 DEFAULT_TIMEOUT_MIN = 180
+# torch runs SyncBatchNorm on CUDA only: said by the training loop and by a recipe's preflight.
+SYNC_BATCHNORM_ON_CPU = "SyncBatchNorm runs on CUDA devices only and this run trains on the CPU; set it to false"
 
 _alone = 0  # > 0 inside `alone()`: this process acts as a single one
 

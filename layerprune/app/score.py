@@ -1,5 +1,5 @@
 """Score a named model on a named dataset with one criterion and a selection rule: what
-``layerprune score`` prints, and what a recipe's score stage records.
+``layerprune score`` prints.
 
 >>> report = score_model("cifar_resnet20", "digits", "modularity", samples=200, batches=2)  # doctest: +SKIP
 >>> report.removed  # doctest: +SKIP
@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-
+from layerprune.calibration import Calibration
 from layerprune.criteria.base import CriterionResult
-from layerprune.criteria.catalog import get_criterion
-from layerprune.criteria.context import ScoringContext
-from layerprune.criteria.selection import removed_share, select_blocks
-from layerprune.plots import pyplot, save_png
+from layerprune.criteria.plots import plot_result
+from layerprune.criteria.selection import removed_share
+from layerprune.data import build_dataset
+from layerprune.distributed import resolve_device
+from layerprune.models import create_model_for
+from layerprune.pruner import Pruner
 from layerprune.surgery.blocks import Block
-from layerprune.train.distributed import resolve_device
 
 
 @dataclass
@@ -52,27 +53,8 @@ class ScoreReport:
 
     def plot(self, path: str | Path) -> Path:
         """The modularity curve when the criterion has one, else a bar chart of the scores."""
-        curve = self.result.diagnostics.get("curve")
-        title = f"{self.model} on {self.data}: {self.result.criterion}"
-        if curve is not None:
-            return curve.plot(path, threshold=self.rule.get("threshold", 0.03), removed=self.removed, title=title)
-        return plot_scores(self.result.scores, path, removed=self.removed, title=title)
-
-
-def plot_scores(scores: dict[str, float], path: str | Path, *, removed: Sequence[str] = (),
-                title: str = "block scores") -> Path:
-    """A bar per block (forward order as given), removed blocks in red."""
-    plt = pyplot()
-    names = list(scores)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(names) + 2), 4.0))
-    colors = ["#d62728" if n in removed else "#1f77b4" for n in names]
-    ax.bar(range(len(names)), [scores[n] for n in names], color=colors)
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=90, fontsize=7)
-    ax.set_ylabel("importance (higher = keep)")
-    ax.set_title(title + (" — red: removed" if removed else ""))
-    fig.tight_layout()
-    return save_png(fig, path)
+        return plot_result(self.result, path, rule=self.rule, removed=self.removed,
+                           title=f"{self.model} on {self.data}: {self.result.criterion}")
 
 
 def score_model(
@@ -90,25 +72,19 @@ def score_model(
     collapse: bool = False,
     device: str | None = None,
     progress: bool = False,
-    **context: Any,
+    calibration: Calibration = Calibration(),
 ) -> ScoreReport:
     """Build the model (sized to the data set) and data, score the blocks, apply the rule.
 
     Without ``rule`` the criterion's default rule is used (modularity: ``threshold`` 0.03; the
-    others: ``count`` with ``fraction`` 0.5). ``context`` goes to :class:`ScoringContext`.
+    others: ``count`` with ``fraction`` 0.5). Scoring and planning are :class:`Pruner`'s.
     """
-    from layerprune.data import build_dataset
-    from layerprune.models import create_model_for
-
-    built = get_criterion(criterion, **(criterion_params or {}))  # bad names fail before any work
+    pruner = Pruner(criterion, criterion_params=criterion_params, rule=rule, rule_params=rule_params,
+                    calibration=calibration, collapse=collapse, protect=protect, progress=progress)
     bundle = build_dataset(data, **(data_args or {}))
-    model = create_model_for(model_name, bundle, checkpoint=checkpoint, seed=context.get("seed", 0),
-                             **(model_args or {}))
+    model = create_model_for(model_name, bundle, checkpoint=checkpoint, seed=calibration.seed, **(model_args or {}))
     model.to(resolve_device(device))
-    ctx = ScoringContext(model, bundle, progress=progress, **context)
-    result = built(ctx)
-    chosen = dict(built.default_rule) if rule is None else {"rule": rule}
-    chosen.update(rule_params or {})
-    removed = select_blocks(result.scores, ctx.blocks, protect=protect, collapse=collapse, **chosen)
-    calibration = {"split": ctx.split, "samples": ctx.samples, "batches": ctx.num_batches, "seed": ctx.seed}
-    return ScoreReport(model_name, data, result, ctx.blocks, chosen, removed, calibration)
+    scored = pruner.score(model, bundle)
+    removed = pruner.plan(scored.scores, scored.blocks)
+    return ScoreReport(model_name, data, scored.result, scored.blocks, dict(pruner.rule), removed,
+                       scored.calibration)

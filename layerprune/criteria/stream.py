@@ -1,0 +1,395 @@
+"""The feature stream: every probe point's features, computed once per calibration batch and handed
+to every statistic asked for, within a memory budget.
+
+Probe points are the tensors between blocks: the input of the first block (the stem's output, or
+the image itself), every block's output, and a block's input when something (a pooling layer,
+a stage transition) sits between it and the previous block. Each block has a probe before and a
+probe after it; neighbouring blocks share one.
+
+Memory: a calibration batch's features at one probe are ``samples × features`` floats (ResNet-56,
+500 CIFAR samples, first stage: 33 MB). The stream holds at most ``memory_budget`` bytes of them:
+probes are cut into groups that fit, and each group gets its own forward pass, stopped early after
+the group's last probe. Statistics reduce features to something small (a number, an ``N × N``
+Gram matrix at most) before the next group runs.
+
+Resuming: a group's pass does not start again from the image. It resumes from the previous group's
+last probe, whose features are still held: every module that ran before that point is skipped
+(it returns zeros of its traced shape at no cost) and the held tensor is put back where it was
+read. So a curve cut into many groups costs about one forward pass, not one per group. Each resume
+point is first checked on the traced example against a plain forward pass; where the model's
+forward does not allow skipping (a module called twice, non-tensor outputs, a mismatch), that
+group starts from the image as before.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+
+from layerprune.calibration import MICRO_BATCH
+from layerprune.errors import LayerpruneError
+from layerprune.hooks import eval_mode, forward_hooks
+from layerprune.surgery.blocks import Block
+
+ProbeStat = Callable[[torch.Tensor, torch.Tensor], Any]
+BlockStat = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A tensor in the forward pass, read at ``site``'s input (``where="in"``) or output."""
+
+    name: str
+    site: str
+    where: str
+    shape: tuple[int, ...]  # per sample
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass
+class ProbeGroup:
+    """Probes read in one forward pass, and the blocks whose statistics that pass completes."""
+
+    probes: list[Probe]
+    blocks: list[str]
+    resumes_from: Probe | None = None  # the previous group's last probe: where this pass resumes
+
+
+@dataclass(frozen=True)
+class StreamPass:
+    """One forward pass of the stream: the probes it read and the probe it resumed from (or
+    ``None`` when it started from the image)."""
+
+    probes: tuple[str, ...]
+    resumed_from: str | None
+
+
+@dataclass
+class _Call:
+    start: int
+    end: int = -1
+    calls: int = 0
+    output: torch.Tensor | None = None
+
+
+class _StopForward(Exception):
+    """Raised by a hook once a pass's last probe is read: the rest of the forward is not needed."""
+
+
+def trace_probes(
+    model: nn.Module, blocks: list[Block], example: torch.Tensor, sites: Sequence[str] | None = None,
+) -> tuple[list[Probe], dict[str, tuple[str, str]]]:
+    """The probe points of ``model`` (or the outputs of the modules ``sites``) and, per block, the
+    names of its probes before and after."""
+    if sites is not None:
+        return _trace_sites(model, example, list(sites)), {}
+    stage_blocks = [b for b in blocks if b.stage and b.in_shape and b.out_shape]
+    # Holding every traced tensor keeps them alive, so their ids stay unique.
+    records: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(name: str):
+        def fn(module, args, output):
+            if args and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor):
+                records[name] = (args[0], output)
+        return fn
+
+    with forward_hooks(model, after={b.name: hook(b.name) for b in stage_blocks}), eval_mode(model), torch.no_grad():
+        model(example)
+    probes: list[Probe] = []
+    block_probes: dict[str, tuple[str, str]] = {}
+    seen: dict[int, str] = {}
+    for b in stage_blocks:
+        if b.name not in records:
+            continue
+        x, y = records[b.name]
+        if id(x) not in seen:
+            name = "input" if x is example else "stem" if not probes else f"{b.name}:in"
+            seen[id(x)] = name
+            probes.append(Probe(name, b.name, "in", tuple(x.shape[1:])))
+        seen[id(y)] = b.name
+        probes.append(Probe(b.name, b.name, "out", tuple(y.shape[1:])))
+        block_probes[b.name] = (seen[id(x)], b.name)
+    return probes, block_probes
+
+
+def _trace_sites(model: nn.Module, example: torch.Tensor, sites: list[str]) -> list[Probe]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for site in sites:
+        try:
+            model.get_submodule(site)
+        except AttributeError:
+            raise LayerpruneError(f"probe {site!r}: no such module in {type(model).__name__}") from None
+
+    def hook(site: str):
+        def fn(m, args, out) -> None:  # returning a value would replace the output
+            shapes.setdefault(site, tuple(out.shape[1:]))
+        return fn
+
+    with forward_hooks(model, after={s: hook(s) for s in sites}), eval_mode(model), torch.no_grad():
+        model(example)
+    for site in sites:
+        if site not in shapes:
+            raise LayerpruneError(f"probe {site!r}: not called in the forward pass")
+    return [Probe(site, site, "out", shapes[site]) for site in sites]
+
+
+class FeatureStream:
+    """Features at ``probes`` for batches of samples, group by group within ``memory_budget``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        probes: list[Probe],
+        block_probes: dict[str, tuple[str, str]],
+        example: torch.Tensor,
+        *,
+        micro_batch: int = MICRO_BATCH,
+        memory_budget: int = 1 << 30,
+        progress: bool = False,
+        resume: bool = True,
+    ) -> None:
+        self.model, self.probes, self.block_probes = model, probes, block_probes
+        self.example = example
+        self.micro_batch, self.memory_budget, self.progress = micro_batch, memory_budget, progress
+        self.resume = resume
+        self.passes: list[StreamPass] = []
+        self._calls: dict[str, _Call] | None = None
+        self._resumable: dict[str, bool] = {}
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    # -- grouping -------------------------------------------------------------------------------
+    def groups(self, samples: int, pairs: bool = True) -> list[ProbeGroup]:
+        """Probes cut into groups whose features for ``samples`` fit the budget. With ``pairs``,
+        each block's probes before and after it land in one group (block statistics need both).
+        A group's budget includes the probe its pass resumes from (the previous group's last),
+        which is held while the group is read."""
+        by_name = {p.name: p for p in self.probes}
+        units = ([(b, [by_name[before], by_name[after]]) for b, (before, after) in self.block_probes.items()]
+                 if pairs else [(None, [p]) for p in self.probes])
+
+        def held(group: ProbeGroup, extra: list[Probe]) -> int:
+            probes = group.probes + extra
+            resumed = [group.resumes_from] if group.resumes_from and group.resumes_from not in probes else []
+            return sum(p.numel for p in probes + resumed) * samples * 4
+
+        groups: list[ProbeGroup] = []
+        for block, need in units:
+            if groups:
+                current = groups[-1]
+                extra = [p for p in need if p not in current.probes]
+                if held(current, extra) <= self.memory_budget:
+                    current.probes.extend(extra)
+                    current.blocks.extend([block] if block else [])
+                    continue
+            resumes_from = groups[-1].probes[-1] if groups and self.resume else None
+            groups.append(ProbeGroup(list(need), [block] if block else [], resumes_from))
+        largest = max((held(g, []) for g in groups), default=0)
+        if largest > self.memory_budget:
+            warnings.warn(f"memory_budget ({self.memory_budget / 2**30:.2f} GiB) is below what one "
+                          f"{'block' if pairs else 'probe'} needs at {samples} samples "
+                          f"({largest / 2**30:.2f} GiB); using that", ResourceWarning, stacklevel=4)
+        return groups
+
+    # -- the stream -----------------------------------------------------------------------------
+    def run(
+        self,
+        batches: Sequence[Pair],
+        probe_fns: dict[str, ProbeStat],
+        block_fns: dict[str, BlockStat],
+    ) -> tuple[dict[str, dict[str, list[Any]]], dict[str, dict[str, list[Any]]]]:
+        """Per-probe and per-block statistics, one value per batch:
+        ``({key: {probe: [value per batch]}}, {key: {block: [value per batch]}})``."""
+        probe_out = {key: {p.name: [] for p in self.probes} for key in probe_fns}
+        block_out = {key: {b: [] for b in self.block_probes} for key in block_fns}
+        if not batches:
+            return probe_out, block_out
+        groups = self.groups(len(batches[0][0]), pairs=bool(block_fns))
+        with _progress(self.progress) as bar:
+            task = bar.add_task("features", total=len(batches) * len(groups)) if bar else None
+            for x, y in batches:
+                labels = y.to(self.device)
+                done: set[str] = set()
+                read: dict[str, torch.Tensor] = {}  # the previous group's last probe, where the next resumes
+                for group in groups:
+                    # A probe that an earlier group already handed to the probe statistics is
+                    # read again only when a block statistic needs it.
+                    wanted = group.probes if group.blocks else [p for p in group.probes if p.name not in done]
+                    at = group.resumes_from
+                    feats = self.collect(x, wanted, resume_from=(at, read[at.name]) if at and at.name in read else None)
+                    for p in group.probes:
+                        if p.name in done:
+                            continue
+                        done.add(p.name)
+                        for key, fn in probe_fns.items():
+                            probe_out[key][p.name].append(fn(feats[p.name], labels))
+                    for name in group.blocks:
+                        before, after = self.block_probes[name]
+                        for key, fn in block_fns.items():
+                            block_out[key][name].append(fn(feats[before], feats[after], labels))
+                    last = group.probes[-1].name
+                    read = {last: feats[last]} if last in feats else {}
+                    del feats
+                    if bar:
+                        bar.advance(task)
+        return probe_out, block_out
+
+    @torch.no_grad()
+    def collect(self, x: torch.Tensor, probes: list[Probe],
+                resume_from: tuple[Probe, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Features at ``probes`` for all of ``x``, ``micro_batch`` samples per forward. With
+        ``resume_from=(probe, features of x at it)``, passes resume there instead of at the image."""
+        n = len(x)
+        start = resume_from if resume_from is not None and self.resume and self._can_resume(resume_from[0]) else None
+        buffers = {p.name: (start[1] if start is not None and p.name == start[0].name
+                            else torch.empty(n, p.numel, dtype=torch.float32, device=self.device))
+                   for p in probes}
+        self.passes.append(StreamPass(tuple(p.name for p in probes), start[0].name if start else None))
+        offset = 0
+        for chunk in x.split(self.micro_batch):
+            rows = slice(offset, offset + len(chunk))
+            held = None
+            if start is not None:
+                held = start[1][rows].reshape(len(chunk), *start[0].shape)
+            self._forward(chunk, probes, {p.name: buffers[p.name][rows] for p in probes},
+                          start[0] if start else None, held)
+            offset += len(chunk)
+        return buffers
+
+    def _forward(self, chunk: torch.Tensor, probes: list[Probe], out: dict[str, torch.Tensor],
+                 resume_at: Probe | None, held: torch.Tensor | None) -> None:
+        remaining = {p.name for p in probes}
+
+        def store(p: Probe, t: torch.Tensor) -> None:
+            if p.name in remaining:
+                out[p.name].copy_(t.detach().reshape(len(t), -1))
+                remaining.discard(p.name)
+                if not remaining:
+                    raise _StopForward
+
+        after = {p.site: (lambda m, args, o, p=p: store(p, o)) for p in probes if p.where == "out"}
+        before = {p.site: (lambda m, args, p=p: store(p, args[0])) for p in probes if p.where == "in"}
+        skip = self._skipping(resume_at, held, len(chunk)) if resume_at is not None else nullcontext()
+        with eval_mode(self.model), skip, forward_hooks(self.model, after=after, before=before):
+            try:
+                if remaining:
+                    self.model(chunk.to(self.device))
+            except _StopForward:
+                pass
+
+    # -- resuming ---------------------------------------------------------------------------------
+    def _trace_calls(self) -> dict[str, _Call]:
+        """Every module's place in the call order of one forward pass over the example."""
+        if self._calls is None:
+            calls: dict[str, _Call] = {}
+            clock = [0]
+
+            def enter(name: str):
+                def fn(module, args):
+                    clock[0] += 1
+                    call = calls.setdefault(name, _Call(clock[0]))
+                    call.calls += 1
+                return fn
+
+            def leave(name: str):
+                def fn(module, args, output):
+                    clock[0] += 1
+                    calls[name].end = clock[0]
+                    calls[name].output = output if isinstance(output, torch.Tensor) else None
+                return fn
+
+            names = [n for n, _ in self.model.named_modules() if n]
+            with forward_hooks(self.model, before={n: enter(n) for n in names}, after={n: leave(n) for n in names}), \
+                    eval_mode(self.model), torch.no_grad():
+                self.model(self.example.to(self.device))
+            self._calls = calls
+        return self._calls
+
+    def _skipped(self, at: Probe) -> list[str] | None:
+        """The outermost modules that finish before ``at`` is read (``at``'s own site included when
+        it is read at the output), or ``None`` when they cannot be skipped safely."""
+        calls = self._trace_calls()
+        site = calls.get(at.site)
+        if site is None or site.calls != 1:
+            return None
+        limit = site.end if at.where == "out" else site.start
+        chosen: list[str] = []
+        for name, call in sorted(calls.items(), key=lambda kv: kv[1].start):
+            if call.start > limit:
+                break
+            if call.end > limit:
+                continue  # an ancestor of the site: it runs, its children before the site do not
+            if any(name.startswith(c + ".") for c in chosen):
+                continue  # inside a module already skipped
+            if call.calls != 1 or call.output is None or "forward" in vars(self.model.get_submodule(name)):
+                return None
+            chosen.append(name)
+        return chosen
+
+    @contextmanager
+    def _skipping(self, at: Probe, held: torch.Tensor, rows: int) -> Iterator[None]:
+        """Modules before ``at`` return zeros of their traced shape; ``held`` goes where ``at`` is."""
+        calls = self._trace_calls()
+        skipped = self._skipped(at) or []
+        patched = []
+        try:
+            for name in skipped:
+                module = self.model.get_submodule(name)
+                if name == at.site:  # read at the output: the held features are that output
+                    module.forward = lambda *a, **k: held
+                else:
+                    shape, traced = (rows, *calls[name].output.shape[1:]), calls[name].output
+                    module.forward = lambda *a, _s=shape, _t=traced, **k: torch.zeros(_s, dtype=_t.dtype, device=_t.device)
+                patched.append(module)
+            if at.where == "in":
+                with forward_hooks(self.model, before={at.site: lambda m, args: (held, *args[1:])}):
+                    yield
+            else:
+                yield
+        finally:
+            for module in patched:
+                del module.forward
+
+    def _can_resume(self, at: Probe) -> bool:
+        """Whether passes may resume at ``at``: skippable, and on the example the resumed pass reads
+        the same features as a plain one."""
+        if at.name not in self._resumable:
+            self._resumable[at.name] = self._skipped(at) is not None and self._same_when_resumed(at)
+        return self._resumable[at.name]
+
+    def _same_when_resumed(self, at: Probe) -> bool:
+        later = [p for p in self.probes[self.probes.index(at):]]
+        x = self.example
+        n = len(x)
+        plain = {p.name: torch.empty(n, p.numel, device=self.device) for p in later}
+        self._forward(x, later, plain, None, None)
+        resumed = {p.name: torch.empty(n, p.numel, device=self.device) for p in later}
+        try:
+            self._forward(x, later, resumed, at, plain[at.name].reshape(n, *at.shape))
+        except Exception:  # anything at all: this model's forward does not allow skipping there
+            return False
+        return all(torch.allclose(plain[k], resumed[k], rtol=1e-5, atol=1e-6) for k in plain)
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    transient=True)

@@ -1,0 +1,86 @@
+"""Measure a classifier and re-estimate its BatchNorm statistics: what criteria, the pruner and
+the training loops all need, in a room below each of them.
+
+Batches are any iterable of ``(images, labels)`` pairs: a ``DataLoader`` or a list of tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from layerprune.hooks import eval_mode
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    accuracy: float
+    samples: int
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (CPU for a model without parameters)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Batches, *, progress: bool = False, description: str = "eval") -> EvalResult:
+    """Mean cross-entropy and top-1 accuracy in eval mode (the model's mode is restored)."""
+    device = model_device(model)
+    loss_sum, correct, seen = 0.0, 0, 0
+    if progress:
+        from rich.progress import track
+
+        total = len(batches) if hasattr(batches, "__len__") else None
+        batches = track(batches, description=description, total=total, transient=True)
+    with eval_mode(model):
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+    if seen == 0:
+        raise ValueError("evaluate: no samples")
+    return EvalResult(loss_sum / seen, correct / seen, seen)
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def repair_batchnorm(model: nn.Module, batches: Batches) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics from ``batches``, in place.
+
+    After a block is removed or changed, each later layer sees inputs with other statistics;
+    stale running means and variances then dominate any accuracy measured in eval mode. Only the
+    BatchNorm layers run in train mode here (dropout and the like stay in eval mode), and the
+    statistics are a plain average over the batches (``momentum=None``), not a running one.
+    """
+    layers = batchnorm_layers(model)
+    if not layers:
+        return model
+    saved = [(m, m.momentum, m.training) for m in layers]
+    device = model_device(model)
+    with eval_mode(model):
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        try:
+            for x, _ in batches:
+                model(x.to(device))
+        finally:
+            for m, momentum, training in saved:
+                m.momentum = momentum
+                m.train(training)
+    return model

@@ -1,0 +1,255 @@
+"""The pruning pipeline: score → plan → remove → repair, one shot or in steps.
+
+This is the one place where a criterion, a selection rule, a calibration draw and a BatchNorm repair
+policy meet. ``layerprune run``, ``layerprune bench`` and ``layerprune score`` all call it.
+
+>>> pruner = Pruner("modularity", rule="budget", rule_params={"macs": 0.5})  # doctest: +SKIP
+>>> result = pruner.prune(model, build_dataset("digits"))  # doctest: +SKIP
+>>> result.removed, result.steps[0].after_repair.accuracy  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from layerprune.calibration import MICRO_BATCH, Calibration, Pair, Repair, load_samples
+from layerprune.criteria.base import Criterion, CriterionResult
+from layerprune.criteria.catalog import get_criterion
+from layerprune.criteria.context import ScoringContext
+from layerprune.criteria.selection import RULES, rule_problems, select_blocks
+from layerprune.errors import LayerpruneError
+from layerprune.evaluation import EvalResult, evaluate
+from layerprune.surgery.blocks import Block
+from layerprune.surgery.remove import remove_blocks
+
+Evaluate = Callable[[nn.Module], EvalResult]
+
+
+@dataclass
+class Scored:
+    """A criterion's result on one model, with the blocks it scored and the input they were found with."""
+
+    result: CriterionResult
+    blocks: list[Block]
+    example_input: torch.Tensor
+    calibration: dict[str, Any] = field(default_factory=dict)  # as drawn: samples and batches actually used
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return self.result.scores
+
+
+@dataclass
+class PruneStep:
+    """What one step did: the blocks it removed (lowest score first), the scores it chose them by,
+    and the accuracy right after surgery and after BatchNorm repair (``None`` when skipped)."""
+
+    step: int
+    removed: list[str]
+    scores: dict[str, float]
+    result: CriterionResult | None = None
+    after_surgery: EvalResult | None = None
+    after_repair: EvalResult | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # what a callback adds (e.g. finetuning)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"step": self.step, "removed": list(self.removed)}
+        if self.after_surgery is not None:
+            d["after_surgery"] = self.after_surgery.__dict__
+        if self.after_repair is not None:
+            d["after_repair"] = self.after_repair.__dict__
+        return {**d, **self.extra}
+
+    def summary(self) -> str:
+        line = f"removed {len(self.removed)} blocks"
+        if self.after_surgery is not None:
+            line += f": accuracy after surgery {self.after_surgery.accuracy:.3f}"
+        if self.after_repair is not None:
+            line += f", after BatchNorm repair {self.after_repair.accuracy:.3f}"
+        return line
+
+
+@dataclass
+class PruneResult:
+    """The pruned model (a new one), the removed blocks in removal order, the last step's scores,
+    and one :class:`PruneStep` per step."""
+
+    model: nn.Module
+    removed: list[str]
+    scores: dict[str, float]
+    steps: list[PruneStep]
+
+
+class Pruner:
+    """Score a model's blocks with a criterion, turn the scores into a plan with a rule, remove the
+    planned blocks and repair BatchNorm statistics — once, or ``steps`` times, re-scoring the
+    model pruned by the step before.
+
+    ``criterion`` is a name (with ``criterion_params``) or a :class:`Criterion`. Without ``rule``
+    the criterion's own rule is used (``rule_params`` then adjust it). With ``steps > 1``: under
+    ``threshold`` each step removes its share of the blocks still below the threshold; under
+    ``count`` and ``budget`` the first step's plan fixes how many blocks go, removed in near-equal
+    shares. The input model is never modified.
+    """
+
+    def __init__(
+        self,
+        criterion: str | Criterion,
+        *,
+        criterion_params: Mapping[str, Any] | None = None,
+        rule: str | None = None,
+        rule_params: Mapping[str, Any] | None = None,
+        calibration: Calibration = Calibration(),
+        repair: Repair = Repair(),
+        steps: int = 1,
+        collapse: bool = False,
+        protect: Sequence[str] = (),
+        progress: bool = False,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        if isinstance(criterion, Criterion):
+            if criterion_params:
+                raise LayerpruneError("criterion_params: give them to the criterion you built, or pass its name")
+            self.criterion = criterion
+        else:
+            self.criterion = get_criterion(criterion, **dict(criterion_params or {}))
+        if rule is None:  # the criterion's own rule; rule_params adjust it
+            chosen = {**dict(self.criterion.default_rule), **dict(rule_params or {})}
+        else:
+            chosen = {"rule": rule, **dict(rule_params or {})}
+        name = RULES.canonical(chosen["rule"])
+        problems = rule_problems(name, {k: v for k, v in chosen.items() if k != "rule"}, "rule_params")
+        if problems:
+            raise LayerpruneError(f"rule {name!r}: {'; '.join(problems)}")
+        self.rule = {**chosen, "rule": name}
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise LayerpruneError(f"steps: must be an integer ≥ 1, got {steps!r}")
+        if not isinstance(calibration, Calibration):
+            raise LayerpruneError(f"calibration: must be a layerprune.Calibration, got {type(calibration).__name__}")
+        if not isinstance(repair, Repair):
+            raise LayerpruneError(f"repair: must be a layerprune.Repair, got {type(repair).__name__}")
+        self.calibration, self.repair = calibration, repair
+        self.steps, self.collapse, self.protect = steps, bool(collapse), list(protect)
+        self.progress, self.log = progress, log
+        self._repair_batches: tuple[int, list[Pair]] | None = None
+
+    def __repr__(self) -> str:
+        return (f"Pruner({self.criterion!r}, rule={self.rule!r}, calibration={self.calibration!r}, "
+                f"repair={self.repair!r}, steps={self.steps})")
+
+    # -- the pieces -----------------------------------------------------------------------------
+    def context(self, model: nn.Module, data: Any, *, blocks: list[Block] | None = None) -> ScoringContext:
+        """The scoring context every criterion of this pruner sees: its calibration and repair."""
+        return ScoringContext(model, data, calibration=self.calibration, repair=self.repair, blocks=blocks,
+                              progress=self.progress)
+
+    def score(self, model: nn.Module, data: Any) -> Scored:
+        """The criterion's scores for ``model``'s blocks (``model`` is not changed)."""
+        ctx = self.context(model, data)
+        drawn = {**self.calibration.to_dict(), "samples": ctx.samples, "batches": ctx.num_batches}
+        return Scored(self.criterion(ctx), ctx.blocks, ctx.example_input, drawn)
+
+    def plan(self, scores: Mapping[str, float], blocks: list[Block], *, count: int | None = None) -> list[str]:
+        """The blocks the rule removes, in forward order (``count``: the ``count`` lowest instead)."""
+        rule = {"rule": "count", "k": count} if count is not None else self.rule
+        params = {k: v for k, v in rule.items() if k != "rule"}
+        return select_blocks(scores, blocks, rule=rule["rule"], protect=self.protect, collapse=self.collapse,
+                             **params)
+
+    def repair_batches(self, data: Any) -> list[Pair]:
+        """The batches BatchNorm is repaired with: the same ones the criteria's contexts use."""
+        if self._repair_batches is None or self._repair_batches[0] != id(data):
+            drawn = self.repair.batches_for(data)
+            if drawn is None:  # no training split: the calibration samples, as ScoringContext does
+                drawn = self._calibration_pieces(data)
+            self._repair_batches = (id(data), drawn)
+        return self._repair_batches[1]
+
+    def repair_model(self, model: nn.Module, data: Any) -> nn.Module:
+        """Re-estimate ``model``'s BatchNorm statistics in place with this pruner's :class:`Repair`."""
+        return self.repair.apply(model, self.repair_batches(data)) if self.repair.enabled else model
+
+    def remove(
+        self,
+        model: nn.Module,
+        names: Sequence[str],
+        data: Any,
+        *,
+        blocks: list[Block] | None = None,
+        example_input: torch.Tensor | None = None,
+        evaluate_with: Evaluate | None = None,
+        step: int = 1,
+    ) -> tuple[nn.Module, PruneStep]:
+        """A copy of ``model`` without ``names``, repaired; the record has its accuracy after
+        surgery and after repair (``evaluate_with``, default: the calibration samples)."""
+        measure = evaluate_with or self._calibration_eval(data)
+        if example_input is None:
+            example_input = self.context(model, data).example_input if blocks is None else None
+        pruned = remove_blocks(model, list(names), example_input, collapse=self.collapse, blocks=blocks)
+        record = PruneStep(step, list(names), {}, after_surgery=measure(pruned))
+        if self.repair.enabled:
+            self.repair_model(pruned, data)
+            record.after_repair = measure(pruned)
+        if self.log is not None:
+            self.log(record.summary())
+        return pruned, record
+
+    # -- the pipeline -----------------------------------------------------------------------------
+    def prune(
+        self,
+        model: nn.Module,
+        data: Any,
+        *,
+        evaluate_with: Evaluate | None = None,
+        after_step: Callable[[PruneStep, nn.Module], None] | None = None,
+    ) -> PruneResult:
+        """Prune ``model`` (left untouched) on ``data``: ``steps`` rounds of score → plan → remove →
+        repair. ``after_step(record, pruned_model)`` runs after each step — between steps a recipe
+        finetunes there (in place), and what it puts in ``record.extra`` is kept."""
+        current = copy.deepcopy(model)
+        measure = evaluate_with or self._calibration_eval(data)
+        records: list[PruneStep] = []
+        removed: list[str] = []
+        total: int | None = None
+        scored: Scored | None = None
+        for i in range(1, self.steps + 1):
+            scored = self.score(current, data)
+            scores = scored.scores
+            if self.steps == 1:
+                chosen = self.plan(scores, scored.blocks)
+            elif self.rule["rule"] == "threshold":
+                # The blocks still below the threshold, re-scored; this step takes its share of them.
+                below = self.plan(scores, scored.blocks)
+                chosen = sorted(below, key=lambda n: scores[n])[:math.ceil(len(below) / (self.steps - i + 1))]
+            else:
+                # The first plan's number of blocks, removed in near-equal steps, re-scored each time.
+                if total is None:
+                    total = len(self.plan(scores, scored.blocks))
+                k = round(total * i / self.steps) - round(total * (i - 1) / self.steps)
+                chosen = self.plan(scores, scored.blocks, count=k)
+            chosen = sorted(chosen, key=lambda n: scores[n])  # removal order: least important first
+            current, record = self.remove(current, chosen, data, blocks=scored.blocks,
+                                          example_input=scored.example_input, evaluate_with=measure, step=i)
+            record.scores, record.result = dict(scores), scored.result
+            removed.extend(chosen)
+            records.append(record)
+            if after_step is not None:
+                after_step(record, current)
+        assert scored is not None
+        return PruneResult(current, removed, dict(records[-1].scores), records)
+
+    def _calibration_pieces(self, data: Any) -> list[Pair]:
+        """The calibration samples in pieces of ``MICRO_BATCH`` (what ``ScoringContext.micro_batches`` gives)."""
+        ds = self.calibration.dataset(data)
+        return [piece for idx in self.calibration.indices(data)
+                for piece in zip(*(t.split(MICRO_BATCH) for t in load_samples(ds, idx)))]
+
+    def _calibration_eval(self, data: Any) -> Evaluate:
+        pieces = self._calibration_pieces(data)
+        return lambda m: evaluate(m, pieces)

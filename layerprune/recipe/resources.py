@@ -1,0 +1,150 @@
+"""What a recipe's stages run on: its data, models, loaders, device, training settings and the
+pruner it describes, each built once from the recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from layerprune import distributed
+from layerprune.calibration import Calibration, Repair
+from layerprune.data import DatasetBundle, build_dataset, make_loader
+from layerprune.errors import LayerpruneError
+from layerprune.evaluation import EvalResult, evaluate
+from layerprune.models import create_model_for
+from layerprune.pruner import Pruner
+from layerprune.recipe.rundir import RunDir
+from layerprune.recipe.schema import Recipe, TrainSection
+from layerprune.train import TrainSettings, train
+
+ON_DEVICE_LIMIT = 2 * 1024**3  # data.on_device default: in-memory data sets up to this size go to the GPU
+Log = Callable[[str], None]
+
+
+class Resources:
+    """The recipe's data set, models, loaders and pruner (built lazily, once)."""
+
+    def __init__(self, recipe: Recipe, run: RunDir | None = None, *, progress: bool = False,
+                 log: Log = print) -> None:
+        self.recipe, self.run, self.progress, self.log = recipe, run, progress, log
+        self.data: DatasetBundle | None = None
+        self._base: nn.Module | None = None
+        self._device: torch.device | None = None
+
+    @property
+    def device(self) -> torch.device:
+        if self._device is None:
+            self._device = distributed.resolve_device(self.recipe.device)  # errors name the `device` key
+        return self._device
+
+    def build_data(self) -> DatasetBundle:
+        if self.data is None:
+            d = self.recipe.data
+            options = dict(d.options)
+            if d.root is not None:
+                options["root"] = d.root
+            if d.download:
+                options["download"] = True
+            try:
+                data = build_dataset(d.dataset, **options)
+            except LayerpruneError as exc:
+                raise LayerpruneError(f"data: {exc}") from None
+            size = data.in_memory_bytes()
+            on_device = d.on_device if d.on_device is not None else (
+                self.device.type == "cuda" and size is not None and size <= ON_DEVICE_LIMIT)
+            if on_device and self.device.type != "cpu":
+                data.to(self.device)  # batches are then cut and augmented where the model is
+            self.data = data
+        return self.data
+
+    def model_kwargs(self) -> dict[str, Any]:
+        data = self.build_data()
+        return {"num_classes": data.num_classes, "in_chans": data.in_chans, **self.recipe.model.kwargs}
+
+    def new_model(self, checkpoint: str | None = None) -> nn.Module:
+        try:
+            model = create_model_for(self.recipe.model.name, self.build_data(), checkpoint=checkpoint,
+                                     seed=self.recipe.seed, **self.recipe.model.kwargs)
+        except LayerpruneError as exc:
+            raise LayerpruneError(f"model: {exc}") from None
+        return model.to(self.device)
+
+    def base_model(self) -> nn.Module:
+        """The unpruned, trained model (from the checkpoint or the pretrain stage)."""
+        if self._base is None:
+            checkpoint = self.recipe.model.checkpoint
+            if checkpoint is None and self.recipe.pretrain is not None:
+                checkpoint = str(self.run.file("pretrained.pth"))
+            self._base = self.new_model(checkpoint)
+        return self._base
+
+    def example_input(self) -> torch.Tensor:
+        return torch.zeros(1, *self.build_data().input_size, device=self.device)
+
+    # -- pruning --------------------------------------------------------------------------------
+    def calibration(self, seed: int | None = None) -> Calibration:
+        cal = self.recipe.data.calibration
+        return Calibration(split=cal.split, samples=cal.samples, batches=cal.batches,
+                           seed=self.recipe.seed if seed is None else seed)
+
+    def repair(self) -> Repair:
+        p = self.recipe.prune
+        return Repair(enabled=p.repair, batches=p.repair_batches, batch_size=p.repair_batch_size, seed=self.recipe.seed)
+
+    def pruner(self, *, criterion: str | None = None, criterion_params: dict[str, Any] | None = None,
+               rule: dict[str, Any] | None = None, seed: int | None = None) -> Pruner:
+        """The recipe's pruner; the bench swaps in other criteria, rules and calibration seeds."""
+        rc = self.recipe
+        if criterion is None:
+            criterion, criterion_params = rc.criterion.name, rc.criterion.params
+        rule = rule if rule is not None else ({"rule": rc.select.rule, **rc.select.params} if rc.select.rule else {})
+        try:
+            return Pruner(criterion, criterion_params=criterion_params, rule=rule.get("rule"),
+                          rule_params={k: v for k, v in rule.items() if k != "rule"},
+                          calibration=self.calibration(seed), repair=self.repair(), steps=rc.prune.steps,
+                          collapse=rc.select.collapse, protect=rc.select.protect, progress=self.progress,
+                          log=self.log)
+        except LayerpruneError as exc:
+            raise LayerpruneError(f"select: {exc}") from None
+
+    # -- loaders and training -------------------------------------------------------------------
+    def train_loader(self):
+        """Shuffled, augmented training batches; under torchrun, this rank's share of each epoch."""
+        d, train_set = self.recipe.data, self.build_data().train
+        sampler = None
+        if distributed.active():
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(train_set, shuffle=True, seed=self.recipe.seed, drop_last=True)
+        return make_loader(train_set, d.batch_size, shuffle=True, workers=d.workers, seed=self.recipe.seed,
+                           drop_last=len(train_set) > d.batch_size * distributed.world_size(), sampler=sampler)
+
+    def eval_batches(self, split: str | None = None, share: bool = False):
+        """Evaluation batches in order; with ``share`` under torchrun, every ``world_size``-th sample
+        from this rank's offset (the shares are disjoint and cover the split exactly)."""
+        d, data = self.recipe.data, self.build_data().split(split or self.recipe.eval.split)
+        sampler = range(distributed.rank(), len(data), distributed.world_size()) if share and distributed.active() else None
+        return make_loader(data, d.eval_batch_size, workers=d.workers, sampler=sampler)
+
+    def evaluate(self, model: nn.Module, description: str = "eval") -> EvalResult:
+        return evaluate(model, self.eval_batches(), progress=self.progress, description=description)
+
+    def settings(self, section: TrainSection, epochs: int | None = None, distill: bool = False) -> TrainSettings:
+        name = "finetune" if section is self.recipe.finetune else "pretrain"
+        extra = {}
+        if distill:
+            extra = {"distill_alpha": section.distill.alpha, "distill_temperature": section.distill.temperature}  # type: ignore[attr-defined]
+        try:
+            return TrainSettings.from_config(section, epochs=epochs, **extra)
+        except LayerpruneError as exc:
+            raise LayerpruneError(f"{name}: {exc}") from None
+
+    def fit(self, model: nn.Module, settings: TrainSettings, name: str, teacher: nn.Module | None = None) -> list:
+        history = train(model, self.train_loader(), settings, val_batches=self.eval_batches("val", share=True)
+                        if self.build_data().val is not None else None, teacher=teacher,
+                        checkpoint_path=self.run.file(f"{name}.ckpt"), seed=self.recipe.seed,
+                        progress=self.progress, log=self.log, description=name)
+        return [dataclasses.asdict(h) for h in history]

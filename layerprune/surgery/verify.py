@@ -1,0 +1,47 @@
+"""Check a model after surgery: it runs, gives finite outputs of the original's shape, and
+Torch-Pruning can still trace its dependency graph."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn as nn
+
+from layerprune.errors import SurgeryError
+
+
+def dependency_graph_check(model: nn.Module, example_input: torch.Tensor) -> None:
+    """Re-trace ``model`` with Torch-Pruning; raises if the graph cannot be built."""
+    import torch_pruning as tp
+
+    was_training = model.training
+    try:
+        with torch.enable_grad(), warnings.catch_warnings():
+            # Only tracing here, never pruning channels: its advice on unwrapped parameters
+            # (ViT's pos_embed, ConvNeXt's gamma) does not apply.
+            warnings.simplefilter("ignore", UserWarning)
+            tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    finally:
+        model.train(was_training)
+
+
+
+
+def verify(original: nn.Module, pruned: nn.Module, example_input: torch.Tensor, names) -> None:
+    """Same output shape as the original, finite values, and a Torch-Pruning re-trace."""
+    what = ", ".join(names)
+    with torch.no_grad():
+        try:
+            out = pruned(example_input)
+        except Exception as exc:
+            raise SurgeryError(f"model fails after removing {what}: {type(exc).__name__}: {exc}") from exc
+        expected = original(example_input)
+    if out.shape != expected.shape:
+        raise SurgeryError(f"output shape {tuple(out.shape)} ≠ {tuple(expected.shape)} after removing {what}")
+    if not torch.isfinite(out).all():
+        raise SurgeryError(f"non-finite outputs after removing {what}")
+    try:
+        dependency_graph_check(pruned, example_input)
+    except Exception as exc:
+        raise SurgeryError(f"dependency graph cannot be traced after removing {what}: {exc}") from exc
