@@ -4,13 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from layerprune import build_dataset, make_loader
-
-
-@pytest.fixture(scope="session")
-def digits():
-    """scikit-learn's digits at 1×32×32; train is augmented (random crops), val and test are not."""
-    return build_dataset("digits", seed=0)
+from layerprune import make_loader
 
 
 @pytest.fixture
