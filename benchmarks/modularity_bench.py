@@ -137,7 +137,7 @@ def part_curve(args) -> None:
         curve_times.append(t)
     t_fwd, t_curve = min(fwd_times), min(curve_times)
     print(f"\n[2] ResNet-56 modularity curve, {batches} batches × {samples} samples, k=3, "
-          f"{len(curve.probes)} probes, {len(ctx._groups(pairs=False))} forward group(s) (best of {args.repeats})")
+          f"{len(curve.probes)} probes, {len(ctx.stream.groups(ctx.samples, pairs=False))} forward group(s) (best of {args.repeats})")
     print(f"  curve (modularity_curve, end to end)   {t_curve:8.2f} s")
     print(f"    of which context setup (find_blocks)  {t_setup:8.2f} s  (timed separately)")
     print(f"  plain forward, {samples * batches} samples, no hooks   {t_fwd:8.2f} s")
@@ -162,10 +162,13 @@ def part_large(args) -> None:
     x, y = cifar_shaped(n)
     base = rss_now_kib()
     t = time.perf_counter()
-    curve = layerprune.modularity_curve(model, (x, y), samples=n, batches=1, k=3, **extra)
+    # what modularity_curve(model, (x, y), samples=n, batches=1, k=3) does, keeping the context
+    ctx = ScoringContext(model, (x, y), samples=n, batches=1, **extra)
+    curve = layerprune.get_criterion("modularity", k=3)(ctx).diagnostics["curve"]
     wall = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    groups = ScoringContext(model, (x, y), samples=n, batches=1, **extra)._groups(pairs=False)
+    groups = ctx.stream.groups(n, pairs=False)
+    resumed = sum(p.resumed_from is not None for p in ctx.stream.passes)
     held = [sum(p.numel for p in g.probes) * n * 4 for g in groups]
     print(f"\n[3] ResNet-56 modularity curve at N={n}, 1 batch, k=3, {extra or 'default context'} "
           f"(child process, one run, load average {os.getloadavg()[0]:.2f})")
@@ -175,6 +178,7 @@ def part_large(args) -> None:
           f"→ {'≤' if peak * 1024 <= 4 * GB else '>'} 4 GB")
     print(f"  forward groups                {len(groups):8d}    (largest holds {max(held) / GB:.2f} GB "
           f"of features, total {sum(held) / GB:.2f} GB over all groups)")
+    print(f"  passes resumed mid-network    {resumed:8d}    of {len(ctx.stream.passes)} (the others start at the image)")
     print(f"  Q at {curve.probes[0]} = {curve.q(curve.probes[0]):.4f}, "
           f"Q at {curve.probes[-1]} = {curve.q(curve.probes[-1]):.4f}")
 
