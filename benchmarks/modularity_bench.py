@@ -158,6 +158,7 @@ def part_large(args) -> None:
     n = 10_000
     extra = {k: v for k, v in (("memory_budget", args.memory_budget), ("micro_batch", args.micro_batch))
              if v is not None}
+    torch.manual_seed(0)  # the same weights and inputs every run, so Q can be compared across runs
     model = layerprune.create_model("cifar_resnet56").eval()
     x, y = cifar_shaped(n)
     base = rss_now_kib()

@@ -178,14 +178,16 @@ class FeatureStream:
         """Probes cut into groups whose features for ``samples`` fit the budget. With ``pairs``,
         each block's probes before and after it land in one group (block statistics need both).
         A group's budget includes the probe its pass resumes from (the previous group's last),
-        which is held while the group is read."""
+        which is held while the group is read, unless the group's first probe can take over its
+        buffer."""
         by_name = {p.name: p for p in self.probes}
         units = ([(b, [by_name[before], by_name[after]]) for b, (before, after) in self.block_probes.items()]
                  if pairs else [(None, [p]) for p in self.probes])
 
         def held(group: ProbeGroup, extra: list[Probe]) -> int:
             probes = group.probes + extra
-            resumed = [group.resumes_from] if group.resumes_from and group.resumes_from not in probes else []
+            at = group.resumes_from
+            resumed = [at] if at is not None and at not in probes and _reuses(at, probes) is None else []
             return sum(p.numel for p in probes + resumed) * samples * 4
 
         groups: list[ProbeGroup] = []
@@ -253,18 +255,26 @@ class FeatureStream:
     def collect(self, x: torch.Tensor, probes: list[Probe],
                 resume_from: tuple[Probe, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Features at ``probes`` for all of ``x``, ``micro_batch`` samples per forward. With
-        ``resume_from=(probe, features of x at it)``, passes resume there instead of at the image."""
-        n = len(x)
+        ``resume_from=(probe, features of x at it)``, passes resume there instead of at the image
+        (when this model allows it), and the held features may be overwritten by the new ones."""
         start = resume_from if resume_from is not None and self.resume and self._can_resume(resume_from[0]) else None
-        buffers = {p.name: (start[1] if start is not None and p.name == start[0].name
+        self.passes.append(StreamPass(tuple(p.name for p in probes), start[0].name if start else None))
+        return self._collect(x, probes, start)
+
+    def _collect(self, x: torch.Tensor, probes: list[Probe],
+                 start: tuple[Probe, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        n = len(x)
+        reused = _reuses(start[0], probes) if start is not None else None
+        buffers = {p.name: (start[1] if start is not None and p.name in (start[0].name, reused)
                             else torch.empty(n, p.numel, dtype=torch.float32, device=self.device))
                    for p in probes}
-        self.passes.append(StreamPass(tuple(p.name for p in probes), start[0].name if start else None))
         offset = 0
         for chunk in x.split(self.micro_batch):
             rows = slice(offset, offset + len(chunk))
             held = None
             if start is not None:
+                # A view: when the first new probe reuses this buffer, its rows are read by the
+                # resumed forward before that probe's features are written over them.
                 held = start[1][rows].reshape(len(chunk), *start[0].shape)
             self._forward(chunk, probes, {p.name: buffers[p.name][rows] for p in probes},
                           start[0] if start else None, held)
@@ -373,17 +383,22 @@ class FeatureStream:
         return self._resumable[at.name]
 
     def _same_when_resumed(self, at: Probe) -> bool:
-        later = [p for p in self.probes[self.probes.index(at):]]
-        x = self.example
-        n = len(x)
-        plain = {p.name: torch.empty(n, p.numel, device=self.device) for p in later}
-        self._forward(x, later, plain, None, None)
-        resumed = {p.name: torch.empty(n, p.numel, device=self.device) for p in later}
-        try:
-            self._forward(x, later, resumed, at, plain[at.name].reshape(n, *at.shape))
+        later = self.probes[self.probes.index(at):]
+        plain = self._collect(self.example, later, None)
+        try:  # the same path a stream pass takes, buffer reuse included
+            resumed = self._collect(self.example, later[1:], (at, plain[at.name].clone()))
         except Exception:  # anything at all: this model's forward does not allow skipping there
             return False
-        return all(torch.allclose(plain[k], resumed[k], rtol=1e-5, atol=1e-6) for k in plain)
+        return all(torch.allclose(plain[k], resumed[k], rtol=1e-5, atol=1e-6) for k in resumed)
+
+
+def _reuses(held: Probe, probes: list[Probe]) -> str | None:
+    """The probe whose features may be written into the held probe's buffer: the first one read
+    after it, when it has the same size (memory then stays at one buffer per probe)."""
+    if any(p.name == held.name for p in probes) or not probes:
+        return None
+    first = probes[0]
+    return first.name if first.numel == held.numel else None
 
 
 def _progress(enabled: bool):
