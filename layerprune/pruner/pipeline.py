@@ -124,7 +124,7 @@ class Pruner:
         else:
             chosen = {"rule": rule, **dict(rule_params or {})}
         name = RULES.canonical(chosen["rule"])
-        problems = rule_problems(name, {k: v for k, v in chosen.items() if k != "rule"}, "rule_params")
+        problems = rule_problems(name, {k: v for k, v in chosen.items() if k != "rule"})
         if problems:
             raise LayerpruneError(f"rule {name!r}: {'; '.join(problems)}")
         self.rule = {**chosen, "rule": name}
