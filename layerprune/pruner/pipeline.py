@@ -24,7 +24,7 @@ from layerprune.criteria.catalog import get_criterion
 from layerprune.criteria.context import ScoringContext
 from layerprune.criteria.selection import RULES, rule_problems, select_blocks
 from layerprune.errors import LayerpruneError
-from layerprune.evaluation import EvalResult, evaluate
+from layerprune.evaluation import EvalResult, evaluate, model_device
 from layerprune.surgery.blocks import Block
 from layerprune.surgery.remove import remove_blocks
 
@@ -189,8 +189,9 @@ class Pruner:
         """A copy of ``model`` without ``names``, repaired; the record has its accuracy after
         surgery and after repair (``evaluate_with``, default: the calibration samples)."""
         measure = evaluate_with or self._calibration_eval(data)
-        if example_input is None:
-            example_input = self.context(model, data).example_input if blocks is None else None
+        if example_input is None:  # one calibration sample, on the model's device
+            ds = self.calibration.dataset(data)
+            example_input = load_samples(ds, self.calibration.indices(data)[0][:1])[0].to(model_device(model))
         pruned = remove_blocks(model, list(names), example_input, collapse=self.collapse, blocks=blocks)
         record = PruneStep(step, list(names), {}, after_surgery=measure(pruned))
         if self.repair.enabled:

@@ -162,3 +162,11 @@ def test_a_plugin_criterion_runs_through_the_pipeline(fresh_catalog, trained_res
     result = Pruner("last_first", rule="count", rule_params={"k": 1}, calibration=CAL, repair=REPAIR).prune(
         trained_resnet20, digits)
     assert result.removed == ["layer3.2"]
+
+
+def test_remove_alone_finds_blocks_on_a_calibration_sample(trained_resnet20, digits):
+    pruner = Pruner("tail", calibration=CAL, repair=REPAIR)
+    pruned, step = pruner.remove(trained_resnet20, ["layer1.2", "layer3.2"], digits)
+    assert step.removed == ["layer1.2", "layer3.2"] and step.after_repair is not None
+    assert isinstance(pruned.layer1[2], torch.nn.Identity) and not isinstance(trained_resnet20.layer1[2],
+                                                                                 torch.nn.Identity)
