@@ -44,14 +44,12 @@ def forward_hooks(
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode for the block; its own train/eval flag is put back afterwards.
-
-    Only the root's flag is recorded: ``model.train(flag)`` sets every submodule, which is what
-    the callers here rely on (none keeps submodules in a mode different from the root).
-    """
-    was_training = model.training
+    """``model`` in eval mode for the block; afterwards every submodule's own train/eval flag is
+    put back as it was (a model may keep some parts in eval mode while training others)."""
+    flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module, training in flags:
+            module.training = training

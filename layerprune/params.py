@@ -21,18 +21,20 @@ def _at(where: str, key: str) -> str:
 
 
 def check_parameters(fn: Any, params: dict[str, Any], where: str, *, skip: int = 1) -> list[str]:
-    """Unknown, missing and mistyped keyword parameters of ``fn`` (annotations as the schema)."""
+    """Unknown, missing and mistyped keyword parameters of ``fn`` (annotations as the schema); a
+    ``**kwargs`` parameter accepts any name. The one check behind criterion and rule parameters."""
     signature = inspect.signature(fn)
     accepted = [p for p in list(signature.parameters.values())[skip:]
                 if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
     names = [p.name for p in accepted]
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
     try:
         hints = typing.get_type_hints(fn)
     except Exception:  # unresolvable annotations: check names only
         hints = {}
     problems = []
     for key in params:
-        if key not in names:
+        if key not in names and not takes_any:
             problems.append(f"{_at(where, key)}: unknown parameter (parameters: {', '.join(names) or 'none'})")
     for p in accepted:
         if p.name not in params:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from layerprune.errors import LayerpruneError
+from layerprune.params import check_parameters
 
 if TYPE_CHECKING:
     from layerprune.criteria.context import BlockStat, ProbeStat, ScoringContext
@@ -132,20 +133,16 @@ def describe(obj: Any) -> str:
 
 
 def instantiate(obj: Any, name: str, params: dict[str, Any]) -> Criterion:
-    """Build the criterion registered as ``name`` with ``params``, naming any unknown parameter."""
+    """Build the criterion registered as ``name`` with ``params``; unknown, missing or mistyped
+    parameters are named (:func:`layerprune.params.check_parameters`)."""
     is_class = isinstance(obj, type)
     if is_class and not issubclass(obj, Criterion):
         raise LayerpruneError(f"criterion {name!r}: {obj.__qualname__} is not a Criterion subclass")
     if not is_class and not callable(obj):
         raise LayerpruneError(f"criterion {name!r}: {obj!r} is neither a Criterion class nor a function")
-    accepted = _parameters(obj.__init__ if is_class else obj)
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(obj.__init__ if is_class else obj).parameters.values())
-    unknown = sorted(set(params) - set(accepted))
-    if unknown and not takes_any:
-        raise LayerpruneError(
-            f"criterion {name!r}: unknown parameter {', '.join(map(repr, unknown))} "
-            f"(parameters: {', '.join(accepted) or 'none'})"
-        )
+    problems = check_parameters(obj.__init__ if is_class else obj, dict(params), "")
+    if problems:
+        raise LayerpruneError(f"criterion {name!r}: {'; '.join(problems)}")
     if not is_class:
         return FunctionCriterion(obj, name, **params)
     try:

@@ -86,7 +86,7 @@ def test_file_plugin_registers_with_file_origin_and_scores_every_removable_block
 
 def test_file_plugin_unknown_parameter_is_named(fresh_catalog, unimported):
     load_plugin(str(SINGLE_FILE))
-    with pytest.raises(LayerpruneError, match=r"unknown parameter 'kk' \(parameters: k, smoothing\)"):
+    with pytest.raises(LayerpruneError, match=r"'entropy_gain': kk: unknown parameter \(parameters: k, smoothing\)"):
         get_criterion("entropy_gain", kk=3)
 
 

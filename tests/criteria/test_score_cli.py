@@ -50,7 +50,7 @@ def test_score_bar_chart_for_criteria_without_a_curve(checkpoint, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["-c", "modularit"], "did you mean 'modularity'"),
-    (["-p", "kk=3"], "unknown parameter 'kk'"),
+    (["-p", "kk=3"], "kk: unknown parameter"),
     (["--rule", "count", "-r", "k=50"], "k=50 but only"),
     (["--split", "holdout"], "split"),
     (["--data", "nodata"], "unknown dataset 'nodata'"),

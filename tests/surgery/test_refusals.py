@@ -45,3 +45,15 @@ def test_an_input_the_model_cannot_take_is_a_surgery_error():
     model = timm.create_model("cifar_resnet20").eval()
     with pytest.raises(SurgeryError, match=r"CifarResNet: forward pass failed on input \(1, 3, 0, 0\)"):
         find_blocks(model, torch.randn(1, 3, 0, 0))
+
+
+def test_find_and_remove_leave_every_submodules_train_flag_as_it_was():
+    from layerprune import create_model
+
+    model = create_model("cifar_resnet20", num_classes=10).train()
+    model.layer2.eval()  # a frozen part inside a model being trained
+    before = {name: m.training for name, m in model.named_modules()}
+    x = torch.randn(2, 3, 32, 32)
+    find_blocks(model, x)
+    remove_blocks(model, ["layer1.1"], x)
+    assert {name: m.training for name, m in model.named_modules()} == before
