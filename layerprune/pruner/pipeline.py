@@ -218,7 +218,6 @@ class Pruner:
         records: list[PruneStep] = []
         removed: list[str] = []
         total: int | None = None
-        scored: Scored | None = None
         for i in range(1, self.steps + 1):
             scored = self.score(current, data)
             scores = scored.scores
@@ -242,7 +241,6 @@ class Pruner:
             records.append(record)
             if after_step is not None:
                 after_step(record, current)
-        assert scored is not None
         return PruneResult(current, removed, dict(records[-1].scores), records)
 
     def _calibration_pieces(self, data: Any) -> list[Pair]:
