@@ -61,6 +61,11 @@ class Calibration:
         """The sample indices of each calibration batch in ``data``'s split."""
         return draw_batches(len(self.dataset(data)), self.samples, self.batches, self.seed)
 
+    def load(self, data: Any) -> list[Pair]:
+        """The calibration batches of ``data`` as ``(images, labels)``."""
+        ds = self.dataset(data)
+        return [load_samples(ds, idx) for idx in draw_batches(len(ds), self.samples, self.batches, self.seed)]
+
     def to_dict(self) -> dict[str, Any]:
         return {"split": self.split, "samples": self.samples, "batches": self.batches, "seed": self.seed}
 
@@ -72,7 +77,8 @@ class Repair:
 
     :meth:`batches_for` gives the same batches on every call, so every candidate a criterion
     evaluates and the pruned model are repaired alike. Data without a training split (a plain
-    ``Dataset`` or ``(images, labels)``) is repaired on the calibration samples instead.
+    ``Dataset`` or ``(images, labels)``) is repaired on the calibration samples instead, in pieces
+    of ``MICRO_BATCH``.
     """
 
     enabled: bool = True
@@ -83,10 +89,10 @@ class Repair:
     def __post_init__(self) -> None:
         _positive("repair", batches=self.batches, batch_size=self.batch_size)
 
-    def batches_for(self, data: Any) -> list[Pair] | None:
-        """The repair batches of ``data``, or ``None`` when it has no training split."""
+    def batches_for(self, data: Any, calibration: Calibration) -> list[Pair]:
+        """The repair batches of ``data``; ``calibration``'s samples when it has no training split."""
         if not isinstance(data, DatasetBundle):
-            return None
+            return micro_batches(calibration.load(data))
         train = without_augmentation(data.train)
         idx = draw_batches(len(train), self.batch_size, self.batches, self.seed)
         # Datasets that cannot drop their augmentation draw it from this fixed seed instead.
@@ -123,6 +129,11 @@ def load_samples(ds: Dataset, idx: torch.Tensor) -> Pair:
         return ds.tensors[0][idx], ds.tensors[1][idx]
     items = [ds[int(i)] for i in idx]
     return torch.stack([torch.as_tensor(x) for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+
+
+def micro_batches(batches: list[Pair], size: int = MICRO_BATCH) -> list[Pair]:
+    """``batches`` cut into pieces of at most ``size`` samples (for evaluation and repair loops)."""
+    return [piece for x, y in batches for piece in zip(x.split(size), y.split(size))]
 
 
 def draw_batches(n: int, samples: int, batches: int, seed: int) -> list[torch.Tensor]:

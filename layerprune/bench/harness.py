@@ -5,8 +5,9 @@ counted) through the recipe's :class:`~layerprune.Pruner`, with that seed's cali
 the recipe's repair: every criterion sees the same calibration samples and repair batches. For
 each trial (criterion × budget × seed): the pruner plans → removes → repairs, then accuracy before
 finetune → finetune (the same epochs for everyone) → accuracy after. A width-pruning row
-(Torch-Pruning channel pruning at the same MACs) goes through the same repair and finetune. Every score set and trial is its own JSON file, written atomically: an interrupted
-bench continues where it stopped.
+(Torch-Pruning channel pruning at the same MACs) goes through the same repair and finetune.
+Every score set and trial is its own JSON file, written atomically: an interrupted bench
+continues where it stopped.
 """
 
 from __future__ import annotations

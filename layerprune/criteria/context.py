@@ -16,9 +16,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from layerprune.calibration import MICRO_BATCH, Calibration, Pair, Repair, draw_batches, load_samples
+from layerprune.calibration import MICRO_BATCH, Calibration, Pair, Repair, draw_batches, micro_batches
 from layerprune.errors import LayerpruneError
-from layerprune.evaluation import EvalResult, evaluate
+from layerprune.evaluation import EvalResult, evaluate, model_device
 from layerprune.surgery.blocks import Block
 from layerprune.surgery.find import find_blocks
 from layerprune.criteria.stream import BlockStat, FeatureStream, Probe, ProbeStat, trace_probes
@@ -64,7 +64,8 @@ class ScoringContext:
         self.micro_batch = micro_batch
         self.progress = progress
         self.dataset = self.calibration.dataset(data)
-        self.indices = self.calibration.indices(data)
+        self.indices = draw_batches(len(self.dataset), self.calibration.samples, self.calibration.batches,
+                                    self.calibration.seed)
         self._batches: list[Pair] | None = None
         self._repair: list[Pair] | None = None
         self._probe_cache: dict[str, dict[str, list[Any]]] = {}
@@ -79,8 +80,7 @@ class ScoringContext:
     # -- data ---------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        p = next(self.model.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
+        return model_device(self.model)
 
     @property
     def split(self) -> str:
@@ -101,7 +101,7 @@ class ScoringContext:
     def batch(self, i: int) -> Pair:
         """Calibration batch ``i`` as ``(images, labels)``."""
         if self._batches is None:
-            self._batches = [load_samples(self.dataset, idx) for idx in self.indices]
+            self._batches = self.calibration.load(self.data)
         return self._batches[i]
 
     def batches(self) -> list[Pair]:
@@ -109,17 +109,13 @@ class ScoringContext:
 
     def micro_batches(self) -> list[Pair]:
         """The calibration samples cut to ``micro_batch``-sized pieces (for evaluation loops)."""
-        out = []
-        for x, y in self.batches():
-            out.extend(zip(x.split(self.micro_batch), y.split(self.micro_batch)))
-        return out
+        return micro_batches(self.batches(), self.micro_batch)
 
     def repair_data(self) -> list[Pair]:
         """The repair batches (:meth:`Repair.batches_for`); the calibration samples themselves
         when the data has no training split."""
         if self._repair is None:
-            drawn = self.repair_policy.batches_for(self.data)
-            self._repair = drawn if drawn is not None else self.micro_batches()
+            self._repair = self.repair_policy.batches_for(self.data, self.calibration)
         return self._repair
 
     def evaluate(self, model: nn.Module | None = None) -> EvalResult:

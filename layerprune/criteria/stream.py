@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from layerprune.calibration import MICRO_BATCH
 from layerprune.errors import LayerpruneError
+from layerprune.evaluation import model_device
 from layerprune.hooks import eval_mode, forward_hooks
 from layerprune.surgery.blocks import Block
 
@@ -170,8 +171,7 @@ class FeatureStream:
 
     @property
     def device(self) -> torch.device:
-        p = next(self.model.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
+        return model_device(self.model)
 
     # -- grouping -------------------------------------------------------------------------------
     def groups(self, samples: int, pairs: bool = True) -> list[ProbeGroup]:

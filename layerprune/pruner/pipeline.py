@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from layerprune.calibration import MICRO_BATCH, Calibration, Pair, Repair, load_samples
+from layerprune.calibration import Calibration, Pair, Repair, load_samples, micro_batches
 from layerprune.criteria.base import Criterion, CriterionResult
 from layerprune.criteria.catalog import get_criterion
 from layerprune.criteria.context import ScoringContext
@@ -165,10 +165,7 @@ class Pruner:
     def repair_batches(self, data: Any) -> list[Pair]:
         """The batches BatchNorm is repaired with: the same ones the criteria's contexts use."""
         if self._repair_batches is None or self._repair_batches[0] != id(data):
-            drawn = self.repair.batches_for(data)
-            if drawn is None:  # no training split: the calibration samples, as ScoringContext does
-                drawn = self._calibration_pieces(data)
-            self._repair_batches = (id(data), drawn)
+            self._repair_batches = (id(data), self.repair.batches_for(data, self.calibration))
         return self._repair_batches[1]
 
     def repair_model(self, model: nn.Module, data: Any) -> nn.Module:
@@ -243,12 +240,6 @@ class Pruner:
                 after_step(record, current)
         return PruneResult(current, removed, dict(records[-1].scores), records)
 
-    def _calibration_pieces(self, data: Any) -> list[Pair]:
-        """The calibration samples in pieces of ``MICRO_BATCH`` (what ``ScoringContext.micro_batches`` gives)."""
-        ds = self.calibration.dataset(data)
-        return [piece for idx in self.calibration.indices(data)
-                for piece in zip(*(t.split(MICRO_BATCH) for t in load_samples(ds, idx)))]
-
     def _calibration_eval(self, data: Any) -> Evaluate:
-        pieces = self._calibration_pieces(data)
+        pieces = micro_batches(self.calibration.load(data))  # what ScoringContext.evaluate measures on
         return lambda m: evaluate(m, pieces)
