@@ -16,9 +16,9 @@ Resuming: a group's pass does not start again from the image. It resumes from th
 last probe, whose features are still held: every module that ran before that point is skipped
 (it returns zeros of its traced shape at no cost) and the held tensor is put back where it was
 read. So a curve cut into many groups costs about one forward pass, not one per group. Each resume
-point is first checked on the traced example against a plain forward pass; where the model's
-forward does not allow skipping (a module called twice, non-tensor outputs, a mismatch), that
-group starts from the image as before.
+point is first checked, for the probes its group reads, on the traced example against a plain
+forward pass; where the model's forward does not allow skipping (a module called twice,
+non-tensor outputs, a mismatch), that group starts from the image as before.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ class FeatureStream:
         self.resume = resume
         self.passes: list[StreamPass] = []
         self._calls: dict[str, _Call] | None = None
-        self._resumable: dict[str, bool] = {}
+        self._resumable: dict[tuple[str, tuple[str, ...]], bool] = {}
 
     @property
     def device(self) -> torch.device:
@@ -257,7 +257,7 @@ class FeatureStream:
         """Features at ``probes`` for all of ``x``, ``micro_batch`` samples per forward. With
         ``resume_from=(probe, features of x at it)``, passes resume there instead of at the image
         (when this model allows it), and the held features may be overwritten by the new ones."""
-        start = resume_from if resume_from is not None and self.resume and self._can_resume(resume_from[0]) else None
+        start = resume_from if resume_from is not None and self.resume and self._can_resume(resume_from[0], probes) else None
         self.passes.append(StreamPass(tuple(p.name for p in probes), start[0].name if start else None))
         return self._collect(x, probes, start)
 
@@ -375,18 +375,18 @@ class FeatureStream:
             for module in patched:
                 del module.forward
 
-    def _can_resume(self, at: Probe) -> bool:
-        """Whether passes may resume at ``at``: skippable, and on the example the resumed pass reads
-        the same features as a plain one."""
-        if at.name not in self._resumable:
-            self._resumable[at.name] = self._skipped(at) is not None and self._same_when_resumed(at)
-        return self._resumable[at.name]
+    def _can_resume(self, at: Probe, probes: list[Probe]) -> bool:
+        """Whether a pass reading ``probes`` may resume at ``at``: the modules before it can be
+        skipped, and on the example the resumed pass reads the same features there as a plain one."""
+        key = (at.name, tuple(p.name for p in probes))
+        if key not in self._resumable:
+            self._resumable[key] = self._skipped(at) is not None and self._same_when_resumed(at, probes)
+        return self._resumable[key]
 
-    def _same_when_resumed(self, at: Probe) -> bool:
-        later = self.probes[self.probes.index(at):]
-        plain = self._collect(self.example, later, None)
+    def _same_when_resumed(self, at: Probe, probes: list[Probe]) -> bool:
+        plain = self._collect(self.example, [at, *(p for p in probes if p.name != at.name)], None)
         try:  # the same path a stream pass takes, buffer reuse included
-            resumed = self._collect(self.example, later[1:], (at, plain[at.name].clone()))
+            resumed = self._collect(self.example, probes, (at, plain[at.name].clone()))
         except Exception:  # anything at all: this model's forward does not allow skipping there
             return False
         return all(torch.allclose(plain[k], resumed[k], rtol=1e-5, atol=1e-6) for k in resumed)

@@ -150,32 +150,64 @@ def test_passes_resume_from_the_previous_group_and_read_the_same_features(traine
         assert torch.equal(got[name][0], expected[name][0]), name
 
 
-def test_a_forward_that_cannot_be_skipped_starts_from_the_image(digits):
-    class Reuse(torch.nn.Module):
-        """The stem's output feeds the first block and is added back at the end: skipping the
-        stem while resuming after the first block would change the result."""
+def _unit():
+    return torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU())
+
+
+def _features(model, digits, **kwargs):
+    ctx = ScoringContext(model, digits, samples=20, batches=1, **kwargs)
+    stats, _ = ctx.feature_stats(probe={"f": lambda f, y: f.clone()})
+    return ctx, {name: values[0] for name, values in stats["f"].items()}
+
+
+def test_a_skip_connection_past_the_last_probe_still_resumes(digits):
+    class LateSkip(torch.nn.Module):
+        """The stem's output is added back after every block: no probe reads anything after that
+        add, so skipping the stem while resuming changes no feature."""
 
         def __init__(self):
             super().__init__()
             self.stem = torch.nn.Conv2d(1, 4, 3, padding=1)
-            self.blocks = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1),
-                                                                    torch.nn.ReLU()) for _ in range(3)])
+            self.blocks = torch.nn.Sequential(_unit(), _unit(), _unit())
             self.head = torch.nn.Linear(4, 10)
 
         def forward(self, x):
             s = self.stem(x)
-            y = self.blocks(s) + s
-            return self.head(y.mean((2, 3)))
+            return self.head((self.blocks(s) + s).mean((2, 3)))
 
-    model = Reuse().eval()
-    ctx = ScoringContext(model, digits, samples=20, batches=1, memory_budget=1)
+    model = LateSkip().eval()
     with pytest.warns(ResourceWarning):
-        stats, _ = ctx.feature_stats(probe={"f": lambda f, y: f.clone()})
+        ctx, got = _features(model, digits, memory_budget=1)
     assert len(ctx.stream.passes) == len(ctx.probes) and all(p.resumed_from for p in ctx.stream.passes[1:])
-    plain = ScoringContext(model, digits, samples=20, batches=1)
-    expected, _ = plain.feature_stats(probe={"f": lambda f, y: f.clone()})
-    for name in expected["f"]:
-        assert torch.equal(stats["f"][name][0], expected["f"][name][0]), name
+    _, expected = _features(model, digits)
+    assert all(torch.equal(got[name], expected[name]) for name in expected)
+
+
+def test_a_forward_that_cannot_be_skipped_starts_from_the_image(digits):
+    class EarlySkip(torch.nn.Module):
+        """The second stage reads the stem's output as well as the first stage's: resuming there
+        with the stem skipped would feed it zeros, so those passes must start from the image."""
+
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.first = torch.nn.Sequential(_unit(), _unit())
+            self.second = torch.nn.Sequential(_unit(), _unit())
+            self.head = torch.nn.Linear(4, 10)
+
+        def forward(self, x):
+            s = self.stem(x)
+            return self.head(self.second(self.first(s) + s).mean((2, 3)))
+
+    model = EarlySkip().eval()
+    with pytest.warns(ResourceWarning):
+        ctx, got = _features(model, digits, memory_budget=1)
+    resumed = {p.probes[0]: p.resumed_from for p in ctx.stream.passes}
+    assert resumed["first.1"] == "first.0"  # inside the first stage, skipping is safe
+    assert resumed["second.0:in"] is None  # across the skip it is not: this pass starts at the image
+    assert resumed["second.0"] == "second.0:in"  # and the next resumes from what that pass read
+    _, expected = _features(model, digits)
+    assert all(torch.equal(got[name], expected[name]) for name in expected)
 
 
 def test_repair_data_does_not_depend_on_the_global_random_state(trained_resnet20, digits):
