@@ -19,23 +19,21 @@ import torch.nn as nn
 from layerprune.errors import LayerpruneError
 
 
-def _branch_outputs(model: nn.Module) -> set[str]:
+def _branch_outputs(model: nn.Module, blocks: list[str]) -> set[str]:
     """Convs whose output feeds another conv inside the same block (``conv1`` of a basic block)."""
-    from layerprune.surgery.find import discover
-
     names = set()
-    for block, _ in discover(model)[0]:
+    for block in blocks:
         convs = [n for n, m in model.get_submodule(block).named_modules() if isinstance(m, nn.Conv2d)
                  and "shortcut" not in n and "downsample" not in n]
         names.update(f"{block}.{n}" for n in convs[:-1])  # every conv of the branch but its last
     return names
 
 
-def _prune(model: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module:
+def _prune(model: nn.Module, example: torch.Tensor, ratio: float, blocks: list[str]) -> nn.Module:
     import torch_pruning as tp
 
     pruned = copy.deepcopy(model).eval()
-    keep = _branch_outputs(pruned)
+    keep = _branch_outputs(pruned, blocks)
     ignored = [m for n, m in pruned.named_modules()
                if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in keep]
     with warnings.catch_warnings():
@@ -52,10 +50,13 @@ def prune_width(model: nn.Module, example: torch.Tensor, *, macs: float | None =
     returns it with the pruning ratio used."""
     import torch_pruning as tp
 
+    from layerprune.surgery import find_blocks
+
     key, target = ("macs", macs) if macs is not None else ("params", params)
     if target is None or not 0 < target < 1:
         raise LayerpruneError(f"width pruning: {key} must be a fraction in (0, 1), got {target}")
     base = tp.utils.count_ops_and_params(model, example)
+    blocks = [b.name for b in find_blocks(model, example) if b.stage]
 
     def reduction(m: nn.Module) -> float:
         now = tp.utils.count_ops_and_params(m, example)
@@ -65,7 +66,7 @@ def prune_width(model: nn.Module, example: torch.Tensor, *, macs: float | None =
     best: tuple[nn.Module, float] | None = None
     for _ in range(12):
         mid = (lo + hi) / 2
-        candidate = _prune(model, example, mid)
+        candidate = _prune(model, example, mid, blocks)
         if reduction(candidate) >= target:
             best, hi = (candidate, mid), mid
             if reduction(candidate) - target <= tolerance:

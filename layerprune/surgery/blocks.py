@@ -70,9 +70,13 @@ class StagePlan:
         self.removed: list[Block] = []
 
     def try_remove(self, block: Block) -> bool:
-        """Add ``block`` unless it is the last block left in its stage; ``True`` if added."""
-        if self.left.get(block.stage, 0) <= 1:
-            return False
-        self.left[block.stage] -= 1
+        """Add ``block`` unless it is the last block left in its stage; ``True`` if added.
+
+        A collapsed block leaves its shortcut in place, so collapsing never empties a stage.
+        """
+        if not block.collapsible:
+            if self.left.get(block.stage, 0) <= 1:
+                return False
+            self.left[block.stage] -= 1
         self.removed.append(block)
         return True

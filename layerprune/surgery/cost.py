@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from layerprune.hooks import eval_mode
+
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -21,14 +23,10 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> tuple[int, dict
     """
     import torch_pruning as tp
 
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            total, _params, layer_macs, _layer_params = tp.utils.count_ops_and_params(
-                model, example_input, layer_wise=True
-            )
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        total, _params, layer_macs, _layer_params = tp.utils.count_ops_and_params(
+            model, example_input, layer_wise=True
+        )
     batch = example_input.shape[0]
     by_name = {}
     for name, module in model.named_modules():
@@ -83,22 +81,17 @@ def measure_latency(
     Timings are noisy on a shared machine: compare models side by side in one run, as ratios.
     """
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
     x = torch.randn(batch_size, *input_size, device=device)
     model = model.to(device)
     times = []
-    try:
-        with torch.inference_mode():
-            for i in range(warmup + repeats):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                model(x)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if i >= warmup:
-                    times.append((time.perf_counter() - start) * 1000.0)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        for i in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1000.0)
     return Latency(statistics.median(times), min(times), batch_size, str(device), repeats)

@@ -1,5 +1,5 @@
-"""Swap blocks out of a model: a removed block becomes ``nn.Identity`` (a pass-through) or, when
-collapsed, its shortcut (+ final activation). Plans are checked against the blocks first.
+"""Swap blocks out of a model: a removed block becomes a :class:`PassThrough` or, when collapsed,
+its shortcut (+ final activation). Plans are checked against the blocks first.
 """
 
 from __future__ import annotations
@@ -17,11 +17,23 @@ from layerprune.surgery.blocks import Block, StagePlan, stages
 EDITS_ATTR = "layerprune_edits"
 
 
+class PassThrough(nn.Identity):
+    """What a removed block becomes: returns its first argument and ignores any others.
+
+    Transformer blocks are often called with more than the hidden states (``blk(x, rope=rope)``,
+    ``blk(x, feat_size)``); ``nn.Identity`` takes one tensor. Traced and exported models
+    (``torch.jit.trace``, ``torch.export``) see straight through it; it is never scripted.
+    """
+
+    def forward(self, x, *args, **kwargs):  # noqa: D102 — the signature is the point
+        return x
+
+
 def replacement(block: nn.Module, collapse_to: tuple[str, ...] | list[str]) -> nn.Module:
-    """What a removed block becomes: ``nn.Identity`` or its shortcut (+ activation), keeping the
-    shortcut's own names so its state-dict keys do not change."""
+    """What a removed block becomes: a :class:`PassThrough` or its shortcut (+ activation), keeping
+    the shortcut's own names so its state-dict keys do not change."""
     if not collapse_to:
-        return nn.Identity()
+        return PassThrough()
     return nn.Sequential(OrderedDict((n, block.get_submodule(n)) for n in collapse_to))
 
 

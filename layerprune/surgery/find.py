@@ -1,24 +1,42 @@
 """Find the blocks of any timm model and decide which can be removed, and how.
 
-A *stage* is a container that runs its children in sequence: an ``nn.Sequential`` (``layer1``,
-``blocks``, ``stages.2``) or a module whose children are all of one class (timm's ``RegStage``),
-with at least one child that is itself a module with parameters. Its *blocks* are its innermost
-parameterised children. Everything else with parameters at the top (stem, head, transitions
-between stages) is listed too, never removable.
+Everything is decided by running the model once on ``example_input``, not by class names.
 
-Each block is classified by running it, not by its class name:
+A *stage* is a container whose parameterised children (its *units*) run one after another, at
+least half of them modules of modules (a chain of single layers — conv, norm, conv — is the inside
+of one block): an ``nn.Sequential``; a ``ModuleList`` whose units are
+called in a chain (``for blk in self.blocks: x = blk(x, rope=rope)``; a break in the chain, such
+as a class token joining, splits it into two stages named ``blocks[0:10]`` and ``blocks[10:12]``);
+or any other module that passes each unit's output to the next and returns the last one (timm's
+``RegStage``). The model itself is never a stage.
 
-* ``identity`` — shape-preserving and residual: with every parameter zeroed it returns its input,
-  so ``nn.Identity`` is what it reduces to when its residual branch is zero;
-* ``plain`` — shape-preserving, not residual, contains a conv/linear layer (a VGG unit): removable,
-  but the function changes more, so finetune after;
+Each unit of a stage is, in this order:
+
+* a stage itself (a ``Sequential`` of residual blocks inside ``ConvNeXtStage``) — searched inside;
+* a *block* when it is residual — with every parameter zeroed it returns its input, or equals
+  its own shortcut — and never searched inside: its parallel paths, focal layers or cheap
+  operations are parts of it, not blocks;
+* otherwise, searched inside when it holds stages of its own (a whole stage of ``stages``);
+* otherwise a block of this stage (a VGG unit, a transition), classified below.
+
+Each block is classified by running it on its recorded input (extra positional and keyword
+arguments included):
+
+* ``identity`` — shape-preserving and residual: a :class:`~layerprune.surgery.edit.PassThrough`
+  is exactly the block with its branch zeroed;
+* ``plain`` — shape-preserving, not residual, contains a conv/linear layer (a VGG unit):
+  removable, but the function changes more, so finetune after;
 * ``collapse`` — changes shape and owns a shortcut module (option-A pad, 1×1 conv + BN, timm's
   ``downsample``): with its branch zeroed it equals the shortcut (plus its final activation), so it
   can be replaced by that — only when asked;
 * ``fixed`` — anything else, with the reason in words.
 
-Removal is then confirmed on a copy: every removable block swapped out at once, a forward pass,
-and a Torch-Pruning ``DependencyGraph`` re-trace.
+A block is reported ``removable`` only if removing it alone is safe: it is not the only block of
+its stage, and the model without it runs, keeps its output shape and can be traced by
+Torch-Pruning. Rather than one copy and re-trace per block, candidates are checked in two groups
+(every other one in forward order, so no two neighbours are removed together and each sees the
+same surroundings as when removed alone); a group that fails is split in halves until the blocks
+that break the model are found.
 """
 
 from __future__ import annotations
@@ -29,6 +47,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.func import functional_call
 
 from layerprune.errors import SurgeryError
 from layerprune.hooks import eval_mode, forward_hooks
@@ -37,138 +56,156 @@ from layerprune.surgery.cost import count_macs, count_params
 from layerprune.surgery.edit import swap_blocks
 from layerprune.surgery.verify import dependency_graph_check
 
+REMOVABLE_KINDS = ("identity", "plain")
+CANDIDATE_KINDS = ("identity", "plain", "collapse")
 
-# -- discovery ------------------------------------------------------------------------------------
+
 def _has_params(m: nn.Module) -> bool:
     return next(m.parameters(), None) is not None
 
 
-def _is_composite(m: nn.Module) -> bool:
-    return _has_params(m) and next(m.children(), None) is not None
+def _holds_params_inside(m: nn.Module) -> bool:
+    """A module of modules: one of its children has parameters (a conv layer does not qualify)."""
+    return any(_has_params(c) for c in m.children())
 
 
-def _is_stage(m: nn.Module) -> bool:
-    children = list(m.children())
-    if not children or not any(_is_composite(c) for c in children):
+def _same_tensor(a: Any, b: Any) -> bool:
+    """``b`` is ``a`` or a view of it (a reshape between two units does not break a chain)."""
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         return False
-    return isinstance(m, nn.Sequential) or len({type(c) for c in children}) == 1
-
-
-def discover(model: nn.Module) -> tuple[list[tuple[str, str]], list[str]]:
-    """``[(block name, stage name)]`` and the names of the other parameterised top-level parts."""
-    holds_stage: dict[int, bool] = {}
-
-    def contains_stage(m: nn.Module) -> bool:
-        if id(m) not in holds_stage:
-            holds_stage[id(m)] = _is_stage(m) or any(contains_stage(c) for c in m.children())
-        return holds_stage[id(m)]
-
-    blocks: list[tuple[str, str]] = []
-    pieces: list[str] = []
-
-    def walk(module: nn.Module, prefix: str, stage: str | None) -> None:
-        for name, child in module.named_children():
-            full = prefix + name
-            if _is_stage(child):
-                walk(child, full + ".", full)
-            elif contains_stage(child):
-                walk(child, full + ".", None)
-            elif stage is not None and _has_params(child):
-                blocks.append((full, stage))
-            elif _has_params(child):
-                pieces.append(full)
-
-    walk(model, "", None)
-    return blocks, pieces
-
-
-# -- running ------------------------------------------------------------------------------------
-@dataclass
-class _Call:
-    order: int
-    args: tuple
-    kwargs: dict
-    output: Any
-    calls: int = 1
-
-
-def _record_calls(model: nn.Module, names: list[str], example_input: torch.Tensor) -> tuple[dict[str, _Call], torch.Tensor]:
-    calls: dict[str, _Call] = {}
-    counter = [0]
-
-    def hook(name: str):
-        def fn(module, args, kwargs, output):
-            counter[0] += 1
-            if name in calls:
-                calls[name].calls += 1
-            else:
-                calls[name] = _Call(counter[0], args, kwargs, output)
-        return fn
-
-    with forward_hooks(model, after={name: hook(name) for name in names}, with_kwargs=True), torch.no_grad():
-        out = model(example_input)
-    return calls, out
+    if a is b:
+        return True
+    return a.numel() == b.numel() and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _shape(x: Any) -> tuple[int, ...]:
     return tuple(x.shape) if isinstance(x, torch.Tensor) else ()
 
 
-def _zeroed(module: nn.Module, keep: nn.Module | None = None) -> nn.Module:
-    """A copy with every parameter zeroed except those of ``keep`` (a submodule)."""
-    clone = copy.deepcopy(module)
-    kept = set()
-    if keep is not None:
-        path = next(n for n, m in module.named_modules() if m is keep)
-        kept = {id(p) for p in clone.get_submodule(path).parameters()}
-    with torch.no_grad():
-        for p in clone.parameters():
-            if id(p) not in kept:
-                p.zero_()
-    return clone
+def _fmt(shape) -> str:
+    return "×".join(map(str, shape))
 
 
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+def _close(a: Any, b: torch.Tensor) -> bool:
+    if not isinstance(a, torch.Tensor) or a.shape != b.shape:
+        return False
     scale = float(b.abs().max()) if b.numel() else 1.0
-    return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
+    return torch.allclose(a, b, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
 
 
+# -- one recorded forward pass --------------------------------------------------------------------
+def _version(x: Any) -> int:
+    return x._version if isinstance(x, torch.Tensor) else -1
+
+
+@dataclass
+class _Call:
+    """One module's call: its arguments and output (references, not copies) and the tensors'
+    version counters, which tell whether they were modified in place (``x += shortcut``) later."""
+
+    order: int
+    args: tuple
+    kwargs: dict
+    output: Any
+    in_version: int  # of the first argument, when the call began
+    out_version: int  # of the output, when the call returned
+    calls: int = 1
+
+    @property
+    def input_intact(self) -> bool:
+        """The recorded first argument still holds the values the module was called with."""
+        return bool(self.args) and _version(self.args[0]) == self.in_version
+
+
+def _record_calls(model: nn.Module, names: list[str], example_input: torch.Tensor) -> tuple[dict[str, _Call], Any]:
+    calls: dict[str, _Call] = {}
+    started: dict[str, int] = {}
+    counter = [0]
+
+    def before(name: str):
+        def fn(module, args):
+            started.setdefault(name, _version(args[0]) if args else -1)
+        return fn
+
+    def after(name: str):
+        def fn(module, args, kwargs, output):
+            counter[0] += 1
+            if name in calls:
+                calls[name].calls += 1
+            else:
+                calls[name] = _Call(counter[0], args, kwargs, output, started.get(name, -1), _version(output))
+        return fn
+
+    with forward_hooks(model, before={n: before(n) for n in names}, after={n: after(n) for n in names},
+                       with_kwargs=True), torch.no_grad():
+        out = model(example_input)
+    return calls, out
+
+
+def _passes_on(a: _Call, b_input: Any, b_input_version: int) -> bool:
+    """``a``'s output reaches the next call unchanged (the same tensor or a view, not modified in
+    place in between)."""
+    return _same_tensor(a.output, b_input) and b_input_version == a.out_version
+
+
+def _zeroed_call(module: nn.Module, call: _Call, keep: str | None = None) -> Any:
+    """The module's output on its recorded input with every parameter zeroed (except those of the
+    submodule ``keep``); buffers such as BatchNorm statistics are left as they are."""
+    params = {n: (p if keep is not None and (n == keep or n.startswith(keep + ".")) else torch.zeros_like(p))
+              for n, p in module.named_parameters()}
+    with torch.no_grad():
+        return functional_call(module, params, call.args, call.kwargs, tie_weights=False, strict=False)
+
+
+# -- classification of one block ------------------------------------------------------------------
 def _find_collapse(block: nn.Module, call: _Call) -> tuple[str, ...] | None:
     """Child names that reproduce the block when its residual branch is zero, or ``None``."""
     x = call.args[0]
     shortcuts = [(n, c) for n, c in block.named_children()
                  if n in SHORTCUT_NAMES and not isinstance(c, nn.Identity)]
     acts = [n for n, c in block.named_children() if isinstance(c, ACTIVATIONS)]
-    with torch.no_grad():
-        for sc_name, sc in shortcuts:
-            try:
-                target = _zeroed(block, keep=sc)(*call.args, **call.kwargs)
+    for sc_name, sc in shortcuts:
+        try:
+            target = _zeroed_call(block, call, keep=sc_name)
+            with torch.no_grad():
                 through = sc(x)
-            except Exception:
-                continue
-            if _close(through, target):
-                return (sc_name,)
-            for act_name in reversed(acts):  # the final activation comes last
+        except Exception:  # a shortcut that cannot take the block's input is no shortcut
+            continue
+        if not isinstance(target, torch.Tensor):
+            continue
+        if _close(through, target):
+            return (sc_name,)
+        for act_name in reversed(acts):  # the final activation comes last
+            with torch.no_grad():
                 if _close(getattr(block, act_name)(through.clone()), target):
                     return (sc_name, act_name)
     return None
 
 
 def _classify(block: nn.Module, call: _Call | None) -> tuple[str, str, tuple[str, ...]]:
+    """``(kind, reason, collapse_to)`` of one block, from running it on its recorded input."""
     if call is None:
         return "fixed", "never called in the forward pass", ()
     if call.calls > 1:
         return "fixed", f"called {call.calls} times per forward pass (shared module)", ()
-    if call.args and isinstance(call.args[0], (list, tuple)):
-        return "fixed", "takes a list of earlier outputs (dense concatenation)", ()
-    if len(call.args) != 1 or not isinstance(call.args[0], torch.Tensor) or not isinstance(call.output, torch.Tensor):
-        return "fixed", "takes or returns more than one tensor", ()
+    if not call.args:
+        return "fixed", "called with keyword arguments only (no main tensor to pass through)", ()
+    if isinstance(call.args[0], torch.Tensor) and not call.input_intact:
+        return "fixed", "its input is modified in place during the forward pass", ()
     x, y = call.args[0], call.output
-    if x.shape == y.shape:
-        with torch.no_grad():
-            zero_out = _zeroed(block)(*call.args, **call.kwargs)
+    if isinstance(x, (list, tuple)):
+        return "fixed", "takes a list of earlier outputs (dense concatenation)", ()
+    if not isinstance(x, torch.Tensor):
+        return "fixed", f"its first argument is a {type(x).__name__}, not a tensor", ()
+    if not isinstance(y, torch.Tensor):
+        return "fixed", f"returns a {type(y).__name__}, not one tensor", ()
+    if x.shape == y.shape and x.dtype == y.dtype:
+        try:
+            zero_out = _zeroed_call(block, call)
+        except Exception as exc:  # cannot be run alone: leave it in place
+            return "fixed", f"cannot be re-run on its input ({type(exc).__name__})", ()
         if _close(zero_out, x):
-            return "identity", "residual: becomes the identity", ()
+            return "identity", "residual: becomes a pass-through", ()
         if any(isinstance(m, WEIGHT_LAYERS) for m in block.modules()):
             return "plain", "shape-preserving unit without a shortcut: removable, changes the function (finetune after)", ()
         return "fixed", "shape-preserving but neither residual nor a conv/linear unit", ()
@@ -179,16 +216,157 @@ def _classify(block: nn.Module, call: _Call | None) -> tuple[str, str, tuple[str
     return "fixed", f"changes shape ({shapes}) and has no shortcut to collapse to", ()
 
 
-def _fmt(shape) -> str:
-    return "×".join(map(str, shape))
+# -- discovery --------------------------------------------------------------------------------------
+@dataclass
+class _Found:
+    name: str
+    stage: str  # "" for stem, head and transitions
+    kind: str
+    reason: str
+    collapse_to: tuple[str, ...] = ()
+    only: bool = False  # the only block of its stage
 
 
+class _Discovery:
+    """Walks the module tree with the calls of one forward pass (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, calls: dict[str, _Call]) -> None:
+        self.model, self.calls = model, calls
+        self.found: list[_Found] = []
+        self._segments: dict[str, list[tuple[str, list[str]]]] = {}
+        self._holds: dict[str, bool] = {}
+        self._classified: dict[str, tuple[str, str, tuple[str, ...]]] = {}
+
+    # which containers are stages
+    def _linked(self, a: str, b: str) -> bool:
+        ca, cb = self.calls.get(a), self.calls.get(b)
+        return (ca is not None and cb is not None and ca.calls == 1 and cb.calls == 1 and bool(cb.args)
+                and cb.order > ca.order and _passes_on(ca, cb.args[0], cb.in_version))
+
+    def segments(self, name: str) -> list[tuple[str, list[str]]]:
+        """The stages this container is: ``[(stage name, unit names)]``; empty if it is none."""
+        if name not in self._segments:
+            self._segments[name] = self._find_segments(name) if name else []
+        return self._segments[name]
+
+    def _find_segments(self, name: str) -> list[tuple[str, list[str]]]:
+        module = self.model.get_submodule(name)
+        children = [(n, c) for n, c in module.named_children() if _has_params(c)]
+        # Units are modules of modules; a chain of mostly single layers (conv, norm, conv, …) is
+        # the inside of one block, such as an inverted residual without a skip.
+        if not children or 2 * sum(_holds_params_inside(c) for _, c in children) < len(children):
+            return []
+        units = [f"{name}.{n}" for n, _ in children]
+        if isinstance(module, nn.Sequential):
+            return [(name, units)]
+        links = [self._linked(a, b) for a, b in zip(units, units[1:])]
+        call = self.calls.get(name)
+        if call is not None:  # a called container must chain its units and return the last output
+            last = self.calls.get(units[-1])
+            if all(links) and last is not None and _passes_on(last, call.output, call.out_version):
+                return [(name, units)]
+            return []
+        # never called itself (a ModuleList): the runs of units that chain, each a stage
+        runs, start = [], 0
+        for i, linked in enumerate(links + [False]):
+            if not linked:
+                runs.append((start, i + 1))
+                start = i + 1
+        if len(runs) == 1:  # one unit alone is no chain (it may be one branch of several)
+            return [(name, units)] if len(units) > 1 else []
+        keys = [n for n, _ in children]
+        label = (lambda a, b: f"{name}[{keys[a]}:{int(keys[b - 1]) + 1}]") if all(k.isdigit() for k in keys) \
+            else (lambda a, b: f"{name}[{keys[a]}..{keys[b - 1]}]")
+        return [(label(a, b), units[a:b]) for a, b in runs
+                if b - a > 1 and any(_holds_params_inside(self.model.get_submodule(u)) for u in units[a:b])]
+
+    def holds_stage(self, name: str) -> bool:
+        if name not in self._holds:
+            module = self.model.get_submodule(name)
+            prefix = f"{name}." if name else ""
+            self._holds[name] = any(
+                self.segments(prefix + n) or self.holds_stage(prefix + n)
+                for n, c in module.named_children() if _has_params(c)
+            )
+        return self._holds[name]
+
+    def returns_stage_output(self, name: str) -> bool:
+        """The module returns, unchanged, the output of a stage inside it: it holds a stage (a
+        downsample, then a ``ModuleList`` of blocks), and it is residual only because they are."""
+        call = self.calls.get(name)
+        if call is None:
+            return False
+        for inner, _ in self.model.get_submodule(name).named_modules(prefix=name):
+            parent = inner.rpartition(".")[0]
+            inner_call = self.calls.get(inner)
+            if (inner != name and parent != name and inner_call is not None and self.segments(parent)
+                    and _passes_on(inner_call, call.output, call.out_version)):
+                return True
+        return False
+
+    def classify(self, name: str) -> tuple[str, str, tuple[str, ...]]:
+        if name not in self._classified:
+            self._classified[name] = _classify(self.model.get_submodule(name), self.calls.get(name))
+        return self._classified[name]
+
+    # the walk
+    def walk(self, name: str) -> None:
+        """A container that is not a stage: its stages are searched, its other parts listed."""
+        module = self.model.get_submodule(name)
+        prefix = f"{name}." if name else ""
+        for child_name, child in module.named_children():
+            full = prefix + child_name
+            if not _has_params(child):
+                continue
+            if self.segments(full):
+                self.visit_stage(full)
+            elif self.holds_stage(full):
+                self.walk(full)
+            else:
+                self.found.append(_Found(full, "", "fixed", ""))
+
+    def visit_stage(self, name: str) -> None:
+        for stage, units in self.segments(name):
+            own: list[_Found] = []
+            descended = False
+            for unit in units:
+                if self.segments(unit):
+                    self.visit_stage(unit)
+                    descended = True
+                    continue
+                kind, reason, collapse_to = self.classify(unit)
+                if self.holds_stage(unit) and (kind not in ("identity", "collapse") or self.returns_stage_output(unit)):
+                    self.walk(unit)
+                    descended = True
+                    continue
+                own.append(_Found(unit, stage, kind, reason, collapse_to))
+            for found in own:
+                if descended and found.kind not in CANDIDATE_KINDS:
+                    found = _Found(found.name, "", "fixed", "")  # a transition between sub-stages
+                self.found.append(found)
+
+
+def discover(model: nn.Module, calls: dict[str, _Call]) -> list[_Found]:
+    """Blocks (with their stage and kind) and the other parameterised parts, unordered."""
+    walker = _Discovery(model, calls)
+    walker.walk("")
+    return walker.found
+
+
+# -- the public entry point -------------------------------------------------------------------------
 def default_input(model: nn.Module, batch_size: int = 1) -> torch.Tensor:
     """A random input of the model's configured size (timm ``pretrained_cfg``), or 3×224×224."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = tuple(cfg.get("input_size") or (3, 224, 224))
     param = next(model.parameters(), None)
     return torch.randn(batch_size, *size, device=param.device if param is not None else "cpu")
+
+
+def check_input(example_input: Any) -> torch.Tensor:
+    """The example input, if it is one tensor; :class:`SurgeryError` otherwise."""
+    if not isinstance(example_input, torch.Tensor):
+        raise SurgeryError(f"example_input must be one tensor (a batch of inputs), got {type(example_input).__name__}")
+    return example_input
 
 
 def find_blocks(model: nn.Module, example_input: torch.Tensor | None = None) -> list[Block]:
@@ -198,96 +376,134 @@ def find_blocks(model: nn.Module, example_input: torch.Tensor | None = None) -> 
     >>> sum(b.removable for b in blocks)
     25
     """
-    if example_input is None:
-        example_input = default_input(model)
+    example_input = default_input(model) if example_input is None else check_input(example_input)
     with eval_mode(model):
         return _find_blocks(model, example_input)
 
 
 def _find_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block]:
-    block_names, pieces = discover(model)
+    names = [n for n, m in model.named_modules() if n and _has_params(m)]
     try:
-        calls, _ = _record_calls(model, [n for n, _ in block_names] + pieces, example_input)
-    except (RuntimeError, AssertionError, ValueError) as exc:  # shapes the model cannot take
+        calls, out = _record_calls(model, names, example_input)
+    except (RuntimeError, AssertionError, ValueError, TypeError) as exc:  # inputs the model cannot take
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SurgeryError(
             f"{type(model).__name__}: forward pass failed on input {tuple(example_input.shape)}: {first}"
         ) from exc
+    found = discover(model, calls)
+    _only_block_of_stage(found)
+    _confirm(model, found, calls, example_input, _shape(out))
     total_macs, macs = count_macs(model, example_input)
 
-    results: dict[str, tuple[str, str, tuple[str, ...]]] = {}
-    for name, _stage in block_names:
-        results[name] = _classify(model.get_submodule(name), calls.get(name))
-    _check_sequential(model, block_names, calls, results)
-    _confirm(model, block_names, results, example_input)
+    def order(f: _Found) -> int:
+        return calls[f.name].order if f.name in calls else 10**9
 
-    block_orders = [calls[n].order for n, _ in block_names if n in calls]
+    block_orders = [order(f) for f in found if f.stage]
     first, last = (min(block_orders), max(block_orders)) if block_orders else (0, 0)
-    entries: list[tuple[int, Block]] = []
-    for name, stage in block_names:
-        kind, reason, collapse_to = results[name]
-        entries.append((calls[name].order if name in calls else 10**9,
-                        _make_block(model, name, stage, kind, reason, collapse_to, calls.get(name), macs, total_macs)))
-    for name in pieces:
-        call = calls.get(name)
-        order = call.order if call else 10**9
-        role = "stem" if order < first else "head" if order > last else "transition between stages"
-        entries.append((order, _make_block(model, name, "", "fixed", f"{role}, not a block", (), call, macs, total_macs)))
-    return [b for _, b in sorted(entries, key=lambda e: e[0])]
+    blocks = []
+    for f in sorted(found, key=order):
+        reason = f.reason
+        if not f.stage:
+            role = "stem" if order(f) < first else "head" if order(f) > last else "transition between stages"
+            reason = f"{role}, not a block" if f.name in calls else "never called in the forward pass"
+        blocks.append(_make_block(model, f, reason, calls.get(f.name), macs, total_macs))
+    return blocks
 
 
-def _make_block(model, name, stage, kind, reason, collapse_to, call, macs, total_macs) -> Block:
-    module = model.get_submodule(name)
-    block_macs = int(macs.get(name, 0))
+def _make_block(model, f: _Found, reason: str, call: _Call | None, macs, total_macs) -> Block:
+    module = model.get_submodule(f.name)
+    block_macs = int(macs.get(f.name, 0))
     return Block(
-        name=name, stage=stage, kind=kind, removable=kind in ("identity", "plain"), reason=reason,
-        params=count_params(module),
+        name=f.name, stage=f.stage, kind=f.kind, removable=f.kind in REMOVABLE_KINDS and not f.only,
+        reason=reason, params=count_params(module),
         macs=block_macs, macs_share=block_macs / total_macs if total_macs else 0.0,
         in_shape=_shape(call.args[0]) if call and call.args else (),
         out_shape=_shape(call.output) if call else (),
-        collapse_to=tuple(collapse_to),
+        collapse_to=tuple(f.collapse_to),
     )
 
 
-def _check_sequential(model, block_names, calls, results) -> None:
-    """A stage that is not an ``nn.Sequential`` must pass each block's output to the next."""
-    stages: dict[str, list[str]] = {}
-    for name, stage in block_names:
-        stages.setdefault(stage, []).append(name)
-    for stage, names in stages.items():
-        if isinstance(model.get_submodule(stage), nn.Sequential):
-            continue
-        chained = all(
-            a in calls and b in calls and calls[b].args and calls[b].args[0] is calls[a].output
-            for a, b in zip(names, names[1:])
-        )
-        if not chained:
-            for name in names:
-                if results[name][0] != "fixed":
-                    results[name] = ("fixed", f"stage {stage!r} does not run its blocks in sequence", ())
+def _only_block_of_stage(found: list[_Found]) -> None:
+    """A stage keeps at least one block, so the only block of a stage cannot be removed (a
+    collapse leaves the shortcut in place and stays possible)."""
+    members: dict[str, int] = {}
+    for f in found:
+        if f.stage:
+            members[f.stage] = members.get(f.stage, 0) + 1
+    for i, f in enumerate(found):
+        if f.stage and members[f.stage] == 1 and f.kind in REMOVABLE_KINDS:
+            found[i] = _Found(f.name, f.stage, f.kind,
+                              f"only block of stage {f.stage!r} ({f.reason}); a stage keeps at least one block",
+                              f.collapse_to, only=True)
 
 
-def _confirm(model, block_names, results, example_input) -> None:
-    """Swap every removable block out at once, run forward and re-trace; on failure find which."""
-    candidates = [n for n, _ in block_names if results[n][0] in ("identity", "plain", "collapse")]
-    if not candidates:
-        return
-    if _try_without(model, candidates, results, example_input) is None:
-        return
-    for name in candidates:
-        error = _try_without(model, [name], results, example_input)
-        if error is not None:
-            results[name] = ("fixed", f"model fails without it ({error})", ())
+def _confirm(model: nn.Module, found: list[_Found], calls: dict[str, _Call], example_input: torch.Tensor,
+             out_shape: tuple[int, ...]) -> None:
+    """Check that each candidate can be removed alone; mark the ones that cannot as fixed.
+
+    When Torch-Pruning cannot trace the model even with nothing removed, removal cannot make that
+    worse: the candidates are then checked by running the model only, and their reasons say so.
+    """
+    candidates = sorted((f for f in found if f.kind in CANDIDATE_KINDS and not f.only),
+                        key=lambda f: calls[f.name].order)
+    check = _Check(model, example_input, out_shape)
+    for group in (candidates[0::2], candidates[1::2]):
+        check.group(group)
+    if not check.trace:
+        note = " (Torch-Pruning cannot trace this model, with or without the block; checked by running it)"
+        for i, f in enumerate(found):
+            if f in candidates and f.name not in check.failed:
+                found[i] = _Found(f.name, f.stage, f.kind, f.reason + note, f.collapse_to)
+    for i, f in enumerate(found):
+        if f.name in check.failed:
+            found[i] = _Found(f.name, f.stage, "fixed", f"model fails without it ({check.failed[f.name]})")
 
 
-def _try_without(model, names, results, example_input) -> str | None:
-    try:
-        clone = swap_blocks(copy.deepcopy(model), {n: results[n][2] for n in names})
-        with torch.no_grad():
-            out = clone(example_input)
-        if not torch.isfinite(out).all():
-            return "non-finite output"
-        dependency_graph_check(clone, example_input)
-    except Exception as exc:  # any failure means "not safely removable"; report it in words
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return None
+class _Check:
+    """Removes groups of blocks from copies of the model and records the blocks that fail alone."""
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, out_shape: tuple[int, ...]) -> None:
+        self.model, self.example_input, self.out_shape = model, example_input, out_shape
+        self.trace = True  # until the untouched model turns out not to be traceable
+        self.failed: dict[str, str] = {}
+
+    def group(self, group: list[_Found]) -> None:
+        """Remove the group at once; if that fails, each half, down to the blocks that fail alone."""
+        if not group:
+            return
+        error = self.without(group)
+        if error is not None and self.trace and self.without([]) is not None:
+            self.trace = False
+            error = self.without(group)
+        if error is None:
+            return
+        if len(group) == 1:
+            self.failed[group[0].name] = error
+            return
+        half = len(group) // 2
+        self.group(group[:half])
+        self.group(group[half:])
+
+    def without(self, group: list[_Found]) -> str | None:
+        """``None`` if the model without ``group`` runs, keeps its output shape, gives finite
+        values and (with ``trace``) can be traced by Torch-Pruning, whose own forward pass is then
+        the one checked; else the error in words."""
+        seen: list[Any] = []
+        try:
+            clone = swap_blocks(copy.deepcopy(self.model), {f.name: f.collapse_to for f in group})
+            if self.trace:
+                with clone.register_forward_hook(lambda m, a, out: seen.append(out)):
+                    dependency_graph_check(clone, self.example_input)
+            else:
+                with torch.no_grad():
+                    seen.append(clone(self.example_input))
+            out = seen[0] if seen else None
+            if not isinstance(out, torch.Tensor):
+                return "no tensor output"
+            if _shape(out) != self.out_shape:
+                return f"output shape {_fmt(_shape(out))} instead of {_fmt(self.out_shape)}"
+            if not torch.isfinite(out).all():
+                return "non-finite output"
+        except Exception as exc:  # any failure means "not safely removable"; report it in words
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return None

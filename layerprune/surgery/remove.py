@@ -10,7 +10,7 @@ import torch.nn as nn
 from layerprune.hooks import eval_mode
 from layerprune.surgery.blocks import Block
 from layerprune.surgery.edit import EDITS_ATTR, apply_edits, plan_edits
-from layerprune.surgery.find import default_input, find_blocks
+from layerprune.surgery.find import check_input, default_input, find_blocks
 from layerprune.surgery.verify import verify
 
 __all__ = ["EDITS_ATTR", "remove_blocks"]
@@ -26,14 +26,13 @@ def remove_blocks(
 ) -> nn.Module:
     """A copy of ``model`` without the blocks ``names``; ``model`` itself is left untouched.
 
-    Identity-removable and plain blocks become ``nn.Identity``; with ``collapse=True`` a
+    Identity-removable and plain blocks become a ``PassThrough`` (returns its first argument); with ``collapse=True`` a
     downsampling residual block becomes its shortcut (+ final activation). Pass ``blocks`` from
     :func:`find_blocks` to skip finding them again.
 
     >>> pruned = remove_blocks(model, ["layer1.3", "layer2.5"], torch.randn(1, 3, 32, 32))  # doctest: +SKIP
     """
-    if example_input is None:
-        example_input = default_input(model)
+    example_input = default_input(model) if example_input is None else check_input(example_input)
     if blocks is None:
         blocks = find_blocks(model, example_input)
     edits = plan_edits(blocks, list(names), collapse=collapse)

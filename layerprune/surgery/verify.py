@@ -9,23 +9,19 @@ import torch
 import torch.nn as nn
 
 from layerprune.errors import SurgeryError
+from layerprune.hooks import eval_mode
 
 
 def dependency_graph_check(model: nn.Module, example_input: torch.Tensor) -> None:
     """Re-trace ``model`` with Torch-Pruning; raises if the graph cannot be built."""
     import torch_pruning as tp
 
-    was_training = model.training
-    try:
-        with torch.enable_grad(), warnings.catch_warnings():
-            # Only tracing here, never pruning channels: its advice on unwrapped parameters
-            # (ViT's pos_embed, ConvNeXt's gamma) does not apply.
-            warnings.simplefilter("ignore", UserWarning)
-            tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
-    finally:
-        model.train(was_training)
-
-
+    # Torch-Pruning switches the model to eval mode; eval_mode puts every flag back afterwards.
+    with eval_mode(model), torch.enable_grad(), warnings.catch_warnings():
+        # Only tracing here, never pruning channels: its advice on unwrapped parameters
+        # (ViT's pos_embed, ConvNeXt's gamma) does not apply.
+        warnings.simplefilter("ignore", UserWarning)
+        tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
 
 
 def verify(original: nn.Module, pruned: nn.Module, example_input: torch.Tensor, names) -> None:
@@ -44,4 +40,14 @@ def verify(original: nn.Module, pruned: nn.Module, example_input: torch.Tensor, 
     try:
         dependency_graph_check(pruned, example_input)
     except Exception as exc:
-        raise SurgeryError(f"dependency graph cannot be traced after removing {what}: {exc}") from exc
+        if traceable(original, example_input):  # a failure the removal introduced
+            raise SurgeryError(f"dependency graph cannot be traced after removing {what}: {exc}") from exc
+
+
+def traceable(model: nn.Module, example_input: torch.Tensor) -> bool:
+    """Whether Torch-Pruning can trace ``model`` at all (some timm models it cannot, untouched)."""
+    try:
+        dependency_graph_check(model, example_input)
+    except Exception:  # the reason is Torch-Pruning's; only the fact matters here
+        return False
+    return True

@@ -1,0 +1,494 @@
+"""Block surgery across the whole timm zoo: one model per family, every check that matters.
+
+A *family* is the module that defines a model's timm entrypoint (``resnet``, ``vision_transformer``,
+… about 100 of them, layerprune's own ``cifar_resnet`` and ``cifar_vgg`` included). Each family is
+represented by its smallest model by parameter count, counted on the meta device (no weights are
+allocated) and cached in ``benchmarks/zoo_models.json`` so that runs are reproducible. Each chosen
+model is built at random init (``pretrained=False``, 10 classes, its own input size, batch 2), put
+in train mode with one norm layer left in eval mode, and checked:
+
+* ``find_blocks``: candidates (blocks in a stage), removable, collapsible, why the other
+  candidates are not offered, and its time as a multiple of one eval forward;
+* every other removable block of each stage removed at once: the output keeps its shape, and
+  ``torch.jit.trace`` and ``torch.export`` of the pruned model match its eager output;
+* every removable block removed alone: none may be refused;
+* the original untouched afterwards: state_dict bitwise, every submodule's train/eval flag, and
+  its eval output.
+
+    python benchmarks/zoo.py --markdown docs/zoo_table.md
+    python benchmarks/zoo.py --only resnet18 vision_transformer cifar_resnet --limit 2
+    python benchmarks/zoo.py --refresh-choices          # after a timm upgrade
+
+Exit code 1 when a block reported removable is refused alone or an original model was modified
+(both are bugs); torch.export / jit.trace failures are reported, fatal only with
+``--strict-export``. One model can never stop the run: every step's error is recorded, and each
+model has a time limit (``--time-limit``, reported as "timeout").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import statistics
+import sys
+import time
+import warnings
+from collections import Counter, defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import timm
+import torch
+import torch.nn as nn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import layerprune  # registers the CIFAR models with timm
+from layerprune import find_blocks, remove_blocks
+from layerprune.hooks import eval_mode
+from layerprune.io import write_json
+
+CHOICES = Path(__file__).resolve().parent / "zoo_models.json"
+DEFAULT_INPUT = (3, 224, 224)
+BATCH = 2
+
+
+class Timeout(BaseException):
+    """Raised by the alarm; a BaseException so that no step's ``except Exception`` swallows it."""
+
+
+@contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Raise :class:`Timeout` in the main thread once ``seconds`` have passed (0: no limit)."""
+
+    def alarm(signum, frame):
+        raise Timeout
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(max(0, int(seconds)))
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def error_text(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message``, shortened."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ---------------------------------------------------------------- families and the chosen models
+
+
+def family_of(name: str) -> str:
+    """The module that defines ``name``'s entrypoint: ``resnet``, ``cifar_resnet``, …"""
+    return timm.models.model_entrypoint(name).__module__.rsplit(".", 1)[-1]
+
+
+def families() -> dict[str, list[str]]:
+    """Every timm model name, grouped by family (both in timm's sorted order). timm's own
+    ``test_*`` models (tiny configurations for its CI) are left out: they are not models anyone
+    prunes, and several have one block per stage."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for name in timm.list_models(exclude_filters=["test_*"]):
+        out[family_of(name)].append(name)
+    return dict(sorted(out.items()))
+
+
+def meta_size(name: str) -> tuple[int, list[int]]:
+    """(parameter count, pretrained_cfg input size) of ``name`` built on the meta device."""
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return sum(p.numel() for p in model.parameters()), list(cfg.get("input_size") or DEFAULT_INPUT)
+
+
+def choose(names: list[str], on_each=None) -> dict[str, Any]:
+    """The smallest of ``names`` by parameter count (ties: smaller input, then name); names that
+    fail on the meta device are skipped, and if all fail the first name is taken."""
+    sizes, failed = {}, {}
+    for name in names:
+        try:
+            with time_limit(60):
+                sizes[name] = meta_size(name)
+        except (Exception, Timeout) as exc:
+            failed[name] = "timeout" if isinstance(exc, Timeout) else error_text(exc, 200)
+        if on_each:
+            on_each()
+    if sizes:
+        best = min(sizes, key=lambda n: (sizes[n][0], sizes[n][1][-1] * sizes[n][1][-2], n))
+        params, input_size = sizes[best]
+    else:
+        best, params, input_size = names[0], None, None
+    return {"model": best, "params": params, "input_size": input_size, "models": len(names),
+            "meta_failures": failed}
+
+
+def choose_all(groups: dict[str, list[str]]) -> tuple[dict[str, Any], float]:
+    """:func:`choose` for every family, with a progress bar; (choices, seconds taken)."""
+    start = time.perf_counter()
+    out = {}
+    with Progress(TextColumn("meta pass {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn()) as progress:
+        task = progress.add_task("", total=sum(len(v) for v in groups.values()))
+        for family, names in groups.items():
+            progress.update(task, description=family)
+            out[family] = choose(names, on_each=lambda: progress.advance(task))
+    return out, time.perf_counter() - start
+
+
+def load_choices(path: Path, refresh: bool) -> dict[str, Any]:
+    """The chosen model per family, from ``path`` or computed (and saved there). Families timm
+    gained since the file was written are added; families it no longer has are dropped."""
+    groups = families()
+    cached = json.loads(path.read_text()) if path.exists() and not refresh else None
+    if cached is None:
+        chosen, seconds = choose_all(groups)
+        print(f"meta pass: {sum(map(len, groups.values()))} models in {len(groups)} families, {seconds:.1f} s")
+        cached = {"timm": timm.__version__, "torch": torch.__version__, "meta_pass_s": round(seconds, 1),
+                  "families": chosen}
+    else:
+        if cached.get("timm") != timm.__version__:
+            print(f"note: {path.name} was made with timm {cached.get('timm')}, this is {timm.__version__} "
+                  "(--refresh-choices to recompute)")
+        missing = {f: n for f, n in groups.items() if f not in cached["families"]}
+        gone = [f for f in cached["families"] if f not in groups]
+        if not missing and not gone:
+            return cached
+        print(f"{path.name}: adding {sorted(missing)}, dropping {gone}")
+        for f in gone:
+            del cached["families"][f]
+        cached["families"].update(choose_all(missing)[0])
+        cached["families"] = dict(sorted(cached["families"].items()))
+    write_json(path, cached)
+    return cached
+
+
+def select(args) -> list[tuple[str, str]]:
+    """``[(family, model)]`` to run: each family's chosen model, or those ``--only`` names (a
+    family, or any timm model name), then the first ``--limit``."""
+    groups = families()
+    needs_choices = not args.only or any(item in groups for item in args.only)
+    chosen = load_choices(args.choices, args.refresh_choices)["families"] if needs_choices else {}
+    if not args.only:
+        runs = [(f, c["model"]) for f, c in chosen.items()]
+    else:
+        runs = []
+        for item in args.only:
+            if item in groups:
+                runs.append((item, chosen[item]["model"]))
+            elif timm.is_model(item):
+                runs.append((family_of(item), item))
+            else:
+                sys.exit(f"--only {item!r}: neither a family nor a timm model name")
+    return runs[: args.limit] if args.limit else runs
+
+
+# ------------------------------------------------------------------------------ checking one model
+
+
+def first_output(out: Any) -> torch.Tensor:
+    """The tensor a model returned (the first one, for tuples and dicts)."""
+    while not isinstance(out, torch.Tensor):
+        out = next(iter(out.values())) if isinstance(out, dict) else out[0]
+    return out
+
+
+def run_eval(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One forward in eval mode without gradients; the model's flags are restored after."""
+    with eval_mode(model), torch.no_grad():
+        return first_output(model(x))
+
+
+def compare(ref: torch.Tensor, out: torch.Tensor) -> dict[str, Any]:
+    """Allclose (rtol 1e-3, atol 1e-4 × output magnitude) and the largest difference."""
+    out = first_output(out)
+    scale = max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
+    same = out.shape == ref.shape and torch.allclose(out, ref, rtol=1e-3, atol=1e-4 * scale, equal_nan=True)
+    if out.shape != ref.shape:
+        return {"ok": False, "max_abs_diff": None, "error": f"output shape {list(out.shape)} != {list(ref.shape)}"}
+    diff = (out - ref).abs().max().item() if ref.numel() else 0.0
+    return {"ok": bool(same), "max_abs_diff": diff, "error": None if same else f"outputs differ by up to {diff:.3g}"}
+
+
+def mixed_flags(model: nn.Module) -> str:
+    """Train mode, except one submodule (the first norm layer, else the first child) in eval mode."""
+    model.train()
+    norms = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
+    name, module = next(((n, m) for n, m in model.named_modules() if isinstance(m, norms)),
+                        next(model.named_children(), ("", model)))
+    module.eval()
+    return name
+
+
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    """What must not change: every submodule's (name, type, flag) and a copy of the state_dict."""
+    return {"flags": [(n, type(m).__name__, m.training) for n, m in model.named_modules()],
+            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+
+
+def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same dtype, shape and bytes (so NaNs in uninitialised buffers compare equal to themselves)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    as_bytes = lambda t: t.detach().reshape(-1).contiguous().view(torch.uint8)  # noqa: E731
+    return torch.equal(as_bytes(a), as_bytes(b))
+
+
+def untouched(model: nn.Module, before: dict[str, Any], ref: torch.Tensor, x: torch.Tensor) -> dict[str, Any]:
+    """Whether ``model`` is as recorded: flags (and structure), state_dict bitwise, eval output."""
+    flags = [(n, type(m).__name__, m.training) for n, m in model.named_modules()] == before["flags"]
+    state = model.state_dict()
+    same_state = state.keys() == before["state"].keys() and all(
+        bitwise_equal(state[k], v) for k, v in before["state"].items())
+    out = run_eval(model, x)
+    same_out = torch.equal(out, ref) or torch.allclose(out, ref, rtol=1e-6, atol=1e-6, equal_nan=True)
+    return {"ok": flags and same_state and same_out, "flags": flags, "state_dict": same_state, "output": same_out}
+
+
+def short_reason(reason: str) -> str:
+    """The gist of a refusal reason: the text before the first '(' or ':', quoted names elided."""
+    return re.sub(r"'[^']*'", "'…'", re.split(r"[(:]", reason, maxsplit=1)[0]).strip()
+
+
+def every_other(blocks) -> list[str]:
+    """Removable blocks at positions 0, 2, 4, … of each stage's removable list. That keeps a block
+    in every stage except one whose only block is removable; such a stage is left alone."""
+    by_stage: dict[str, list] = defaultdict(list)
+    for b in blocks:
+        if b.stage:
+            by_stage[b.stage].append(b)
+    chosen = []
+    for members in by_stage.values():
+        picked = [b.name for b in members if b.removable][::2]
+        if len(picked) < len(members):
+            chosen += picked
+    return chosen
+
+
+def exported(pruned: nn.Module, x: torch.Tensor, ref: torch.Tensor, how: str) -> dict[str, Any]:
+    """``torch.jit.trace`` or ``torch.export`` of ``pruned`` (eval), run and compared to ``ref``."""
+    try:
+        pruned.eval()
+        if how == "jit":
+            module = torch.jit.trace(pruned, x, check_trace=False)
+        else:
+            module = torch.export.export(pruned, (x,)).module()
+        with torch.no_grad():
+            return compare(ref, module(x))
+    except Exception as exc:
+        return {"ok": False, "max_abs_diff": None, "error": error_text(exc)}
+
+
+def check_model(family: str, name: str, limit: int) -> dict[str, Any]:
+    """Every check on one model; never raises. See the module docstring for what is checked."""
+    rec: dict[str, Any] = {"family": family, "model": name, "status": "ok", "error": None,
+                           "timeout_in": None, "single": None, "every_other": None, "jit_trace": None,
+                           "export": None, "untouched": None}
+    start = time.perf_counter()
+    model = x = before = ref = None
+    step = "create"
+    try:
+        with time_limit(limit):
+            torch.manual_seed(0)
+            t = time.perf_counter()
+            model = timm.create_model(name, pretrained=False, num_classes=10)
+            rec["create_s"] = time.perf_counter() - t
+            rec["params"] = sum(p.numel() for p in model.parameters())
+            cfg = getattr(model, "pretrained_cfg", None) or {}
+            rec["input_size"] = list(cfg.get("input_size") or DEFAULT_INPUT)
+            x = torch.randn(BATCH, *rec["input_size"])
+            rec["eval_submodule"] = mixed_flags(model)
+            before = snapshot(model)
+
+            step = "forward"
+            times, outs = [], []
+            for _ in range(3):
+                t = time.perf_counter()
+                outs.append(run_eval(model, x))
+                times.append(time.perf_counter() - t)
+            ref, rec["forward_s"] = outs[0], statistics.median(times)
+            rec["output_shape"], rec["output_finite"] = list(ref.shape), bool(torch.isfinite(ref).all())
+
+            step = "find_blocks"
+            t = time.perf_counter()
+            blocks = find_blocks(model, x)
+            rec["find_s"] = time.perf_counter() - t
+            rec["find_over_forward"] = rec["find_s"] / rec["forward_s"]
+            candidates = [b for b in blocks if b.stage]
+            rec["candidates"] = len(candidates)
+            rec["removable"] = sum(b.removable for b in candidates)
+            rec["collapsible"] = sum(b.kind == "collapse" for b in candidates)
+            rec["not_offered"] = dict(Counter(short_reason(b.reason) for b in candidates if not b.removable)
+                                      .most_common())
+            removable = [b.name for b in candidates if b.removable]
+
+            if removable:
+                step, t = "every-other removal", time.perf_counter()
+                names = every_other(blocks)
+                rec["every_other"] = {"removed": names, "ok": False, "error": None}
+                try:
+                    pruned = remove_blocks(model, names, x, blocks=blocks)
+                    out = run_eval(pruned, x)
+                    rec["every_other"]["ok"] = list(out.shape) == list(ref.shape)
+                    if not rec["every_other"]["ok"]:
+                        rec["every_other"]["error"] = f"output shape {list(out.shape)} != {list(ref.shape)}"
+                    step = "jit.trace"
+                    rec["jit_trace"] = exported(pruned, x, out, "jit")
+                    step = "torch.export"
+                    rec["export"] = exported(pruned, x, out, "export")
+                    del pruned
+                except Exception as exc:
+                    rec["every_other"]["error"] = error_text(exc)
+                rec["every_other_s"] = time.perf_counter() - t
+
+            step, t = "single removal", time.perf_counter()
+            rec["single"] = {"ok": 0, "total": len(removable), "failures": []}
+            for i, block in enumerate(removable):
+                step = f"single removal ({i}/{len(removable)} done)"
+                try:
+                    remove_blocks(model, [block], x, blocks=blocks)
+                    rec["single"]["ok"] += 1
+                except Exception as exc:
+                    rec["single"]["failures"].append({"block": block, "error": error_text(exc, 500)})
+            rec["single_s"] = time.perf_counter() - t
+    except Timeout:
+        rec["status"], rec["timeout_in"], rec["error"] = "timeout", step, f"timeout after {limit} s in {step}"
+    except Exception as exc:
+        rec["status"], rec["error"] = "error", f"{step}: {error_text(exc)}"
+
+    if ref is not None:  # the original untouched: always checked, under its own time limit
+        try:
+            with time_limit(limit):
+                rec["untouched"] = untouched(model, before, ref, x)
+        except (Exception, Timeout) as exc:
+            rec["untouched"] = {"ok": None, "error": "timeout" if isinstance(exc, Timeout) else error_text(exc)}
+    rec["wall_s"] = time.perf_counter() - start
+    return rec
+
+
+# ------------------------------------------------------------------------------------ reporting
+
+
+def mark(check: dict | None) -> str:
+    """✓ / ✗ / — (not applicable) for one check record."""
+    return "—" if check is None or check.get("ok") is None else "✓" if check["ok"] else "✗"
+
+
+def line(rec: dict[str, Any]) -> str:
+    """One line per model for the console."""
+    head = f"{rec['family']:<26} {rec['model']:<34}"
+    if "candidates" not in rec:
+        return f"{head} {rec['status'].upper()}: {rec['error']}"
+    single, size = rec["single"] or {}, "×".join(map(str, rec["input_size"]))
+    text = (f"{head} {size:<11} cand {rec['candidates']:>3} rem {rec['removable']:>3} "
+            f"col {rec['collapsible']:>2}  single {single.get('ok', 0)}/{single.get('total', 0)}  "
+            f"every-other {mark(rec['every_other'])} jit {mark(rec['jit_trace'])} export {mark(rec['export'])} "
+            f"untouched {mark(rec['untouched'])}  find {rec['find_over_forward']:.1f}× fwd  {rec['wall_s']:.1f} s")
+    return text + (f"  {rec['status'].upper()}: {rec['error']}" if rec["error"] else "")
+
+
+def markdown(records: list[dict[str, Any]]) -> str:
+    """One table row per model, with the main reasons candidates are not offered."""
+    rows = ["| family | model | input | candidates | removable | collapsible | single removal | every other "
+            "| jit.trace | torch.export | untouched | find / forward | not offered, mainly |",
+            "|---|---|---|--:|--:|--:|--:|:-:|:-:|:-:|:-:|--:|---|"]
+    for r in records:
+        if "candidates" not in r:
+            rows.append(f"| {r['family']} | {r['model']} | {'×'.join(map(str, r.get('input_size', [])))} "
+                        f"| | | | | | | | {mark(r['untouched'])} | | **{r['status']}**: {cell(r['error'])} |")
+            continue
+        reasons = "; ".join(f"{k} ×{v}" for k, v in list(r["not_offered"].items())[:3])
+        if r["error"]:
+            reasons = f"**{r['status']}**: {r['error']}" + (f"; {reasons}" if reasons else "")
+        single = r["single"] or {"ok": 0, "total": 0}
+        rows.append(f"| {r['family']} | {r['model']} | {'×'.join(map(str, r['input_size']))} | {r['candidates']} "
+                    f"| {r['removable']} | {r['collapsible']} | {single['ok']}/{single['total']} "
+                    f"| {mark(r['every_other'])} | {mark(r['jit_trace'])} | {mark(r['export'])} "
+                    f"| {mark(r['untouched'])} | {r['find_over_forward']:.1f}× | {cell(reasons)} |")
+    return "\n".join(rows) + "\n"
+
+
+def cell(text: str | None) -> str:
+    """Text safe inside a markdown table cell."""
+    return (text or "").replace("|", "\\|").replace("\n", " ")
+
+
+def summarize(records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    """The counts printed at the end (and stored in the JSON)."""
+    ratios = [r["find_over_forward"] for r in records if "find_over_forward" in r]
+    return {
+        "families": len(records),
+        "with_removable": sum(r.get("removable", 0) > 0 for r in records),
+        "errors": sum(r["status"] == "error" for r in records),
+        "timeouts": sum(r["status"] == "timeout" for r in records),
+        "single_failures": sum(len((r["single"] or {}).get("failures", [])) for r in records),
+        "every_other_failures": sum(mark(r["every_other"]) == "✗" for r in records),
+        "jit_failures": sum(mark(r["jit_trace"]) == "✗" for r in records),
+        "export_failures": sum(mark(r["export"]) == "✗" for r in records),
+        "untouched_failures": sum((r["untouched"] or {}).get("ok") is False for r in records),
+        "find_over_forward_median": statistics.median(ratios) if ratios else None,
+        "find_over_forward_max": max(ratios) if ratios else None,
+        "wall_s": wall,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", metavar="NAME_OR_FAMILY", help="families or model names to run")
+    parser.add_argument("--limit", type=int, help="run only the first N")
+    parser.add_argument("--out", type=Path, default=Path("zoo.json"), help="JSON results (default ./zoo.json)")
+    parser.add_argument("--markdown", type=Path, help="also write a markdown table here")
+    parser.add_argument("--choices", type=Path, default=CHOICES, help="cached model per family")
+    parser.add_argument("--refresh-choices", action="store_true", help="recompute the cached choices")
+    parser.add_argument("--time-limit", type=int, default=180, help="seconds per model (default 180)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--strict-export", action="store_true", help="exit 1 on jit.trace / export failures too")
+    args = parser.parse_args()
+
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(args.threads)
+    print(f"layerprune {layerprune.__version__}, timm {timm.__version__}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    runs = select(args)
+
+    start, records = time.perf_counter(), []
+    meta = {"timm": timm.__version__, "torch": torch.__version__, "layerprune": layerprune.__version__,
+            "threads": torch.get_num_threads(), "batch": BATCH, "time_limit_s": args.time_limit}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn()) as progress:
+        task = progress.add_task("", total=len(runs))
+        for family, name in runs:
+            progress.update(task, description=name)
+            records.append(check_model(family, name, args.time_limit))
+            progress.console.print(line(records[-1]), markup=False, highlight=False, soft_wrap=True)
+            write_json(args.out, {"meta": meta, "records": records})  # partial results survive a crash
+            progress.advance(task)
+
+    summary = summarize(records, time.perf_counter() - start)
+    write_json(args.out, {"meta": meta, "summary": summary, "records": records})
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown(records))
+    s = summary
+    ratio = (f"median {s['find_over_forward_median']:.1f}×, max {s['find_over_forward_max']:.1f}×"
+             if s["find_over_forward_median"] is not None else "n/a")
+    print(f"\n{s['families']} families run, {s['with_removable']} with ≥1 removable block, "
+          f"{s['errors']} errors, {s['timeouts']} timeouts\n"
+          f"single-removal failures {s['single_failures']}, every-other failures {s['every_other_failures']}, "
+          f"jit.trace failures {s['jit_failures']}, export failures {s['export_failures']}, "
+          f"untouched failures {s['untouched_failures']}\n"
+          f"find_blocks / forward: {ratio}; wall {s['wall_s']:.0f} s → {args.out}")
+    bugs = s["single_failures"] + s["untouched_failures"]
+    if args.strict_export:
+        bugs += s["jit_failures"] + s["export_failures"]
+    return 1 if bugs else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
