@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import re
 import signal
 import statistics
@@ -372,6 +373,34 @@ def check_model(family: str, name: str, limit: int) -> dict[str, Any]:
     return rec
 
 
+def check_isolated(family: str, name: str, limit: int) -> dict[str, Any]:
+    """:func:`check_model` in a forked child process, so that a model that exhausts memory (the
+    kernel kills the process) is recorded as an error instead of ending the run."""
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+
+    def child() -> None:
+        send.send(check_model(family, name, limit))
+
+    proc = ctx.Process(target=child, daemon=True)
+    proc.start()
+    send.close()
+    try:
+        if receive.poll(2 * limit + 60):
+            return receive.recv()
+    except EOFError:  # the child died before sending
+        pass
+    finally:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    code = proc.exitcode
+    why = "killed by the kernel (out of memory?)" if code == -9 else f"exited with code {code}"
+    return {"family": family, "model": name, "status": "error", "error": f"process {why}", "timeout_in": None,
+            "single": None, "every_other": None, "jit_trace": None, "export": None, "untouched": None}
+
+
 # ------------------------------------------------------------------------------------ reporting
 
 
@@ -465,7 +494,7 @@ def main() -> int:
         task = progress.add_task("", total=len(runs))
         for family, name in runs:
             progress.update(task, description=name)
-            records.append(check_model(family, name, args.time_limit))
+            records.append(check_isolated(family, name, args.time_limit))
             progress.console.print(line(records[-1]), markup=False, highlight=False, soft_wrap=True)
             write_json(args.out, {"meta": meta, "records": records})  # partial results survive a crash
             progress.advance(task)

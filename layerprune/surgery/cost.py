@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import statistics
 import time
 from dataclasses import dataclass
@@ -23,7 +25,9 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> tuple[int, dict
     """
     import torch_pruning as tp
 
-    with eval_mode(model), torch.no_grad():
+    # Its counter prints a "variables __flops__ … already defined" line for every module it meets
+    # twice (shared submodules); that is its own bookkeeping, not the user's business.
+    with eval_mode(model), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         total, _params, layer_macs, _layer_params = tp.utils.count_ops_and_params(
             model, example_input, layer_wise=True
         )

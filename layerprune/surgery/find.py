@@ -69,15 +69,6 @@ def _holds_params_inside(m: nn.Module) -> bool:
     return any(_has_params(c) for c in m.children())
 
 
-def _same_tensor(a: Any, b: Any) -> bool:
-    """``b`` is ``a`` or a view of it (a reshape between two units does not break a chain)."""
-    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
-        return False
-    if a is b:
-        return True
-    return a.numel() == b.numel() and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-
-
 def _shape(x: Any) -> tuple[int, ...]:
     return tuple(x.shape) if isinstance(x, torch.Tensor) else ()
 
@@ -98,17 +89,30 @@ def _version(x: Any) -> int:
     return x._version if isinstance(x, torch.Tensor) else -1
 
 
+def _key(x: Any) -> tuple[int, int] | None:
+    """What identifies a tensor's data: the same key means the same tensor or a full view of it
+    (a reshape between two units does not break a chain)."""
+    return (x.untyped_storage().data_ptr(), x.numel()) if isinstance(x, torch.Tensor) else None
+
+
 @dataclass
 class _Call:
-    """One module's call: its arguments and output (references, not copies) and the tensors'
-    version counters, which tell whether they were modified in place (``x += shortcut``) later."""
+    """One module's call: its order, the identity, version counter and shape of its first
+    argument and of its output (versions tell whether a tensor was modified in place later, as by
+    ``x += shortcut``), and — for modules of modules only, which can be blocks — references to its
+    arguments and output, to re-run it. Single layers keep no references: holding every layer's
+    output would hold every activation of the model."""
 
     order: int
-    args: tuple
-    kwargs: dict
-    output: Any
+    in_key: tuple[int, int] | None
     in_version: int  # of the first argument, when the call began
+    in_shape: tuple[int, ...]
+    out_key: tuple[int, int] | None
     out_version: int  # of the output, when the call returned
+    out_shape: tuple[int, ...]
+    args: tuple | None = None  # None: not kept (a single layer)
+    kwargs: dict | None = None
+    output: Any = None
     calls: int = 1
 
     @property
@@ -117,14 +121,17 @@ class _Call:
         return bool(self.args) and _version(self.args[0]) == self.in_version
 
 
-def _record_calls(model: nn.Module, names: list[str], example_input: torch.Tensor) -> tuple[dict[str, _Call], Any]:
+def _record_calls(model: nn.Module, names: list[str], kept: set[str],
+                  example_input: torch.Tensor) -> tuple[dict[str, _Call], Any]:
     calls: dict[str, _Call] = {}
-    started: dict[str, int] = {}
+    started: dict[str, tuple] = {}
     counter = [0]
 
     def before(name: str):
         def fn(module, args):
-            started.setdefault(name, _version(args[0]) if args else -1)
+            if name not in started:
+                first = args[0] if args else None
+                started[name] = (_key(first), _version(first), _shape(first))
         return fn
 
     def after(name: str):
@@ -132,8 +139,12 @@ def _record_calls(model: nn.Module, names: list[str], example_input: torch.Tenso
             counter[0] += 1
             if name in calls:
                 calls[name].calls += 1
-            else:
-                calls[name] = _Call(counter[0], args, kwargs, output, started.get(name, -1), _version(output))
+                return
+            in_key, in_version, in_shape = started.get(name, (None, -1, ()))
+            call = _Call(counter[0], in_key, in_version, in_shape, _key(output), _version(output), _shape(output))
+            if name in kept:
+                call.args, call.kwargs, call.output = args, kwargs, output
+            calls[name] = call
         return fn
 
     with forward_hooks(model, before={n: before(n) for n in names}, after={n: after(n) for n in names},
@@ -142,10 +153,10 @@ def _record_calls(model: nn.Module, names: list[str], example_input: torch.Tenso
     return calls, out
 
 
-def _passes_on(a: _Call, b_input: Any, b_input_version: int) -> bool:
-    """``a``'s output reaches the next call unchanged (the same tensor or a view, not modified in
-    place in between)."""
-    return _same_tensor(a.output, b_input) and b_input_version == a.out_version
+def _passes_on(a: _Call, key: tuple[int, int] | None, version: int) -> bool:
+    """``a``'s output reaches a later call (as the tensor ``key`` at ``version``) unchanged: the
+    same tensor or a view, not modified in place in between."""
+    return a.out_key is not None and a.out_key == key and version == a.out_version
 
 
 def _zeroed_call(module: nn.Module, call: _Call, keep: str | None = None) -> Any:
@@ -188,6 +199,8 @@ def _classify(block: nn.Module, call: _Call | None) -> tuple[str, str, tuple[str
         return "fixed", "never called in the forward pass", ()
     if call.calls > 1:
         return "fixed", f"called {call.calls} times per forward pass (shared module)", ()
+    if call.args is None:
+        return "fixed", "a single layer, not a block", ()
     if not call.args:
         return "fixed", "called with keyword arguments only (no main tensor to pass through)", ()
     if isinstance(call.args[0], torch.Tensor) and not call.input_intact:
@@ -240,8 +253,8 @@ class _Discovery:
     # which containers are stages
     def _linked(self, a: str, b: str) -> bool:
         ca, cb = self.calls.get(a), self.calls.get(b)
-        return (ca is not None and cb is not None and ca.calls == 1 and cb.calls == 1 and bool(cb.args)
-                and cb.order > ca.order and _passes_on(ca, cb.args[0], cb.in_version))
+        return (ca is not None and cb is not None and ca.calls == 1 and cb.calls == 1
+                and cb.order > ca.order and _passes_on(ca, cb.in_key, cb.in_version))
 
     def segments(self, name: str) -> list[tuple[str, list[str]]]:
         """The stages this container is: ``[(stage name, unit names)]``; empty if it is none."""
@@ -263,7 +276,7 @@ class _Discovery:
         call = self.calls.get(name)
         if call is not None:  # a called container must chain its units and return the last output
             last = self.calls.get(units[-1])
-            if all(links) and last is not None and _passes_on(last, call.output, call.out_version):
+            if all(links) and last is not None and _passes_on(last, call.out_key, call.out_version):
                 return [(name, units)]
             return []
         # never called itself (a ModuleList): the runs of units that chain, each a stage
@@ -300,7 +313,7 @@ class _Discovery:
             parent = inner.rpartition(".")[0]
             inner_call = self.calls.get(inner)
             if (inner != name and parent != name and inner_call is not None and self.segments(parent)
-                    and _passes_on(inner_call, call.output, call.out_version)):
+                    and _passes_on(inner_call, call.out_key, call.out_version)):
                 return True
         return False
 
@@ -383,20 +396,26 @@ def find_blocks(model: nn.Module, example_input: torch.Tensor | None = None) -> 
 
 def _find_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block]:
     names = [n for n, m in model.named_modules() if n and _has_params(m)]
+    kept = {n for n in names if _holds_params_inside(model.get_submodule(n))}
     try:
-        calls, out = _record_calls(model, names, example_input)
+        calls, out = _record_calls(model, names, kept, example_input)
     except (RuntimeError, AssertionError, ValueError, TypeError) as exc:  # inputs the model cannot take
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SurgeryError(
             f"{type(model).__name__}: forward pass failed on input {tuple(example_input.shape)}: {first}"
         ) from exc
     found = discover(model, calls)
+    # What is left to do needs only orders and shapes: let the recorded activations go.
+    orders = {n: c.order for n, c in calls.items()}
+    shapes = {n: (c.in_shape, c.out_shape) for n, c in calls.items()}
+    out_shape = _shape(out)
+    del calls, out
     _only_block_of_stage(found)
-    _confirm(model, found, calls, example_input, _shape(out))
+    _confirm(model, found, orders, example_input, out_shape)
     total_macs, macs = count_macs(model, example_input)
 
     def order(f: _Found) -> int:
-        return calls[f.name].order if f.name in calls else 10**9
+        return orders.get(f.name, 10**9)
 
     block_orders = [order(f) for f in found if f.stage]
     first, last = (min(block_orders), max(block_orders)) if block_orders else (0, 0)
@@ -405,20 +424,19 @@ def _find_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block]:
         reason = f.reason
         if not f.stage:
             role = "stem" if order(f) < first else "head" if order(f) > last else "transition between stages"
-            reason = f"{role}, not a block" if f.name in calls else "never called in the forward pass"
-        blocks.append(_make_block(model, f, reason, calls.get(f.name), macs, total_macs))
+            reason = f"{role}, not a block" if f.name in orders else "never called in the forward pass"
+        blocks.append(_make_block(model, f, reason, shapes.get(f.name, ((), ())), macs, total_macs))
     return blocks
 
 
-def _make_block(model, f: _Found, reason: str, call: _Call | None, macs, total_macs) -> Block:
+def _make_block(model, f: _Found, reason: str, shapes, macs, total_macs) -> Block:
     module = model.get_submodule(f.name)
     block_macs = int(macs.get(f.name, 0))
     return Block(
         name=f.name, stage=f.stage, kind=f.kind, removable=f.kind in REMOVABLE_KINDS and not f.only,
         reason=reason, params=count_params(module),
         macs=block_macs, macs_share=block_macs / total_macs if total_macs else 0.0,
-        in_shape=_shape(call.args[0]) if call and call.args else (),
-        out_shape=_shape(call.output) if call else (),
+        in_shape=shapes[0], out_shape=shapes[1],
         collapse_to=tuple(f.collapse_to),
     )
 
@@ -437,7 +455,7 @@ def _only_block_of_stage(found: list[_Found]) -> None:
                               f.collapse_to, only=True)
 
 
-def _confirm(model: nn.Module, found: list[_Found], calls: dict[str, _Call], example_input: torch.Tensor,
+def _confirm(model: nn.Module, found: list[_Found], orders: dict[str, int], example_input: torch.Tensor,
              out_shape: tuple[int, ...]) -> None:
     """Check that each candidate can be removed alone; mark the ones that cannot as fixed.
 
@@ -445,7 +463,7 @@ def _confirm(model: nn.Module, found: list[_Found], calls: dict[str, _Call], exa
     worse: the candidates are then checked by running the model only, and their reasons say so.
     """
     candidates = sorted((f for f in found if f.kind in CANDIDATE_KINDS and not f.only),
-                        key=lambda f: calls[f.name].order)
+                        key=lambda f: orders[f.name])
     check = _Check(model, example_input, out_shape)
     for group in (candidates[0::2], candidates[1::2]):
         check.group(group)

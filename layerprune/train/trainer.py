@@ -92,7 +92,7 @@ def train(
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         history = load_training_checkpoint(checkpoint_path, model, optimizer, settings, seed, scaler)
     teacher = teacher if settings.distill_alpha > 0 else None  # α = 0: skip the teacher's forward passes
-    teacher_was_training = teacher.training if teacher is not None else False
+    teacher_flags = [(m, m.training) for m in teacher.modules()] if teacher is not None else []
     restore_batchnorm = _sync_batchnorm(model, device) if settings.sync_batchnorm and distributed.active() else None
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)  # parameters keep their identity (the optimizer's)
@@ -125,8 +125,8 @@ def train(
         if restore_batchnorm is not None:
             restore_batchnorm()
         model.eval()
-        if teacher is not None:
-            teacher.train(teacher_was_training)
+        for module, training in teacher_flags:  # each submodule's own flag, as it was
+            module.training = training
     return [EpochRecord(**r) for r in history]
 
 
