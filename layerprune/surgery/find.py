@@ -53,7 +53,7 @@ from layerprune.errors import SurgeryError
 from layerprune.hooks import eval_mode, forward_hooks
 from layerprune.surgery.blocks import ACTIVATIONS, SHORTCUT_NAMES, WEIGHT_LAYERS, Block
 from layerprune.surgery.cost import count_macs, count_params
-from layerprune.surgery.edit import swap_blocks
+from layerprune.surgery.edit import set_submodule, swap_blocks
 from layerprune.surgery.verify import dependency_graph_check
 
 REMOVABLE_KINDS = ("identity", "plain")
@@ -141,7 +141,9 @@ def _record_calls(model: nn.Module, names: list[str], kept: set[str],
                 calls[name].calls += 1
                 return
             in_key, in_version, in_shape = started.get(name, (None, -1, ()))
-            call = _Call(counter[0], in_key, in_version, in_shape, _key(output), _version(output), _shape(output))
+            # A block returning (x, feat_size) still passes x on: the chain follows the first item.
+            main = output[0] if isinstance(output, (tuple, list)) and output else output
+            call = _Call(counter[0], in_key, in_version, in_shape, _key(main), _version(main), _shape(main))
             if name in kept:
                 call.args, call.kwargs, call.output = args, kwargs, output
             calls[name] = call
@@ -285,13 +287,21 @@ class _Discovery:
             if not linked:
                 runs.append((start, i + 1))
                 start = i + 1
-        if len(runs) == 1:  # one unit alone is no chain (it may be one branch of several)
+        if len(runs) == 1:  # one unit in a list is no chain (it may be one branch of several)
             return [(name, units)] if len(units) > 1 else []
         keys = [n for n, _ in children]
         label = (lambda a, b: f"{name}[{keys[a]}:{int(keys[b - 1]) + 1}]") if all(k.isdigit() for k in keys) \
             else (lambda a, b: f"{name}[{keys[a]}..{keys[b - 1]}]")
         return [(label(a, b), units[a:b]) for a, b in runs
                 if b - a > 1 and any(_holds_params_inside(self.model.get_submodule(u)) for u in units[a:b])]
+
+    def wrapper(self, name: str) -> bool:
+        """A module (not a ``Sequential``) that only calls one unit and returns its output, such as
+        a block whose forward is ``return self.mixer(x)``: within a stage it is that stage's unit,
+        not a stage of one. Outside every stage (RegNet's ``s1`` with one block) it is a stage."""
+        segments = self.segments(name)
+        return (not isinstance(self.model.get_submodule(name), nn.Sequential)
+                and len(segments) == 1 and len(segments[0][1]) == 1)
 
     def holds_stage(self, name: str) -> bool:
         if name not in self._holds:
@@ -328,22 +338,31 @@ class _Discovery:
         module = self.model.get_submodule(name)
         prefix = f"{name}." if name else ""
         for child_name, child in module.named_children():
-            full = prefix + child_name
-            if not _has_params(child):
-                continue
-            if self.segments(full):
-                self.visit_stage(full)
-            elif self.holds_stage(full):
-                self.walk(full)
-            else:
-                self.found.append(_Found(full, "", "fixed", ""))
+            if _has_params(child):
+                self.place(prefix + child_name)
+
+    def place(self, name: str) -> None:
+        """A module outside every stage: a stage, a holder of stages, or a fixed part."""
+        if self.segments(name):
+            self.visit_stage(name)
+        elif self.holds_stage(name):
+            self.walk(name)
+        else:
+            self.found.append(_Found(name, "", "fixed", ""))
 
     def visit_stage(self, name: str) -> None:
-        for stage, units in self.segments(name):
+        segments = self.segments(name)
+        covered = {u for _, units in segments for u in units}
+        prefix = f"{name}."
+        for child_name, child in self.model.get_submodule(name).named_children():
+            unit = prefix + child_name  # a unit between two chains (after a break) is no block
+            if _has_params(child) and unit not in covered:
+                self.place(unit)
+        for stage, units in segments:
             own: list[_Found] = []
             descended = False
             for unit in units:
-                if self.segments(unit):
+                if self.segments(unit) and not self.wrapper(unit):
                     self.visit_stage(unit)
                     descended = True
                     continue
@@ -484,6 +503,7 @@ class _Check:
         self.model, self.example_input, self.out_shape = model, example_input, out_shape
         self.trace = True  # until the untouched model turns out not to be traceable
         self.failed: dict[str, str] = {}
+        self._clone: nn.Module | None = None
 
     def group(self, group: list[_Found]) -> None:
         """Remove the group at once; if that fails, each half, down to the blocks that fail alone."""
@@ -507,8 +527,12 @@ class _Check:
         values and (with ``trace``) can be traced by Torch-Pruning, whose own forward pass is then
         the one checked; else the error in words."""
         seen: list[Any] = []
+        if self._clone is None:  # one copy serves every check: blocks are swapped out and back
+            self._clone = copy.deepcopy(self.model)
+        clone = self._clone
+        originals = {f.name: clone.get_submodule(f.name) for f in group}
         try:
-            clone = swap_blocks(copy.deepcopy(self.model), {f.name: f.collapse_to for f in group})
+            swap_blocks(clone, {f.name: f.collapse_to for f in group})
             if self.trace:
                 with clone.register_forward_hook(lambda m, a, out: seen.append(out)):
                     dependency_graph_check(clone, self.example_input)
@@ -524,4 +548,7 @@ class _Check:
                 return "non-finite output"
         except Exception as exc:  # any failure means "not safely removable"; report it in words
             return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        finally:
+            for name, module in originals.items():
+                set_submodule(clone, name, module)
         return None
