@@ -49,7 +49,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import layerprune  # registers the CIFAR models with timm
 from layerprune import find_blocks, remove_blocks
 from layerprune.hooks import eval_mode
-from layerprune.io import write_json
+from layerprune.io import write_json, write_text
 
 CHOICES = Path(__file__).resolve().parent / "zoo_models.json"
 DEFAULT_INPUT = (3, 224, 224)
@@ -312,14 +312,14 @@ def create(name: str) -> nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=10)
 
 
-def check_model(family: str, name: str, limit: int) -> dict[str, Any]:
+def check_model(family: str, name: str, limit: int, report=lambda step: step) -> dict[str, Any]:
     """Every check on one model; never raises. See the module docstring for what is checked."""
     rec: dict[str, Any] = {"family": family, "model": name, "status": "ok", "error": None,
                            "timeout_in": None, "single": None, "every_other": None, "jit_trace": None,
                            "export": None, "untouched": None}
     start = time.perf_counter()
     model = x = before = ref = None
-    step = "create"
+    step = report("create")
     try:
         with time_limit(limit):
             torch.manual_seed(0)
@@ -332,7 +332,7 @@ def check_model(family: str, name: str, limit: int) -> dict[str, Any]:
             rec["eval_submodule"] = mixed_flags(model)
             before = snapshot(model)
 
-            step = "forward"
+            step = report("forward")
             times, outs = [], []
             for _ in range(3):
                 t = time.perf_counter()
@@ -341,7 +341,7 @@ def check_model(family: str, name: str, limit: int) -> dict[str, Any]:
             ref, rec["forward_s"] = outs[0], statistics.median(times)
             rec["output_shape"], rec["output_finite"] = list(ref.shape), bool(torch.isfinite(ref).all())
 
-            step = "find_blocks"
+            step = report("find_blocks")
             t = time.perf_counter()
             blocks = find_blocks(model, x)
             rec["find_s"] = time.perf_counter() - t
@@ -355,7 +355,7 @@ def check_model(family: str, name: str, limit: int) -> dict[str, Any]:
             removable = [b.name for b in candidates if b.removable]
 
             if removable:
-                step, t = "every-other removal", time.perf_counter()
+                step, t = report("every-other removal"), time.perf_counter()
                 names = every_other(blocks)
                 rec["every_other"] = {"removed": names, "ok": False, "error": None}
                 try:
@@ -364,19 +364,19 @@ def check_model(family: str, name: str, limit: int) -> dict[str, Any]:
                     rec["every_other"]["ok"] = list(out.shape) == list(ref.shape)
                     if not rec["every_other"]["ok"]:
                         rec["every_other"]["error"] = f"output shape {list(out.shape)} != {list(ref.shape)}"
-                    step = "jit.trace"
+                    step = report("jit.trace")
                     rec["jit_trace"] = exported(pruned, x, out, "jit")
-                    step = "torch.export"
+                    step = report("torch.export")
                     rec["export"] = exported(pruned, x, out, "export")
                     del pruned
                 except Exception as exc:
                     rec["every_other"]["error"] = error_text(exc)
                 rec["every_other_s"] = time.perf_counter() - t
 
-            step, t = "single removal", time.perf_counter()
+            step, t = report("single removal"), time.perf_counter()
             rec["single"] = {"ok": 0, "total": len(removable), "failures": []}
             for i, block in enumerate(removable):
-                step = f"single removal ({i}/{len(removable)} done)"
+                step = report(f"single removal ({i}/{len(removable)} done)")
                 try:
                     remove_blocks(model, [block], x, blocks=blocks)
                     rec["single"]["ok"] += 1
@@ -405,15 +405,23 @@ def check_isolated(family: str, name: str, limit: int) -> dict[str, Any]:
     receive, send = ctx.Pipe(duplex=False)
 
     def child() -> None:
-        send.send(check_model(family, name, limit))
+        def report(step: str) -> str:  # the step reaches the parent before it starts
+            send.send(step)
+            return step
+
+        send.send(check_model(family, name, limit, report))
 
     proc = ctx.Process(target=child, daemon=True)
     proc.start()
     send.close()
+    step, deadline = "start", time.monotonic() + 2 * limit + 60
     try:
-        if receive.poll(2 * limit + 60):
-            return receive.recv()
-    except EOFError:  # the child died before sending
+        while receive.poll(max(0.0, deadline - time.monotonic())):
+            message = receive.recv()
+            if isinstance(message, dict):
+                return message
+            step = message
+    except EOFError:  # the child died before sending its record
         pass
     finally:
         proc.join(5)
@@ -422,7 +430,7 @@ def check_isolated(family: str, name: str, limit: int) -> dict[str, Any]:
             proc.join()
     code = proc.exitcode
     why = "killed by the kernel (out of memory?)" if code == -9 else f"exited with code {code}"
-    return {"family": family, "model": name, "status": "error", "error": f"process {why}", "timeout_in": None,
+    return {"family": family, "model": name, "status": "error", "error": f"process {why} in {step}", "timeout_in": step,
             "single": None, "every_other": None, "jit_trace": None, "export": None, "untouched": None}
 
 
@@ -466,6 +474,33 @@ def markdown(records: list[dict[str, Any]]) -> str:
                     f"| {mark(r['every_other'])} | {mark(r['jit_trace'])} | {mark(r['export'])} "
                     f"| {mark(r['untouched'])} | {r['find_over_forward']:.1f}× | {cell(reasons)} |")
     return "\n".join(rows) + "\n"
+
+
+TABLE_START, TABLE_END = "<!-- zoo-table -->", "<!-- /zoo-table -->"
+
+
+def write_markdown(path: Path, table: str) -> None:
+    """Write the table to ``path``; in a file that holds the markers ``<!-- zoo-table -->`` and
+    ``<!-- /zoo-table -->`` (docs/surgery.md), replace only what lies between them."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if TABLE_START in text and TABLE_END in text:
+        head, rest = text.split(TABLE_START, 1)
+        table = head + TABLE_START + "\n" + table + TABLE_END + rest.split(TABLE_END, 1)[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, table)
+
+
+def summary_lines(s: dict[str, Any], args) -> str:
+    """The run's totals under the table, with the settings that produced them."""
+    ratio = f"median {s['find_over_forward_median']:.1f}×, max {s['find_over_forward_max']:.1f}×" \
+        if s["find_over_forward_median"] is not None else "n/a"
+    return (f"{s['families']} families; {s['with_removable']} with at least one removable block; "
+            f"{s['errors']} errors, {s['timeouts']} timeouts (limit {args.time_limit} s per model). "
+            f"Refused single removals: {s['single_failures']}; failed every-other removals: "
+            f"{s['every_other_failures']}; `torch.jit.trace` failures: {s['jit_failures']}; `torch.export` "
+            f"failures: {s['export_failures']}; originals modified: {s['untouched_failures']}. "
+            f"`find_blocks` / one forward pass: {ratio}. Wall time {s['wall_s'] / 60:.0f} min on "
+            f"{torch.get_num_threads()} threads (timm {timm.__version__}, torch {torch.__version__}).\n")
 
 
 def cell(text: str | None) -> str:
@@ -527,8 +562,7 @@ def main() -> int:
     summary = summarize(records, time.perf_counter() - start)
     write_json(args.out, {"meta": meta, "summary": summary, "records": records})
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown(records))
+        write_markdown(args.markdown, markdown(records) + "\n" + summary_lines(summary, args))
     s = summary
     ratio = (f"median {s['find_over_forward_median']:.1f}×, max {s['find_over_forward_max']:.1f}×"
              if s["find_over_forward_median"] is not None else "n/a")
