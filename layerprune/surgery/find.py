@@ -42,7 +42,7 @@ that break the model are found.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -469,9 +469,8 @@ def _only_block_of_stage(found: list[_Found]) -> None:
             members[f.stage] = members.get(f.stage, 0) + 1
     for i, f in enumerate(found):
         if f.stage and members[f.stage] == 1 and f.kind in REMOVABLE_KINDS:
-            found[i] = _Found(f.name, f.stage, f.kind,
-                              f"only block of stage {f.stage!r} ({f.reason}); a stage keeps at least one block",
-                              f.collapse_to, only=True)
+            found[i] = replace(f, only=True,
+                               reason=f"only block of stage {f.stage!r} ({f.reason}); a stage keeps at least one block")
 
 
 def _confirm(model: nn.Module, found: list[_Found], orders: dict[str, int], example_input: torch.Tensor,
@@ -492,10 +491,11 @@ def _confirm(model: nn.Module, found: list[_Found], orders: dict[str, int], exam
         note = " (Torch-Pruning cannot trace this model, with or without the block; checked by running it)"
         for i, f in enumerate(found):
             if f in candidates and f.name not in check.failed:
-                found[i] = _Found(f.name, f.stage, f.kind, f.reason + note, f.collapse_to)
+                found[i] = replace(f, reason=f.reason + note)
     for i, f in enumerate(found):
         if f.name in check.failed:
-            found[i] = _Found(f.name, f.stage, "fixed", f"model fails without it ({check.failed[f.name]})")
+            found[i] = replace(f, kind="fixed", collapse_to=(),
+                               reason=f"model fails without it ({check.failed[f.name]})")
 
 
 class _Check:

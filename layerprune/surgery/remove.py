@@ -26,9 +26,9 @@ def remove_blocks(
 ) -> nn.Module:
     """A copy of ``model`` without the blocks ``names``; ``model`` itself is left untouched.
 
-    Identity-removable and plain blocks become a ``PassThrough`` (returns its first argument); with ``collapse=True`` a
-    downsampling residual block becomes its shortcut (+ final activation). Pass ``blocks`` from
-    :func:`find_blocks` to skip finding them again.
+    Identity-removable and plain blocks become a ``PassThrough`` (returns its first argument);
+    with ``collapse=True`` a downsampling residual block becomes its shortcut (+ final
+    activation). Pass ``blocks`` from :func:`find_blocks` to skip finding them again.
 
     >>> pruned = remove_blocks(model, ["layer1.3", "layer2.5"], torch.randn(1, 3, 32, 32))  # doctest: +SKIP
     """
