@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from layerprune.criteria.base import Criterion, CriterionResult
+from layerprune.criteria.base import Criterion, CriterionResult, declared_stats
 from layerprune.criteria.catalog import (
     CRITERIA, ENTRY_POINT_GROUP, CriterionInfo, PluginFailure, PluginWarning, get_criterion, list_criteria,
     load_plugin, load_plugins, plugin_failures, register_criterion,
@@ -47,9 +47,5 @@ def score_blocks(
     """
     built = [get_criterion(c) if isinstance(c, str) else c for c in criteria]
     ctx = ScoringContext(model, data, **context)
-    probe, block = {}, {}
-    for c in built:
-        probe.update(c.probe_stats())
-        block.update(c.block_stats())
-    ctx.feature_stats(probe=probe, block=block)
+    ctx.feature_stats(*declared_stats(built))
     return {c.name: c(ctx) for c in built}

@@ -65,6 +65,11 @@ class Criterion:
         """Statistics wanted per block: key → ``fn(features_in, features_out, labels)``."""
         return {}
 
+    def run_stats(self) -> dict[str, tuple[int, "BlockStat"]]:
+        """Statistics wanted per run of ``n`` blocks: key → ``(n, fn(features_before,
+        features_after, labels))`` (see :meth:`ScoringContext.runs`)."""
+        return {}
+
     def score(self, ctx: "ScoringContext") -> dict[str, float] | CriterionResult:
         raise NotImplementedError
 
@@ -112,6 +117,10 @@ class FunctionCriterion(Criterion):
         declare = getattr(self.fn, "block_stats", None)
         return declare(**self._params) if callable(declare) else {}
 
+    def run_stats(self) -> dict[str, tuple[int, "BlockStat"]]:
+        declare = getattr(self.fn, "run_stats", None)
+        return declare(**self._params) if callable(declare) else {}
+
     def score(self, ctx: "ScoringContext") -> dict[str, float] | CriterionResult:
         return self.fn(ctx, **self._params)
 
@@ -151,3 +160,15 @@ def instantiate(obj: Any, name: str, params: dict[str, Any]) -> Criterion:
         raise LayerpruneError(f"criterion {name!r}: {exc}") from exc
     criterion.name = name  # type: ignore[misc]
     return criterion
+
+
+def declared_stats(criteria: "list[Criterion]") -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The probe, block and run statistics ``criteria`` declare together (for one shared pass)."""
+    probe: dict[str, Any] = {}
+    block: dict[str, Any] = {}
+    runs: dict[str, Any] = {}
+    for c in criteria:
+        probe.update(c.probe_stats())
+        block.update(c.block_stats())
+        runs.update(c.run_stats())
+    return probe, block, runs

@@ -44,10 +44,14 @@ for _name, _target in (
     ("magnitude", "layerprune.criteria.simple:MagnitudeCriterion"),
     ("block_influence", "layerprune.criteria.representation:BlockInfluenceCriterion"),
     ("cka", "layerprune.criteria.representation:CKACriterion"),
+    ("angular", "layerprune.criteria.representation:AngularCriterion"),
     ("linear_probe", "layerprune.criteria.representation:LinearProbeCriterion"),
     ("ablation", "layerprune.criteria.oracle:AblationCriterion"),
     ("taylor", "layerprune.criteria.oracle:TaylorCriterion"),
     ("sr_init", "layerprune.criteria.oracle:SRInitCriterion"),
+    ("cka_removal", "layerprune.criteria.oracle:CKARemovalCriterion"),
+    ("greedy", "layerprune.criteria.oracle:GreedyCriterion"),
+    ("consensus", "layerprune.criteria.consensus:ConsensusCriterion"),
 ):
     CRITERIA.register_lazy(_name, _target)
 

@@ -34,6 +34,8 @@ class ScoringContext:
     model is finally tested on); ``samples``, ``batches``, ``split`` and ``seed`` override its fields.
     ``repair`` is what criteria that evaluate changed copies (``ablation``, ``sr_init``) re-estimate
     BatchNorm statistics with: the same batches the pruner repairs the pruned model with.
+    ``protect`` and ``collapse`` are the selection's constraints, for criteria that plan removals
+    themselves (``greedy``).
     """
 
     def __init__(
@@ -52,6 +54,8 @@ class ScoringContext:
         memory_budget: int = 1 << 30,
         probes: Sequence[str] | None = None,
         progress: bool = False,
+        protect: Sequence[str] = (),
+        collapse: bool = False,
     ) -> None:
         overrides = {k: v for k, v in (("samples", samples), ("batches", batches), ("split", split),
                                        ("seed", seed)) if v is not None}
@@ -63,6 +67,8 @@ class ScoringContext:
         self.data = data
         self.micro_batch = micro_batch
         self.progress = progress
+        # The selection's constraints, for criteria that plan removals themselves (greedy).
+        self.protect, self.collapse = tuple(protect), bool(collapse)
         self.dataset = self.calibration.dataset(data)
         self.indices = draw_batches(len(self.dataset), self.calibration.samples, self.calibration.batches,
                                     self.calibration.seed)
@@ -142,24 +148,51 @@ class ScoringContext:
         names = set(self.block_probes)
         return [b for b in self.blocks if b.name in names]
 
+    def runs(self, n: int) -> dict[str, tuple[str, ...]]:
+        """Every run of ``n`` consecutive scorable blocks inside one stage, by its first block:
+        ``{"layer2.3": ("layer2.3", "layer2.4")}`` for ``n=2``. Consecutive means each block reads
+        the tensor the one before it wrote (nothing sits between them)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise LayerpruneError(f"n: must be an integer ≥ 1, got {n!r}")
+        stages: dict[str, list[str]] = {}
+        for b in self.scorable:
+            if b.stage:
+                stages.setdefault(b.stage, []).append(b.name)
+        out: dict[str, tuple[str, ...]] = {}
+        for names in stages.values():
+            for i in range(len(names) - n + 1):
+                run = tuple(names[i:i + n])
+                if all(self.block_probes[a][1] == self.block_probes[b][0] for a, b in zip(run, run[1:])):
+                    out[run[0]] = run
+        return out
+
+    def run_probes(self, n: int) -> dict[str, tuple[str, str]]:
+        """Per run of ``n`` blocks (by its first block): the probe before it and the probe after it."""
+        return {first: (self.block_probes[run[0]][0], self.block_probes[run[-1]][1])
+                for first, run in self.runs(n).items()}
+
     def feature_stats(
         self,
         probe: dict[str, ProbeStat] | None = None,
         block: dict[str, BlockStat] | None = None,
+        runs: dict[str, tuple[int, BlockStat]] | None = None,
     ) -> tuple[dict[str, dict[str, list[Any]]], dict[str, dict[str, list[Any]]]]:
-        """Per-probe and per-block statistics, one value per calibration batch.
+        """Per-probe, per-block and per-run statistics, one value per calibration batch.
 
         ``probe`` maps a key to ``fn(features (N, D) float32, labels (N,))``; ``block`` maps a key
-        to ``fn(features_in, features_out, labels)``. Results are cached by key, so criteria
-        that share a statistic (and several criteria scored together) read the features once.
-        Returns ``({key: {probe: [value per batch]}}, {key: {block: [value per batch]}})``.
+        to ``fn(features_in, features_out, labels)``; ``runs`` maps a key to ``(n, fn)``: ``fn`` of
+        the features before and after each run of ``n`` blocks (:meth:`runs`). Results are cached
+        by key, so criteria that share a statistic (and several criteria scored together) read the
+        features once, in one pass. Returns ``({key: {probe: [value per batch]}}, {key: {block:
+        [value per batch]}})``; a run's values are under its key, by the run's first block.
         """
         probe = {k: fn for k, fn in (probe or {}).items() if k not in self._probe_cache}
         block = {k: fn for k, fn in (block or {}).items() if k not in self._block_cache}
-        if block and not self.block_probes:
+        spans = {k: (self.run_probes(n), fn) for k, (n, fn) in (runs or {}).items() if k not in self._block_cache}
+        if (block or spans) and not self.block_probes:
             raise LayerpruneError("block statistics need block probes (probes=None)")
-        if probe or block:
-            probe_out, block_out = self.stream.run(self.batches(), probe, block)
+        if probe or block or spans:
+            probe_out, block_out = self.stream.run(self.batches(), probe, block, spans)
             self._probe_cache.update(probe_out)
             self._block_cache.update(block_out)
         return self._probe_cache, self._block_cache

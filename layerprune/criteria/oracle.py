@@ -1,5 +1,5 @@
-"""Baselines that measure (or estimate) what the loss does without the block: ``ablation``,
-``taylor`` and ``sr_init``.
+"""Criteria that measure (or estimate) what the model does without the block: ``ablation``,
+``taylor``, ``sr_init``, ``cka_removal`` (Pons et al.) and the ``greedy`` oracle.
 
 ``ablation`` and ``sr_init`` evaluate a changed copy of the model. Removing or re-initialising
 any block shifts the statistics every later BatchNorm sees; measured with stale statistics, the
@@ -13,15 +13,22 @@ disabled ``Repair`` means no repair here either.
 from __future__ import annotations
 
 import copy
+import hashlib
+from collections import OrderedDict
+from typing import Any
 
+import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from layerprune.criteria.base import Criterion, CriterionResult
 from layerprune.criteria.context import ScoringContext
+from layerprune.criteria.representation import linear_cka
 from layerprune.errors import LayerpruneError
+from layerprune.evaluation import EvalResult, evaluate
 from layerprune.hooks import eval_mode, forward_hooks
-from layerprune.surgery.blocks import Block
+from layerprune.surgery.blocks import Block, StagePlan
 from layerprune.surgery.edit import replacement, swap_blocks
 
 METRICS = ("loss", "accuracy")
@@ -36,6 +43,11 @@ def _check_metric(metric: str) -> str:
 def removable(ctx: ScoringContext) -> list[Block]:
     """Scorable blocks that can be taken out (as the identity, or collapsed to their shortcut)."""
     return [b for b in ctx.scorable if b.can_remove(collapse=True)]
+
+
+def without(model: nn.Module, block: Block) -> nn.Module:
+    """``model`` (changed in place) with ``block`` taken out: the identity, or its shortcut."""
+    return swap_blocks(model, {block.name: block.collapse_to})
 
 
 class _Measured(Criterion):
@@ -86,7 +98,7 @@ class AblationCriterion(_Measured):
         return removable(ctx)
 
     def change(self, model, block):
-        return swap_blocks(model, {block.name: block.collapse_to})
+        return without(model, block)
 
 
 def reinitialise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -169,3 +181,165 @@ class TaylorCriterion(Criterion):
                     per_sample = (g * changes[name]).flatten(1).sum(dim=1)
                     estimate[name] += float(per_sample.abs().sum() if self.absolute else per_sample.sum())
         return estimate
+
+
+# -- Pons et al.: how much the model's representation changes without the block -------------------
+def head_input(model: nn.Module) -> str | None:
+    """The name of the classifier layer whose input is the model's penultimate representation
+    (timm's ``get_classifier()``), or ``None`` when there is none (the logits are used then)."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+        for name, module in model.named_modules():
+            if module is head:
+                return name
+    return None
+
+
+@torch.no_grad()
+def penultimate(model: nn.Module, pieces: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+                head: str | None) -> torch.Tensor:
+    """The input of ``model``'s classifier ``head`` (or its output without one) for every sample."""
+    grabbed: list[torch.Tensor] = []
+    outputs = []
+    before = {head: lambda m, args: grabbed.append(args[0].detach().flatten(1).float())} if head else {}
+    with eval_mode(model), forward_hooks(model, before=before):
+        for x, _ in pieces:
+            out = model(x.to(device))
+            if not head:
+                outputs.append(out.detach().flatten(1).float())
+    return torch.cat(grabbed if head else outputs)
+
+
+class CKARemovalCriterion(Criterion):
+    """``1 − CKA(features of the model, features of the model without the block)``.
+
+    Source: Pons et al., "Effective Layer Pruning Through Similarity Metric Perspective", ICPR
+    2024 (the criterion Mugnaini et al.'s consensus builds on): linear CKA between the
+    penultimate representation (the classifier's input) of the unpruned model and that of the
+    model with the block removed; the block whose removal changes it least goes first. This
+    differs from ``cka``, which compares a block's own input and output. As in the paper,
+    without BatchNorm repair by default (``repair=True`` re-estimates each copy's statistics with
+    the context's ``Repair``). Cost: per block, one forward pass over the calibration samples
+    (plus the repair's batches with ``repair=True``).
+    """
+
+    description = "1 − CKA of the model's penultimate features with and without the block (Pons et al., ICPR 2024)"
+
+    def __init__(self, repair: bool = False) -> None:
+        self.repair = bool(repair)
+
+    def score(self, ctx: ScoringContext) -> CriterionResult:
+        head = head_input(ctx.model)
+        batches = [ctx.batch(i) for i in range(ctx.num_batches)]
+
+        def features(model: nn.Module) -> list[torch.Tensor]:
+            return [penultimate(model, [(piece, y) for piece in x.split(ctx.micro_batch)], ctx.device, head)
+                    for x, y in batches]
+
+        base = features(ctx.model)
+        scores = {}
+        for block in ctx.track(removable(ctx), self.name):
+            changed = without(copy.deepcopy(ctx.model), block)
+            if self.repair and ctx.repair_policy.enabled:
+                ctx.repair(changed)
+            scores[block.name] = float(np.mean([1.0 - linear_cka(a, b) for a, b in zip(base, features(changed))]))
+        return CriterionResult(self.name, scores, self.params(), {"features": head or "logits"})
+
+
+# -- the greedy oracle --------------------------------------------------------------------------------
+_GREEDY_CACHE: "OrderedDict[str, tuple[list[str], list[dict[str, float]]]]" = OrderedDict()
+_GREEDY_CACHE_SIZE = 8
+
+
+def _digest(h: "hashlib._Hash", tensors: Any) -> None:
+    for name, tensor in tensors:
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A digest of ``model``'s structure and state (weights and buffers)."""
+    h = hashlib.sha1()
+    for name, module in model.named_modules():
+        h.update(f"{name}:{type(module).__qualname__};".encode())
+    _digest(h, model.state_dict().items())
+    return h.hexdigest()
+
+
+class GreedyCriterion(Criterion):
+    """Greedy oracle: remove, one at a time, the block whose removal raises the calibration loss
+    least, re-evaluating every remaining candidate on the model pruned so far.
+
+    Source: the greedy layer-removal loop of SLEB (Song et al., "SLEB: Streamlining LLMs through
+    Redundancy Verification and Elimination of Transformer Blocks", ICML 2024) and BlockPruner
+    (Zhong et al., 2024), with the loss after BatchNorm repair as in ``ablation`` (Molchanov et
+    al., CVPR 2019). Every candidate copy is repaired with the first ``repair_batches`` of the
+    context's repair batches (the pipeline's; ``None``: all of them), so the first choice is the
+    block with the smallest ``ablation`` loss rise under that repair. The removal order respects
+    the selection's constraints (never the last block of a stage, ``protect``, ``collapse``) and
+    runs until nothing more may go; a block's score is its place in that order (first removed:
+    0), so ``count`` and ``budget`` cut the greedy sequence where they stop. The order is
+    computed once per model, calibration draw and repair and reused (in this process) for every
+    rule and budget. Cost: about ``B²/2`` repaired evaluations for ``B`` candidates.
+    """
+
+    description = "Oracle: greedily remove the block whose removal raises the loss least, re-scoring each step (SLEB 2024)"
+
+    def __init__(self, metric: str = "loss", repair_batches: int | None = 5) -> None:
+        self.metric = _check_metric(metric)
+        if repair_batches is not None and (isinstance(repair_batches, bool) or not isinstance(repair_batches, int)
+                                           or repair_batches < 1):
+            raise LayerpruneError(f"repair_batches: must be an integer ≥ 1 or None, got {repair_batches!r}")
+        self.repair_batches = repair_batches
+
+    def _key(self, ctx: ScoringContext) -> str:
+        """The model, the samples it is judged on and repaired with, and the constraints."""
+        h = hashlib.sha1(fingerprint(ctx.model).encode())
+        h.update(f"{self.params()}|{sorted(ctx.protect)}|{ctx.collapse}|{ctx.repair_policy.enabled}".encode())
+        _digest(h, (("calibration", t) for pair in ctx.batches() for t in pair))
+        if ctx.repair_policy.enabled:
+            _digest(h, (("repair", t) for pair in ctx.repair_data()[:self.repair_batches] for t in pair))
+        return h.hexdigest()
+
+    def score(self, ctx: ScoringContext) -> CriterionResult:
+        key = self._key(ctx)
+        if key not in _GREEDY_CACHE:
+            _GREEDY_CACHE[key] = self._order(ctx)
+            while len(_GREEDY_CACHE) > _GREEDY_CACHE_SIZE:
+                _GREEDY_CACHE.popitem(last=False)
+        order, trace = _GREEDY_CACHE[key]
+        return CriterionResult(self.name, {name: float(i) for i, name in enumerate(order)}, self.params(),
+                               {"order": list(order), "after_each": [dict(t) for t in trace]})
+
+    def _order(self, ctx: ScoringContext) -> tuple[list[str], list[dict[str, float]]]:
+        repair = ctx.repair_policy.enabled
+        batches = ctx.repair_data()[:self.repair_batches] if repair else []
+
+        def measure(model: nn.Module) -> EvalResult:
+            if repair:
+                ctx.repair_policy.apply(model, batches)
+            return ctx.evaluate(model)
+
+        protected = set(ctx.protect)
+        candidates = [b for b in removable(ctx) if b.name not in protected and b.can_remove(ctx.collapse)]
+        plan = StagePlan(ctx.blocks)
+        current = copy.deepcopy(ctx.model)
+        order: list[str] = []
+        trace: list[dict[str, float]] = []
+        left = list(candidates)
+        while True:
+            options = [b for b in left if b.collapsible or plan.left.get(b.stage, 0) > 1]
+            if not options:
+                break
+            results = {b.name: measure(without(copy.deepcopy(current), b))
+                       for b in ctx.track(options, f"{self.name}: step {len(order) + 1}")}
+            value = (lambda r: r.loss) if self.metric == "loss" else (lambda r: -r.accuracy)
+            best = min(options, key=lambda b: value(results[b.name]))  # ties: the earliest block
+            without(current, best)
+            plan.try_remove(best)
+            left.remove(best)
+            order.append(best.name)
+            trace.append({"loss": results[best.name].loss, "accuracy": results[best.name].accuracy})
+        return order, trace

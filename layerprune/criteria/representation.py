@@ -3,6 +3,9 @@ and ``linear_probe``. All read features from the shared stream (one forward pass
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -42,6 +45,52 @@ class BlockInfluenceCriterion(Criterion):
     def score(self, ctx: ScoringContext) -> dict[str, float]:
         _, stats = ctx.feature_stats(block=self.block_stats())
         return _mean_over_batches(stats["block_influence"])
+
+
+def angular_distance(f_in: torch.Tensor, f_out: torch.Tensor) -> float | None:
+    """Mean over samples of ``arccos(cos(input, output)) / π``, in [0, 1] (Gromov et al., 2024);
+    ``None`` when the two shapes differ."""
+    if f_in.shape != f_out.shape:
+        return None
+    return float(torch.arccos(cosine_per_sample(f_in, f_out).clamp(-1.0, 1.0)).mean() / math.pi)
+
+
+class AngularCriterion(Criterion):
+    """Angular distance between the input of a run of ``n`` consecutive blocks and its output.
+
+    Source: Gromov et al., "The Unreasonable Ineffectiveness of the Deeper Layers", 2024: the run
+    whose output is closest in angle to its input (``arccos(cos)/π``, there at the last token;
+    here each sample's flattened features, averaged over samples) changes the representation
+    least, and is removed as a whole. The criterion's own rule (``run``) removes exactly that
+    one run of ``n`` blocks; a block's score (what the other rules read) is its own distance
+    (the run of one). Runs stay inside a stage and need the same input and output shape.
+    Cost: one forward pass, ``N × features`` per block and per run.
+    """
+
+    description = "Angular distance across a run of n blocks; removes the closest run (Gromov et al. 2024)"
+
+    def __init__(self, n: int = 2) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise LayerpruneError(f"n: must be an integer ≥ 1, got {n!r}")
+        self.n = n
+
+    @property
+    def default_rule(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"rule": "run", "n": self.n}
+
+    def block_stats(self):
+        return {"angular": lambda f_in, f_out, _labels: angular_distance(f_in, f_out)}
+
+    def run_stats(self):
+        return {f"angular(n={self.n})": (self.n, lambda f_in, f_out, _labels: angular_distance(f_in, f_out))}
+
+    def score(self, ctx: ScoringContext) -> CriterionResult:
+        _, stats = ctx.feature_stats(block=self.block_stats(), runs=self.run_stats())
+        scores = _mean_over_batches(stats["angular"])
+        runs = _mean_over_batches(stats[f"angular(n={self.n})"])
+        return CriterionResult(self.name, scores, self.params(), {
+            "runs": {"n": self.n, "scores": runs, "blocks": {b: list(r) for b, r in ctx.runs(self.n).items() if b in runs}},
+        })
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -8,7 +8,9 @@ stage. Rules differ only in when they stop:
 * ``threshold`` — remove every block scoring strictly below ``threshold``;
 * ``count`` — remove the ``k`` lowest (or ``fraction`` of the candidates);
 * ``budget`` — remove lowest first until the parameters (``params``) or MACs (``macs``) fall by
-  at least that fraction of the model's total.
+  at least that fraction of the model's total;
+* ``run`` — remove the one run of ``n`` consecutive blocks of a stage that scores lowest: by the
+  criterion's own run scores where it has them (``angular``), else by the sum of its blocks' scores.
 
 >>> select_blocks({"layer1.0": 0.1, "layer1.1": 0.01}, blocks, rule="threshold", threshold=0.03)  # doctest: +SKIP
 ['layer1.1']
@@ -23,7 +25,7 @@ from typing import Any, Callable, Iterable, Mapping
 from layerprune.errors import LayerpruneError
 from layerprune.params import check_parameters
 from layerprune.registry import Registry, did_you_mean
-from layerprune.surgery.blocks import Block, StagePlan
+from layerprune.surgery.blocks import Block, StagePlan, stages
 
 # A rule gets the plan (with its ``try_remove``) and the candidates, lowest score first.
 Rule = Callable[..., None]
@@ -128,9 +130,50 @@ def budget_rule(plan: Plan, ordered: list[tuple[Block, float]], *, params: float
         )
 
 
+@RULES.register("run")
+def run_rule(plan: Plan, ordered: list[tuple[Block, float]], *, n: int,
+             runs: Mapping[str, Any] | None = None) -> None:
+    """Remove the lowest-scoring run of ``n`` consecutive blocks of one stage.
+
+    ``runs`` (given by :func:`select_blocks`, from a criterion that scores runs) is
+    ``{"n": n, "scores": {first block: score}}``; without it a run scores the sum of its blocks'.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise RuleParameterError("n", f"must be an integer ≥ 1, got {n!r}")
+    if runs is not None and runs.get("n") != n:
+        raise RuleParameterError("n", f"the criterion scored runs of {runs.get('n')} blocks, not {n} "
+                                      "(set the criterion's n to the same number)")
+    if not ordered and not plan.blocks:
+        return  # a parameter check: nothing to choose from
+    allowed = {b.name: score for b, score in ordered}
+    best: tuple[float, list[Block]] | None = None
+    for stage, members in stages(plan.blocks).items():
+        if not stage:
+            continue
+        for i in range(len(members) - n + 1):
+            run = members[i:i + n]
+            if any(b.name not in allowed for b in run):
+                continue
+            if sum(not b.collapsible for b in run) >= plan.left.get(stage, 0):
+                continue  # it would empty the stage
+            if runs is not None:
+                score = runs["scores"].get(run[0].name)
+                if score is None:
+                    continue  # the criterion could not score it (e.g. input and output shapes differ)
+            else:
+                score = sum(allowed[b.name] for b in run)
+            if best is None or score < best[0]:
+                best = (float(score), run)
+    if best is None:
+        raise LayerpruneError(f"rule 'run': no run of {n} consecutive removable blocks in one stage "
+                              "(not protected, at least one kept per stage)")
+    for block in best[1]:
+        plan.try_remove(block)
+
+
 def rule_parameters(rule: str) -> list[str]:
     fn = RULES.get(rule)
-    return [p for p in inspect.signature(fn).parameters if p not in ("plan", "ordered")]
+    return [p for p in inspect.signature(fn).parameters if p not in ("plan", "ordered", "runs")]
 
 
 def rule_problems(rule: str, params: Mapping[str, Any], where: str = "") -> list[str]:
@@ -154,12 +197,14 @@ def select_blocks(
     rule: str = "threshold",
     protect: Iterable[str] = (),
     collapse: bool = False,
+    runs: Mapping[str, Any] | None = None,
     **params: Any,
 ) -> list[str]:
     """The names of the blocks to remove, in forward order.
 
     ``scores`` maps block name → importance (higher = keep); ``blocks`` come from
-    :func:`~layerprune.find_blocks`. Blocks without a score are kept.
+    :func:`~layerprune.find_blocks`. Blocks without a score are kept. ``runs`` are a criterion's
+    scores of runs of blocks (its result's ``diagnostics["runs"]``), read by the ``run`` rule.
     """
     fn = RULES.get(rule)
     problems = rule_problems(rule, params)
@@ -177,6 +222,8 @@ def select_blocks(
         key=lambda bs: bs[1],
     )
     plan = Plan(blocks)
+    if runs is not None and "runs" in inspect.signature(fn).parameters:
+        params = {**params, "runs": runs}
     fn(plan, ordered, **params)
     chosen = {b.name for b in plan.removed}
     return [b.name for b in blocks if b.name in chosen]

@@ -66,6 +66,7 @@ class ProbeGroup:
     probes: list[Probe]
     blocks: list[str]
     resumes_from: Probe | None = None  # the previous group's last probe: where this pass resumes
+    spans: list[tuple[str, str]] = field(default_factory=list)  # (before, after) probe pairs it completes
 
 
 @dataclass(frozen=True)
@@ -174,15 +175,25 @@ class FeatureStream:
         return model_device(self.model)
 
     # -- grouping -------------------------------------------------------------------------------
-    def groups(self, samples: int, pairs: bool = True) -> list[ProbeGroup]:
+    def groups(self, samples: int, pairs: bool = True,
+               spans: Sequence[tuple[str, str]] = ()) -> list[ProbeGroup]:
         """Probes cut into groups whose features for ``samples`` fit the budget. With ``pairs``,
-        each block's probes before and after it land in one group (block statistics need both).
-        A group's budget includes the probe its pass resumes from (the previous group's last),
-        which is held while the group is read, unless the group's first probe can take over its
-        buffer."""
+        each block's probes before and after it land in one group (block statistics need both);
+        so do the two probes of each of ``spans`` (a run of blocks: the probe before its first
+        block and the one after its last). A group's probes are in forward order. Its budget
+        includes the probe its pass resumes from (the previous group's last), which is held while
+        the group is read, unless the group's first probe can take over its buffer."""
         by_name = {p.name: p for p in self.probes}
-        units = ([(b, [by_name[before], by_name[after]]) for b, (before, after) in self.block_probes.items()]
-                 if pairs else [(None, [p]) for p in self.probes])
+        order = {p.name: i for i, p in enumerate(self.probes)}
+        units: list[tuple[str | None, tuple[str, str] | None, list[Probe]]] = (
+            [(b, pair, [by_name[pair[0]], by_name[pair[1]]]) for b, pair in self.block_probes.items()]
+            if pairs else [(None, None, [p]) for p in self.probes])
+        known = {pair for _, pair, _ in units}
+        for before, after in dict.fromkeys(spans):
+            if (before, after) not in known:
+                units.append((None, (before, after), [by_name[before], by_name[after]]))
+        # A unit is complete once its later probe is read: group them by that, in forward order.
+        units.sort(key=lambda u: (order[u[2][-1].name], order[u[2][0].name]))
 
         def held(group: ProbeGroup, extra: list[Probe]) -> int:
             probes = group.probes + extra
@@ -190,21 +201,30 @@ class FeatureStream:
             resumed = [at] if at is not None and at not in probes and _reuses(at, probes) is None else []
             return sum(p.numel for p in probes + resumed) * samples * 4
 
+        def add(group: ProbeGroup, block: str | None, pair: tuple[str, str] | None, extra: list[Probe]) -> None:
+            group.probes = sorted(group.probes + extra, key=lambda p: order[p.name])
+            group.blocks.extend([block] if block else [])
+            group.spans.extend([pair] if pair else [])
+            at = group.resumes_from
+            if at is not None and order[group.probes[0].name] < order[at.name]:
+                group.resumes_from = None  # a probe before the resume point: this pass starts at the image
+
         groups: list[ProbeGroup] = []
-        for block, need in units:
+        for block, pair, need in units:
             if groups:
                 current = groups[-1]
                 extra = [p for p in need if p not in current.probes]
                 if held(current, extra) <= self.memory_budget:
-                    current.probes.extend(extra)
-                    current.blocks.extend([block] if block else [])
+                    add(current, block, pair, extra)
                     continue
             resumes_from = groups[-1].probes[-1] if groups and self.resume else None
-            groups.append(ProbeGroup(list(need), [block] if block else [], resumes_from))
+            group = ProbeGroup([], [], resumes_from)
+            add(group, block, pair, list(dict.fromkeys(need)))
+            groups.append(group)
         largest = max((held(g, []) for g in groups), default=0)
         if largest > self.memory_budget:
             warnings.warn(f"memory_budget ({self.memory_budget / 2**30:.2f} GiB) is below what one "
-                          f"{'block' if pairs else 'probe'} needs at {samples} samples "
+                          f"{'block' if pairs or spans else 'probe'} needs at {samples} samples "
                           f"({largest / 2**30:.2f} GiB); using that", ResourceWarning, stacklevel=4)
         return groups
 
@@ -214,14 +234,25 @@ class FeatureStream:
         batches: Sequence[Pair],
         probe_fns: dict[str, ProbeStat],
         block_fns: dict[str, BlockStat],
+        span_fns: dict[str, tuple[dict[str, tuple[str, str]], BlockStat]] | None = None,
     ) -> tuple[dict[str, dict[str, list[Any]]], dict[str, dict[str, list[Any]]]]:
         """Per-probe and per-block statistics, one value per batch:
-        ``({key: {probe: [value per batch]}}, {key: {block: [value per batch]}})``."""
+        ``({key: {probe: [value per batch]}}, {key: {block: [value per batch]}})``.
+
+        ``span_fns`` maps a key to ``(spans, fn)``: ``spans`` names pairs of probes (``name →
+        (before, after)``, e.g. a run of blocks) and ``fn(features_before, features_after, labels)``
+        is computed for each; its values are returned with the block statistics, under the key."""
+        span_fns = span_fns or {}
         probe_out = {key: {p.name: [] for p in self.probes} for key in probe_fns}
         block_out = {key: {b: [] for b in self.block_probes} for key in block_fns}
+        block_out.update({key: {name: [] for name in spans} for key, (spans, _) in span_fns.items()})
         if not batches:
             return probe_out, block_out
-        groups = self.groups(len(batches[0][0]), pairs=bool(block_fns))
+        by_pair: dict[tuple[str, str], list[tuple[str, str, BlockStat]]] = {}
+        for key, (spans, fn) in span_fns.items():
+            for name, pair in spans.items():
+                by_pair.setdefault(tuple(pair), []).append((key, name, fn))
+        groups = self.groups(len(batches[0][0]), pairs=bool(block_fns), spans=list(by_pair))
         with _progress(self.progress) as bar:
             task = bar.add_task("features", total=len(batches) * len(groups)) if bar else None
             for x, y in batches:
@@ -230,8 +261,9 @@ class FeatureStream:
                 read: dict[str, torch.Tensor] = {}  # the previous group's last probe, where the next resumes
                 for group in groups:
                     # A probe that an earlier group already handed to the probe statistics is
-                    # read again only when a block statistic needs it.
-                    wanted = group.probes if group.blocks else [p for p in group.probes if p.name not in done]
+                    # read again only when a block or span statistic needs it.
+                    pairs_done = group.blocks or group.spans
+                    wanted = group.probes if pairs_done else [p for p in group.probes if p.name not in done]
                     at = group.resumes_from
                     feats = self.collect(x, wanted, resume_from=(at, read[at.name]) if at and at.name in read else None)
                     for p in group.probes:
@@ -244,6 +276,9 @@ class FeatureStream:
                         before, after = self.block_probes[name]
                         for key, fn in block_fns.items():
                             block_out[key][name].append(fn(feats[before], feats[after], labels))
+                    for pair in group.spans:
+                        for key, name, fn in by_pair.get(pair, ()):
+                            block_out[key][name].append(fn(feats[pair[0]], feats[pair[1]], labels))
                     last = group.probes[-1].name
                     read = {last: feats[last]} if last in feats else {}
                     del feats

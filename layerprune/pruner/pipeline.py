@@ -22,13 +22,14 @@ from layerprune.calibration import Calibration, Pair, Repair, load_samples, micr
 from layerprune.criteria.base import Criterion, CriterionResult
 from layerprune.criteria.catalog import get_criterion
 from layerprune.criteria.context import ScoringContext
-from layerprune.criteria.selection import RULES, rule_problems, select_blocks
+from layerprune.criteria.selection import RULES, removed_share, rule_problems, select_blocks
 from layerprune.errors import LayerpruneError
 from layerprune.evaluation import EvalResult, evaluate, model_device
 from layerprune.surgery.blocks import Block
 from layerprune.surgery.remove import remove_blocks
 
 Evaluate = Callable[[nn.Module], EvalResult]
+EACH = "each"  # steps=EACH: one block per step, re-scored before each
 
 
 @dataclass
@@ -95,7 +96,10 @@ class Pruner:
     the criterion's own rule is used (``rule_params`` then adjust it). With ``steps > 1``: under
     ``threshold`` each step removes its share of the blocks still below the threshold; under
     ``count`` and ``budget`` the first step's plan fixes how many blocks go, removed in near-equal
-    shares. The input model is never modified.
+    shares. ``steps="each"`` removes one block per step, re-scoring before each: under
+    ``threshold`` until no block scores below it, under ``count`` until ``k`` are gone, under
+    ``budget`` until the removed blocks carry the budget's share of the unpruned model. The
+    ``run`` rule removes one run at once (``steps=1``). The input model is never modified.
     """
 
     def __init__(
@@ -107,7 +111,7 @@ class Pruner:
         rule_params: Mapping[str, Any] | None = None,
         calibration: Calibration = Calibration(),
         repair: Repair = Repair(),
-        steps: int = 1,
+        steps: int | str = 1,
         collapse: bool = False,
         protect: Sequence[str] = (),
         progress: bool = False,
@@ -128,8 +132,10 @@ class Pruner:
         if problems:
             raise LayerpruneError(f"rule {name!r}: {'; '.join(problems)}")
         self.rule = {**chosen, "rule": name}
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise LayerpruneError(f"steps: must be an integer ≥ 1, got {steps!r}")
+        if steps != EACH and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise LayerpruneError(f"steps: must be an integer ≥ 1 or {EACH!r} (one block per step), got {steps!r}")
+        if name == "run" and steps != 1:
+            raise LayerpruneError(f"steps: rule 'run' removes one run of blocks at once; use steps=1, got {steps!r}")
         if not isinstance(calibration, Calibration):
             raise LayerpruneError(f"calibration: must be a layerprune.Calibration, got {type(calibration).__name__}")
         if not isinstance(repair, Repair):
@@ -147,7 +153,7 @@ class Pruner:
     def context(self, model: nn.Module, data: Any, *, blocks: list[Block] | None = None) -> ScoringContext:
         """The scoring context every criterion of this pruner sees: its calibration and repair."""
         return ScoringContext(model, data, calibration=self.calibration, repair=self.repair, blocks=blocks,
-                              progress=self.progress)
+                              progress=self.progress, protect=self.protect, collapse=self.collapse)
 
     def score(self, model: nn.Module, data: Any) -> Scored:
         """The criterion's scores for ``model``'s blocks (``model`` is not changed)."""
@@ -155,12 +161,17 @@ class Pruner:
         drawn = {**self.calibration.to_dict(), "samples": ctx.samples, "batches": ctx.num_batches}
         return Scored(self.criterion(ctx), ctx.blocks, ctx.example_input, drawn)
 
-    def plan(self, scores: Mapping[str, float], blocks: list[Block], *, count: int | None = None) -> list[str]:
-        """The blocks the rule removes, in forward order (``count``: the ``count`` lowest instead)."""
+    def plan(self, scores: Mapping[str, float] | CriterionResult, blocks: list[Block], *,
+             count: int | None = None) -> list[str]:
+        """The blocks the rule removes, in forward order (``count``: the ``count`` lowest instead).
+        ``scores`` may be the criterion's whole result, whose run scores the ``run`` rule reads."""
+        runs = None
+        if isinstance(scores, CriterionResult):
+            scores, runs = scores.scores, scores.diagnostics.get("runs")
         rule = {"rule": "count", "k": count} if count is not None else self.rule
         params = {k: v for k, v in rule.items() if k != "rule"}
         return select_blocks(scores, blocks, rule=rule["rule"], protect=self.protect, collapse=self.collapse,
-                             **params)
+                             runs=runs, **params)
 
     def repair_batches(self, data: Any) -> list[Pair]:
         """The batches BatchNorm is repaired with: the same ones the criteria's contexts use."""
@@ -215,21 +226,39 @@ class Pruner:
         records: list[PruneStep] = []
         removed: list[str] = []
         total: int | None = None
-        for i in range(1, self.steps + 1):
+        first_blocks: list[Block] = []
+        rule = self.rule["rule"]
+        each = self.steps == EACH
+        i = 0
+        while each or i < self.steps:
+            i += 1
             scored = self.score(current, data)
             scores = scored.scores
+            if i == 1:
+                first_blocks = scored.blocks
             if self.steps == 1:
-                chosen = self.plan(scores, scored.blocks)
-            elif self.rule["rule"] == "threshold":
+                chosen = self.plan(scored.result, scored.blocks)
+            elif rule == "threshold":
                 # The blocks still below the threshold, re-scored; this step takes its share of them.
                 below = self.plan(scores, scored.blocks)
-                chosen = sorted(below, key=lambda n: scores[n])[:math.ceil(len(below) / (self.steps - i + 1))]
+                share = 1 if each else math.ceil(len(below) / (self.steps - i + 1))
+                chosen = sorted(below, key=lambda n: scores[n])[:share]
             else:
-                # The first plan's number of blocks, removed in near-equal steps, re-scored each time.
+                # The first plan's number of blocks (checks the budget can be met), then near-equal
+                # shares of it, re-scored each time; one by one with steps="each".
                 if total is None:
                     total = len(self.plan(scores, scored.blocks))
-                k = round(total * i / self.steps) - round(total * (i - 1) / self.steps)
-                chosen = self.plan(scores, scored.blocks, count=k)
+                if each:
+                    done = self._budget_met(first_blocks, removed) if rule == "budget" else len(removed) >= total
+                    k = 0 if done else 1
+                else:
+                    k = round(total * i / self.steps) - round(total * (i - 1) / self.steps)
+                try:
+                    chosen = self.plan(scores, scored.blocks, count=k)
+                except LayerpruneError:
+                    chosen = []  # nothing left that may go
+            if each and not chosen and records:
+                break
             chosen = sorted(chosen, key=lambda n: scores[n])  # removal order: least important first
             current, record = self.remove(current, chosen, data, blocks=scored.blocks,
                                           example_input=scored.example_input, evaluate_with=measure, step=i)
@@ -238,7 +267,15 @@ class Pruner:
             records.append(record)
             if after_step is not None:
                 after_step(record, current)
+            if each and not chosen:
+                break
         return PruneResult(current, removed, dict(records[-1].scores), records)
+
+    def _budget_met(self, blocks: list[Block], removed: list[str]) -> bool:
+        """Whether ``removed`` carry the budget rule's share of the unpruned model (its ``blocks``)."""
+        params_share, macs_share = removed_share(blocks, removed)
+        key = "params" if self.rule.get("params") is not None else "macs"
+        return (params_share if key == "params" else macs_share) >= self.rule[key] - 1e-12
 
     def _calibration_eval(self, data: Any) -> Evaluate:
         pieces = micro_batches(self.calibration.load(data))  # what ScoringContext.evaluate measures on
