@@ -85,6 +85,6 @@ def score_model(
     model = create_model_for(model_name, bundle, checkpoint=checkpoint, seed=calibration.seed, **(model_args or {}))
     model.to(resolve_device(device))
     scored = pruner.score(model, bundle)
-    removed = pruner.plan(scored.scores, scored.blocks)
+    removed = pruner.plan(scored.result, scored.blocks)
     return ScoreReport(model_name, data, scored.result, scored.blocks, dict(pruner.rule), removed,
                        scored.calibration)

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from layerprune import distributed
+from layerprune.criteria.base import CriterionResult
 from layerprune.criteria.catalog import criterion_parameters, get_criterion
 from layerprune.errors import LayerpruneError
 from layerprune.recipe.rundir import RunDir
@@ -115,9 +116,10 @@ class Bench:
         return record
 
     def depth_trial(self, criterion: str, budget: dict[str, float], seed: int) -> dict[str, Any]:
-        scores = self.scores(criterion, seed)["scores"]
+        stored = self.scores(criterion, seed)
         pruner = self.runner.pruner(criterion=criterion, rule=budget_rule(budget), seed=seed)
-        removed = pruner.plan(scores, self.blocks)
+        removed = pruner.plan(CriterionResult(criterion, stored["scores"], diagnostics=stored["diagnostics"]),
+                              self.blocks)
         pruned, step = pruner.remove(self.runner.base_model(), removed, self.runner.build_data(), blocks=self.blocks,
                                      example_input=self.runner.example_input(), evaluate_with=self.runner.evaluate)
         return self._finish(pruned, seed, {"criterion": criterion, "budget": budget_name(budget), "seed": seed,

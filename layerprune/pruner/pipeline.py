@@ -58,6 +58,7 @@ class PruneStep:
     after_surgery: EvalResult | None = None
     after_repair: EvalResult | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # what a callback adds (e.g. finetuning)
+    last: bool = True  # no step follows (with steps="each": as far as this step can tell)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"step": self.step, "removed": list(self.removed)}
@@ -258,12 +259,20 @@ class Pruner:
                 except LayerpruneError:
                     chosen = []  # nothing left that may go
             if each and not chosen and records:
+                records[-1].last = True
                 break
             chosen = sorted(chosen, key=lambda n: scores[n])  # removal order: least important first
             current, record = self.remove(current, chosen, data, blocks=scored.blocks,
                                           example_input=scored.example_input, evaluate_with=measure, step=i)
             record.scores, record.result = dict(scores), scored.result
             removed.extend(chosen)
+            if not each:
+                record.last = i == self.steps
+            elif rule == "threshold":
+                record.last = not chosen or len(below) <= 1
+            else:
+                record.last = not chosen or (self._budget_met(first_blocks, removed) if rule == "budget"
+                                             else len(removed) >= (total or 0))
             records.append(record)
             if after_step is not None:
                 after_step(record, current)

@@ -80,14 +80,14 @@ class Runner(Resources):
         stored = self.run.read_json("scores.json")
         blocks = find_blocks(self.base_model(), self.example_input())
         pruner = self.pruner()
-        removed = pruner.plan(stored["scores"], blocks)
+        result = CriterionResult(stored["criterion"], stored["scores"], stored["params"], stored["diagnostics"])
+        removed = pruner.plan(result, blocks)
         params_share, macs_share = removed_share(blocks, removed)
         self.run.write_json("plan.json", {
             "rule": pruner.rule, "protect": self.recipe.select.protect, "collapse": self.recipe.select.collapse,
             "removed": removed, "params_reduction_estimate": params_share, "macs_reduction_estimate": macs_share,
         })
         if self.run.file("modularity_curve.png").exists():  # redraw with the chosen blocks marked
-            result = CriterionResult(stored["criterion"], stored["scores"], stored["params"], stored["diagnostics"])
             plot_result(result, self.run.file("modularity_curve.png"), rule=pruner.rule, removed=removed,
                         title=f"{self.recipe.model.name} on {self.recipe.data.dataset}")
 
@@ -102,7 +102,7 @@ class Runner(Resources):
         else:
             def after_step(record: PruneStep, model: nn.Module) -> None:
                 self._write_scores(record.result, prefix=f"step{record.step}_", removed=record.removed)
-                if record.step < rc.prune.steps and rc.prune.epochs_between:
+                if not record.last and rc.prune.epochs_between:
                     settings = self.settings(rc.finetune, epochs=rc.prune.epochs_between)
                     record.extra["finetune"] = self.fit(model, settings, f"step{record.step}_finetune")
 

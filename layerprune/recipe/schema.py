@@ -8,7 +8,7 @@ afterwards by :func:`layerprune.recipe.load.semantic_errors`, so that every erro
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -82,9 +82,9 @@ class CriterionSection(Section):
 class SelectSection(Section):
     """How scores become the blocks to remove."""
 
-    rule: Optional[str] = Field(None, description="threshold, count or budget (default: the criterion's own rule)")
+    rule: Optional[str] = Field(None, description="threshold, count, budget or run (default: the criterion's own rule)")
     params: dict[str, Any] = Field(default_factory=dict,
-                                   description="the rule's parameters: threshold; k or fraction; params or macs (fractions)")
+                                   description="the rule's parameters: threshold; k or fraction; params or macs (fractions); n (run)")
     protect: list[str] = Field(default_factory=list, description="blocks never removed")
     collapse: bool = Field(False, description="allow collapsing downsampling blocks to their shortcut")
 
@@ -92,12 +92,20 @@ class SelectSection(Section):
 class PruneSection(Section):
     """Surgery: one shot or in steps."""
 
-    steps: int = Field(1, gt=0, description="1: one shot; N: score, remove a share and finetune, N times")
-    epochs_between: int = Field(1, ge=0, description="finetune epochs after each step but the last (steps > 1)")
+    steps: Union[int, str] = Field(
+        1, description="1: one shot; N > 1: score, remove a share and finetune, N times; each: one block per step")
+    epochs_between: int = Field(1, ge=0, description="finetune epochs after each step but the last (steps > 1 or each)")
     repair: bool = Field(Repair.enabled, description="re-estimate BatchNorm statistics right after surgery "
                          "(and, for ablation and sr_init, after each candidate removal: the same batches)")
     repair_batches: int = Field(Repair.batches, gt=0, description="training batches used for the repair (without augmentation)")
     repair_batch_size: int = Field(Repair.batch_size, gt=0, description="samples per repair batch")
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _steps(cls, value: Any) -> Any:
+        if value == "each" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise ValueError(f"must be an integer > 0 or 'each' (got {value!r})")
 
 
 class EvalSection(Section):

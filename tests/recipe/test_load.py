@@ -80,7 +80,8 @@ def problems_of(tmp_path, recipe, overrides=()):
     (["data.root=/data"], "data.root: dataset 'digits' has no root option"),
     (["pretrain=null"], "pretrain: required when model.checkpoint is not given"),
     (["finetune.optimizer=adam"], "finetune.optimizer: Input should be 'sgd' or 'adamw' (got 'adam')"),
-    (["prune.steps=0"], "prune.steps: Input should be greater than 0 (got 0)"),
+    (["prune.steps=0"], "prune.steps: must be an integer > 0 or 'each' (got 0)"),
+    (["prune.steps=all"], "prune.steps: must be an integer > 0 or 'each' (got 'all')"),
     (["device=gpu9"], "device: must be auto, cpu, cuda or cuda:N (got 'gpu9')"),
     (["finetune.precision=16"], "finetune.precision: Input should be '32', 'bf16' or 'fp16' (got '16')"),
 ])
