@@ -39,6 +39,7 @@ ENTRY_POINT_GROUP = "layerprune.criteria"
 CRITERIA: Registry[Any] = Registry("criterion")
 for _name, _target in (
     ("modularity", "layerprune.criteria.curve:ModularityCriterion"),
+    ("modularity_removal", "layerprune.criteria.curve:ModularityRemovalCriterion"),
     ("random", "layerprune.criteria.simple:RandomCriterion"),
     ("tail", "layerprune.criteria.simple:TailCriterion"),
     ("magnitude", "layerprune.criteria.simple:MagnitudeCriterion"),

@@ -23,6 +23,7 @@ from layerprune.calibration import Calibration
 from layerprune.criteria.base import Criterion, CriterionResult
 from layerprune.criteria.context import ScoringContext
 from layerprune.criteria.graph import modularity
+from layerprune.criteria.oracle import RemovalCriterion
 from layerprune.errors import LayerpruneError
 from layerprune.plots import pyplot, save_png
 
@@ -172,3 +173,29 @@ class ModularityCriterion(Criterion):
     def score(self, ctx: ScoringContext) -> CriterionResult:
         curve = _curve_from(ctx, self.k)
         return CriterionResult(self.name, curve.deltas(), self.params(), {"curve": curve})
+
+
+class ModularityRemovalCriterion(RemovalCriterion):
+    """How much class separation the model's final representation loses without the block:
+    ``Q(penultimate features) − Q(penultimate features with the block removed)``.
+
+    layerprune's variant of Lu et al.'s criterion (same graph, same modularity Q of the label
+    partition), measured where it matters instead of across the block: ΔQ is local, and on data
+    whose classes already separate at the stem it is tiny everywhere; the first block of a stage
+    can even lower Q while later blocks depend on what it computes (its removal then costs the
+    most). Here each block is removed in turn (the identity, or collapsed to its shortcut), the
+    copy's BatchNorm statistics are re-estimated with the first ``repair_batches`` of the
+    context's repair batches (``None``: all of them; ``repair=False``: none), and Q is measured on
+    the classifier's input. Measurements and reasoning: docs/criteria.md. Cost: per block, the
+    repair plus one forward pass over the calibration samples and one graph.
+    """
+
+    description = "Drop of the penultimate features' modularity Q when the block is removed (layerprune's variant of Lu et al.)"
+
+    def __init__(self, k: int = 3, repair: bool = True, repair_batches: int | None = 5) -> None:
+        _check_k(k)
+        self.k = k
+        super().__init__(repair, repair_batches)
+
+    def change(self, base, changed, labels) -> float:
+        return modularity(base, labels, self.k) - modularity(changed, labels, self.k)

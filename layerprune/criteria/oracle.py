@@ -211,7 +211,46 @@ def penultimate(model: nn.Module, pieces: list[tuple[torch.Tensor, torch.Tensor]
     return torch.cat(grabbed if head else outputs)
 
 
-class CKARemovalCriterion(Criterion):
+class RemovalCriterion(Criterion):
+    """Base of criteria that compare the model's penultimate features (the classifier's input)
+    with those of the model without the block: :meth:`change` says how much they moved."""
+
+    def __init__(self, repair: bool = False, repair_batches: int | None = None) -> None:
+        self.repair = bool(repair)
+        self.repair_batches = _check_repair_batches(repair_batches)
+
+    def change(self, base: torch.Tensor, changed: torch.Tensor, labels: torch.Tensor) -> float:
+        raise NotImplementedError
+
+    def score(self, ctx: ScoringContext) -> CriterionResult:
+        head = head_input(ctx.model)
+        batches = [ctx.batch(i) for i in range(ctx.num_batches)]
+        repair = self.repair and ctx.repair_policy.enabled
+        repair_data = ctx.repair_data()[:self.repair_batches] if repair else []
+
+        def features(model: nn.Module) -> list[torch.Tensor]:
+            return [penultimate(model, [(piece, y) for piece in x.split(ctx.micro_batch)], ctx.device, head)
+                    for x, y in batches]
+
+        # Repaired, the reference gets the same repair, so that a block that does nothing scores 0.
+        base = features(ctx.repair_policy.apply(copy.deepcopy(ctx.model), repair_data) if repair else ctx.model)
+        scores = {}
+        for block in ctx.track(removable(ctx), self.name):
+            changed = without(copy.deepcopy(ctx.model), block)
+            if repair:
+                ctx.repair_policy.apply(changed, repair_data)
+            scores[block.name] = float(np.mean([self.change(a, b, y.to(a.device)) for a, b, (_, y)
+                                                in zip(base, features(changed), batches)]))
+        return CriterionResult(self.name, scores, self.params(), {"features": head or "logits", "repair": repair})
+
+
+def _check_repair_batches(value: int | None) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise LayerpruneError(f"repair_batches: must be an integer ≥ 1 or None (all), got {value!r}")
+    return value
+
+
+class CKARemovalCriterion(RemovalCriterion):
     """``1 − CKA(features of the model, features of the model without the block)``.
 
     Source: Pons et al., "Effective Layer Pruning Through Similarity Metric Perspective", ICPR
@@ -220,31 +259,14 @@ class CKARemovalCriterion(Criterion):
     model with the block removed; the block whose removal changes it least goes first. This
     differs from ``cka``, which compares a block's own input and output. As in the paper,
     without BatchNorm repair by default (``repair=True`` re-estimates each copy's statistics with
-    the context's ``Repair``). Cost: per block, one forward pass over the calibration samples
-    (plus the repair's batches with ``repair=True``).
+    the first ``repair_batches`` of the context's repair batches, ``None``: all). Cost: per
+    block, one forward pass over the calibration samples (plus the repair's batches).
     """
 
     description = "1 − CKA of the model's penultimate features with and without the block (Pons et al., ICPR 2024)"
 
-    def __init__(self, repair: bool = False) -> None:
-        self.repair = bool(repair)
-
-    def score(self, ctx: ScoringContext) -> CriterionResult:
-        head = head_input(ctx.model)
-        batches = [ctx.batch(i) for i in range(ctx.num_batches)]
-
-        def features(model: nn.Module) -> list[torch.Tensor]:
-            return [penultimate(model, [(piece, y) for piece in x.split(ctx.micro_batch)], ctx.device, head)
-                    for x, y in batches]
-
-        base = features(ctx.model)
-        scores = {}
-        for block in ctx.track(removable(ctx), self.name):
-            changed = without(copy.deepcopy(ctx.model), block)
-            if self.repair and ctx.repair_policy.enabled:
-                ctx.repair(changed)
-            scores[block.name] = float(np.mean([1.0 - linear_cka(a, b) for a, b in zip(base, features(changed))]))
-        return CriterionResult(self.name, scores, self.params(), {"features": head or "logits"})
+    def change(self, base: torch.Tensor, changed: torch.Tensor, labels: torch.Tensor) -> float:
+        return 1.0 - linear_cka(base, changed)
 
 
 # -- the greedy oracle --------------------------------------------------------------------------------
@@ -289,10 +311,7 @@ class GreedyCriterion(Criterion):
 
     def __init__(self, metric: str = "loss", repair_batches: int | None = 5) -> None:
         self.metric = _check_metric(metric)
-        if repair_batches is not None and (isinstance(repair_batches, bool) or not isinstance(repair_batches, int)
-                                           or repair_batches < 1):
-            raise LayerpruneError(f"repair_batches: must be an integer ≥ 1 or None, got {repair_batches!r}")
-        self.repair_batches = repair_batches
+        self.repair_batches = _check_repair_batches(repair_batches)
 
     def _key(self, ctx: ScoringContext) -> str:
         """The model, the samples it is judged on and repaired with, and the constraints."""

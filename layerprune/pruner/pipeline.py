@@ -276,8 +276,8 @@ class Pruner:
             records.append(record)
             if after_step is not None:
                 after_step(record, current)
-            if each and not chosen:
-                break
+            if each and (not chosen or (record.last and rule != "threshold")):
+                break  # k gone or the budget met: another scoring would choose nothing (threshold may)
         return PruneResult(current, removed, dict(records[-1].scores), records)
 
     def _budget_met(self, blocks: list[Block], removed: list[str]) -> bool:
