@@ -391,3 +391,34 @@ def test_cli_lists_the_new_criteria_with_their_source(fresh_catalog, name, sourc
     assert result.exit_code == 0, result.output
     by_name = {c["name"]: c for c in json.loads(result.stdout)}
     assert source in by_name[name]["description"] and by_name[name]["origin"] == "builtin"
+
+
+# -- modularity_removal ---------------------------------------------------------------------------
+def test_modularity_removal_scores_an_identity_block_zero_and_lowest(trained_resnet20, digits, zero_residual_branch):
+    zero_residual_branch(trained_resnet20, "layer2.1")
+    ctx = ScoringContext(trained_resnet20, digits, calibration=CAL, repair=REPAIR)
+    result = get_criterion("modularity_removal")(ctx)
+    assert result.scores["layer2.1"] == pytest.approx(0.0, abs=1e-9)  # the reference gets the same repair
+    assert lowest(result) == "layer2.1"
+
+
+def test_modularity_removal_is_the_q_drop_of_the_classifiers_input(trained_resnet20, digits):
+    from layerprune import modularity
+
+    ctx = ScoringContext(trained_resnet20, digits, calibration=CAL, repair=REPAIR)
+    result = get_criterion("modularity_removal", repair=False)(ctx)
+    removed = swap_blocks(copy.deepcopy(trained_resnet20), {"layer1.0": ()})
+    drops = []
+    for x, y in ctx.batches():
+        a = hooked(trained_resnet20, x, before=["linear"])[("in", "linear")]
+        b = hooked(removed, x, before=["linear"])[("in", "linear")]
+        drops.append(modularity(a, y) - modularity(b, y))
+    assert result.scores["layer1.0"] == pytest.approx(sum(drops) / len(drops), abs=1e-6)
+
+
+def test_modularity_removal_leaves_the_paper_criterion_unchanged(trained_resnet20, digits):
+    ctx = ScoringContext(trained_resnet20, digits, calibration=CAL, repair=REPAIR)
+    paper = get_criterion("modularity")(ctx)
+    get_criterion("modularity_removal")(ctx)
+    assert get_criterion("modularity")(ctx).scores == paper.scores
+    assert paper.scores == pytest.approx(paper.diagnostics["curve"].deltas())
