@@ -5,7 +5,8 @@ For each setting (model × data set, trained here from scratch), on the calibrat
 
 * per block: its stage and position, Q before and after it, ΔQ, the loss rise when it alone is
   removed (``ablation``, after BatchNorm repair) and what Q says when it is actually removed —
-  Q of the model's penultimate features, and the area under the Q curve after the block;
+  Q of the model's output (logits) and of its penultimate features, and the mean Q drop over the
+  block outputs after it;
 * per candidate criterion: Spearman's ρ with ``ablation``, and the test accuracy after removing
   blocks to the setting's MACs budget and repairing BatchNorm (no finetuning: what the choice
   itself costs).
@@ -49,7 +50,8 @@ SETTINGS = {
 LIBRARY = {
     "modularity": ("modularity", {}),
     "modularity_removal": ("modularity_removal", {}),
-    "modularity_removal_r5": ("modularity_removal", {"repair_batches": 5}),
+    "modularity_removal_penultimate": ("modularity_removal", {"features": "penultimate"}),
+    "modularity_removal_allrepair": ("modularity_removal", {"repair_batches": None}),
     "modularity_removal_norepair": ("modularity_removal", {"repair": False}),
     "tail": ("tail", {}), "cka": ("cka", {}), "random": ("random", {}), "ablation": ("ablation", {}),
     "angular": ("angular", {}), "cka_removal": ("cka_removal", {}), "consensus": ("consensus", {}),
@@ -124,14 +126,15 @@ def study(name: str, cache_dir: Path) -> dict:
         scores[label] = layerprune.get_criterion(c, **params)(ctx).scores
         seconds[label] = time.perf_counter() - start
     abl = layerprune.get_criterion("ablation")(ctx)
-    removal = scores["modularity_removal"]
+    removal = scores["modularity_removal_penultimate"]
 
     per_block = []
     for b in blocks:
         pos = [m.name for m in blocks if m.stage == b.stage].index(b.name)
         per_block.append({"block": b.name, "stage": b.stage, "position": pos, "downsampling": b.collapsible,
                           "q_before": before.get(b.name), "q_after": q[b.name], "delta_q": deltas.get(b.name),
-                          "ablation_loss_rise": abl.scores.get(b.name), "removal_q_drop": removal.get(b.name),
+                          "ablation_loss_rise": abl.scores.get(b.name), "removal_q_drop_logits": scores["modularity_removal"].get(b.name),
+                          "removal_q_drop_penultimate": removal.get(b.name),
                           "removal_auc_drop": auc.get(b.name)})
 
     results = {}

@@ -176,25 +176,31 @@ class ModularityCriterion(Criterion):
 
 
 class ModularityRemovalCriterion(RemovalCriterion):
-    """How much class separation the model's final representation loses without the block:
-    ``Q(penultimate features) − Q(penultimate features with the block removed)``.
+    """How much class separation the model's output loses without the block:
+    ``Q(logits) − Q(logits with the block removed)``.
 
-    layerprune's variant of Lu et al.'s criterion (same graph, same modularity Q of the label
-    partition), measured where it matters instead of across the block: ΔQ is local, and on data
-    whose classes already separate at the stem it is tiny everywhere; the first block of a stage
-    can even lower Q while later blocks depend on what it computes (its removal then costs the
-    most). Here each block is removed in turn (the identity, or collapsed to its shortcut), the
-    copy's BatchNorm statistics are re-estimated with the first ``repair_batches`` of the
-    context's repair batches (``None``: all of them; ``repair=False``: none), and Q is measured on
-    the classifier's input. Measurements and reasoning: docs/criteria.md. Cost: per block, the
-    repair plus one forward pass over the calibration samples and one graph.
+    layerprune's variant of Lu et al.'s criterion (same cosine kNN graph, same modularity Q of the
+    label partition), measured where the model's decision is instead of across the block. ΔQ is
+    local: on data whose classes already separate at the stem it is tiny everywhere, and the first
+    block of a stage can even lower Q while every later block depends on what it computes (its
+    removal then costs the most). Here each block is removed in turn (the identity, or collapsed
+    to its shortcut), the copy's BatchNorm statistics are re-estimated with the first
+    ``repair_batches`` of the context's repair batches (``None``: all; ``repair=False``: none;
+    the reference gets the same repair), and Q is measured on the model's output
+    (``features="logits"``) or on the classifier's input (``"penultimate"``). Defaults chosen on
+    one setting; measurements and reasoning in docs/criteria.md. Cost: per block, the repair plus
+    one forward pass over the calibration samples and one graph.
     """
 
-    description = "Drop of the penultimate features' modularity Q when the block is removed (layerprune's variant of Lu et al.)"
+    description = "Drop of the output's modularity Q when the block is removed (layerprune's variant of Lu et al.)"
 
-    def __init__(self, k: int = 3, repair: bool = True, repair_batches: int | None = 5) -> None:
+    def __init__(self, k: int = 3, repair: bool = True, repair_batches: int | None = 5,
+                 features: str = "logits") -> None:
         _check_k(k)
+        if features not in ("penultimate", "logits"):
+            raise LayerpruneError(f"features: must be 'penultimate' or 'logits', got {features!r}")
         self.k = k
+        self.features = features
         super().__init__(repair, repair_batches)
 
     def change(self, base, changed, labels) -> float:

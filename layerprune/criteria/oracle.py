@@ -215,6 +215,8 @@ class RemovalCriterion(Criterion):
     """Base of criteria that compare the model's penultimate features (the classifier's input)
     with those of the model without the block: :meth:`change` says how much they moved."""
 
+    features = "penultimate"  # or "logits": the model's output
+
     def __init__(self, repair: bool = False, repair_batches: int | None = None) -> None:
         self.repair = bool(repair)
         self.repair_batches = _check_repair_batches(repair_batches)
@@ -223,7 +225,7 @@ class RemovalCriterion(Criterion):
         raise NotImplementedError
 
     def score(self, ctx: ScoringContext) -> CriterionResult:
-        head = head_input(ctx.model)
+        head = head_input(ctx.model) if self.features == "penultimate" else None
         batches = [ctx.batch(i) for i in range(ctx.num_batches)]
         repair = self.repair and ctx.repair_policy.enabled
         repair_data = ctx.repair_data()[:self.repair_batches] if repair else []

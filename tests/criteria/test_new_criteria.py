@@ -402,18 +402,28 @@ def test_modularity_removal_scores_an_identity_block_zero_and_lowest(trained_res
     assert lowest(result) == "layer2.1"
 
 
-def test_modularity_removal_is_the_q_drop_of_the_classifiers_input(trained_resnet20, digits):
+@pytest.mark.parametrize("features", ["logits", "penultimate"])
+def test_modularity_removal_is_the_q_drop_of_the_output_or_the_classifiers_input(trained_resnet20, digits,
+                                                                                    features):
     from layerprune import modularity
 
     ctx = ScoringContext(trained_resnet20, digits, calibration=CAL, repair=REPAIR)
-    result = get_criterion("modularity_removal", repair=False)(ctx)
+    result = get_criterion("modularity_removal", repair=False, features=features)(ctx)
     removed = swap_blocks(copy.deepcopy(trained_resnet20), {"layer1.0": ()})
-    drops = []
-    for x, y in ctx.batches():
-        a = hooked(trained_resnet20, x, before=["linear"])[("in", "linear")]
-        b = hooked(removed, x, before=["linear"])[("in", "linear")]
-        drops.append(modularity(a, y) - modularity(b, y))
+
+    def feats(model, x):
+        if features == "penultimate":
+            return hooked(model, x, before=["linear"])[("in", "linear")]
+        with torch.no_grad():
+            return model.eval()(x)
+
+    drops = [modularity(feats(trained_resnet20, x), y) - modularity(feats(removed, x), y) for x, y in ctx.batches()]
     assert result.scores["layer1.0"] == pytest.approx(sum(drops) / len(drops), abs=1e-6)
+
+
+def test_modularity_removal_refuses_unknown_features():
+    with pytest.raises(LayerpruneError, match="features"):
+        get_criterion("modularity_removal", features="stem")
 
 
 def test_modularity_removal_leaves_the_paper_criterion_unchanged(trained_resnet20, digits):
