@@ -161,12 +161,43 @@ def study(name: str, cache_dir: Path) -> dict:
             "q_stem": curve.mean[0].item(), "q_head": q_head_full, "blocks": per_block, "criteria": results}
 
 
+def tables(done: dict) -> str:
+    """Test accuracy after repair (and ρ with ablation) per criterion and setting, as markdown."""
+    names = list(done)
+    head = "| criterion | " + " | ".join(
+        f"{n} (−{done[n]['macs_budget']:.0%} MACs, base {done[n]['base_test_accuracy']:.1%})" for n in names) + " |"
+    rows = [head, "|---|" + "---:|" * len(names)]
+    for c in CANDIDATES:
+        cells = []
+        for n in names:
+            r = done[n]["criteria"].get(c)
+            if r is None:
+                cells.append("")
+                continue
+            rho = r["spearman_with_ablation"]
+            cells.append(f"{r['test_accuracy_after_repair']:.1%}" + (f" (ρ {rho:+.2f})" if rho is not None else ""))
+        rows.append(f"| `{c}` | " + " | ".join(cells) + " |")
+    blocks = ["", "| setting | block | ΔQ | ablation loss rise | Q drop, logits | Q drop, penultimate |",
+              "|---|---|---:|---:|---:|---:|"]
+    for n in names:
+        for b in done[n]["blocks"]:
+            if b["position"] == 0 or b["block"] == done[n]["blocks"][-1]["block"]:
+                f = lambda v: "" if v is None else f"{v:+.4f}"
+                blocks.append(f"| {n} | {b['block']} | {f(b['delta_q'])} | {f(b['ablation_loss_rise'])} | "
+                              f"{f(b['removal_q_drop_logits'])} | {f(b['removal_q_drop_penultimate'])} |")
+    return "\n".join(rows + blocks)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--out", default="runs/modularity_study.json")
     parser.add_argument("--cache", default="runs/modularity_study_models")
+    parser.add_argument("--table", action="store_true", help="print the markdown tables of --out and stop")
     args = parser.parse_args()
+    if args.table:
+        print(tables(json.loads(Path(args.out).read_text())))
+        return
     torch.set_num_threads(2)
     out = Path(args.out)
     done = json.loads(out.read_text()) if out.is_file() else {}

@@ -29,7 +29,7 @@ PACKAGE_SRC = ROOT / "plugins" / "layerprune-example-criteria" / "src"
 PACKAGE_MODULE = "layerprune_example_criteria"
 PACKAGE_DIST = "layerprune-example-criteria"
 BUILTINS = {"ablation", "block_influence", "cka", "linear_probe", "magnitude", "modularity", "random",
-            "sr_init", "tail", "taylor", "angular", "consensus", "cka_removal", "greedy"}
+            "sr_init", "tail", "taylor", "angular", "consensus", "cka_removal", "greedy", "modularity_removal"}
 
 runner = CliRunner()
 
