@@ -58,7 +58,8 @@ LIBRARY = {
     "block_influence": ("block_influence", {}), "linear_probe": ("linear_probe", {}),
     "greedy": ("greedy", {}),
 }
-CANDIDATES = ["modularity_stage", "modularity_headroom", "modularity_auc", "modularity_each", *LIBRARY]
+CANDIDATES = ["modularity_stage", "modularity_headroom", "modularity_auc", "modularity_each", *LIBRARY,
+              "modularity_removal_each"]
 
 
 def trained(model_name: str, data, epochs: int, lr: float, batch: int, cache: Path) -> torch.nn.Module:
@@ -139,8 +140,8 @@ def study(name: str, cache_dir: Path) -> dict:
 
     results = {}
     for c in CANDIDATES:
-        if c == "modularity_each":
-            pruner = Pruner("modularity", rule="budget", rule_params={"macs": macs}, steps="each",
+        if c.endswith("_each"):  # re-scored after every removal
+            pruner = Pruner(c.removesuffix("_each"), rule="budget", rule_params={"macs": macs}, steps="each",
                             calibration=cal, repair=repair)
             result = pruner.prune(model, data, evaluate_with=lambda m: evaluate(m, test))
             removed, acc, rho = result.removed, result.steps[-1].after_repair.accuracy, None
