@@ -19,7 +19,7 @@ import torch
 from layerprune import build_dataset, create_model, get_criterion, list_criteria, score_blocks
 from layerprune.criteria import ScoringContext
 
-FEATURE_BASED = ["modularity", "block_influence", "cka", "linear_probe"]
+FEATURE_BASED = ["modularity", "block_influence", "angular", "cka", "linear_probe"]
 
 
 def main() -> None:

@@ -177,7 +177,8 @@ def tables(done: dict) -> str:
                 continue
             rho = r["spearman_with_ablation"]
             cells.append(f"{r['test_accuracy_after_repair']:.1%}" + (f" (ρ {rho:+.2f})" if rho is not None else ""))
-        rows.append(f"| `{c}` | " + " | ".join(cells) + " |")
+        if any(cells):
+            rows.append(f"| `{c}` | " + " | ".join(cells) + " |")
     blocks = ["", "| setting | block | ΔQ | ablation loss rise | Q drop, logits | Q drop, penultimate |",
               "|---|---|---:|---:|---:|---:|"]
     for n in names:
