@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from layerprune.data.base import DatasetBundle, without_augmentation
 from layerprune.errors import LayerpruneError
+from layerprune.params import is_count
 from layerprune.evaluation import repair_batchnorm
 
 SPLITS = ("val", "test", "train")
@@ -31,7 +32,7 @@ Pair = tuple[torch.Tensor, torch.Tensor]
 
 def _positive(owner: str, **values: Any) -> None:
     for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_count(value):
             raise LayerpruneError(f"{owner}.{key}: must be an integer ≥ 1, got {value!r}")
 
 

@@ -10,6 +10,11 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 
+def is_count(value: Any) -> bool:
+    """An integer ≥ 1 (``True`` is not one): the one check behind every count-like setting."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def short(value: Any) -> str:
     """``repr(value)``, cut to fit in one error line."""
     text = repr(value)

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from layerprune.calibration import MICRO_BATCH, Calibration, Pair, Repair, draw_batches, micro_batches
 from layerprune.errors import LayerpruneError
+from layerprune.params import is_count
 from layerprune.evaluation import EvalResult, evaluate, model_device
 from layerprune.surgery.blocks import Block
 from layerprune.surgery.find import find_blocks
@@ -61,7 +62,7 @@ class ScoringContext:
                                        ("seed", seed)) if v is not None}
         self.calibration = dataclasses.replace(calibration or Calibration(), **overrides)
         self.repair_policy = repair or Repair()
-        if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
+        if not is_count(micro_batch):
             raise LayerpruneError(f"micro_batch: must be ≥ 1, got {micro_batch}")
         self.model = model
         self.data = data
@@ -152,7 +153,7 @@ class ScoringContext:
         """Every run of ``n`` consecutive scorable blocks inside one stage, by its first block:
         ``{"layer2.3": ("layer2.3", "layer2.4")}`` for ``n=2``. Consecutive means each block reads
         the tensor the one before it wrote (nothing sits between them)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if not is_count(n):
             raise LayerpruneError(f"n: must be an integer ≥ 1, got {n!r}")
         stages: dict[str, list[str]] = {}
         for b in self.scorable:

@@ -26,6 +26,7 @@ from layerprune.criteria.base import Criterion, CriterionResult
 from layerprune.criteria.context import ScoringContext
 from layerprune.criteria.representation import linear_cka
 from layerprune.errors import LayerpruneError
+from layerprune.params import is_count
 from layerprune.evaluation import EvalResult, evaluate
 from layerprune.hooks import eval_mode, forward_hooks
 from layerprune.surgery.blocks import Block, StagePlan
@@ -212,10 +213,11 @@ def penultimate(model: nn.Module, pieces: list[tuple[torch.Tensor, torch.Tensor]
 
 
 class RemovalCriterion(Criterion):
-    """Base of criteria that compare the model's penultimate features (the classifier's input)
-    with those of the model without the block: :meth:`change` says how much they moved."""
+    """Base of criteria that compare the model's features with those of the model without the
+    block — the penultimate ones (the classifier's input) or, with ``features = "logits"``, its
+    output: :meth:`change` says how much they moved."""
 
-    features = "penultimate"  # or "logits": the model's output
+    features = "penultimate"
 
     def __init__(self, repair: bool = False, repair_batches: int | None = None) -> None:
         self.repair = bool(repair)
@@ -247,7 +249,7 @@ class RemovalCriterion(Criterion):
 
 
 def _check_repair_batches(value: int | None) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+    if value is not None and not is_count(value):
         raise LayerpruneError(f"repair_batches: must be an integer ≥ 1 or None (all), got {value!r}")
     return value
 
@@ -344,19 +346,18 @@ class GreedyCriterion(Criterion):
             return ctx.evaluate(model)
 
         protected = set(ctx.protect)
-        candidates = [b for b in removable(ctx) if b.name not in protected and b.can_remove(ctx.collapse)]
+        left = [b for b in removable(ctx) if b.name not in protected and b.can_remove(ctx.collapse)]
+        value = (lambda r: r.loss) if self.metric == "loss" else (lambda r: -r.accuracy)
         plan = StagePlan(ctx.blocks)
         current = copy.deepcopy(ctx.model)
         order: list[str] = []
         trace: list[dict[str, float]] = []
-        left = list(candidates)
         while True:
             options = [b for b in left if b.collapsible or plan.left.get(b.stage, 0) > 1]
             if not options:
                 break
             results = {b.name: measure(without(copy.deepcopy(current), b))
                        for b in ctx.track(options, f"{self.name}: step {len(order) + 1}")}
-            value = (lambda r: r.loss) if self.metric == "loss" else (lambda r: -r.accuracy)
             best = min(options, key=lambda b: value(results[b.name]))  # ties: the earliest block
             without(current, best)
             plan.try_remove(best)

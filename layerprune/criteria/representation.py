@@ -12,6 +12,7 @@ import torch
 from layerprune.criteria.base import Criterion, CriterionResult
 from layerprune.criteria.context import ScoringContext
 from layerprune.errors import LayerpruneError
+from layerprune.params import is_count
 
 
 def _mean_over_batches(per_block: dict[str, list[float]]) -> dict[str, float]:
@@ -70,7 +71,7 @@ class AngularCriterion(Criterion):
     description = "Angular distance across a run of n blocks; removes the closest run (Gromov et al. 2024)"
 
     def __init__(self, n: int = 2) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if not is_count(n):
             raise LayerpruneError(f"n: must be an integer ≥ 1, got {n!r}")
         self.n = n
 

@@ -23,7 +23,7 @@ import math
 from typing import Any, Callable, Iterable, Mapping
 
 from layerprune.errors import LayerpruneError
-from layerprune.params import check_parameters
+from layerprune.params import check_parameters, is_count
 from layerprune.registry import Registry, did_you_mean
 from layerprune.surgery.blocks import Block, StagePlan, stages
 
@@ -138,7 +138,7 @@ def run_rule(plan: Plan, ordered: list[tuple[Block, float]], *, n: int,
     ``runs`` (given by :func:`select_blocks`, from a criterion that scores runs) is
     ``{"n": n, "scores": {first block: score}}``; without it a run scores the sum of its blocks'.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_count(n):
         raise RuleParameterError("n", f"must be an integer ≥ 1, got {n!r}")
     if runs is not None and runs.get("n") != n:
         raise RuleParameterError("n", f"the criterion scored runs of {runs.get('n')} blocks, not {n} "

@@ -24,6 +24,7 @@ from layerprune.criteria.catalog import get_criterion
 from layerprune.criteria.context import ScoringContext
 from layerprune.criteria.selection import RULES, removed_share, rule_problems, select_blocks
 from layerprune.errors import LayerpruneError
+from layerprune.params import is_count
 from layerprune.evaluation import EvalResult, evaluate, model_device
 from layerprune.surgery.blocks import Block
 from layerprune.surgery.remove import remove_blocks
@@ -133,7 +134,7 @@ class Pruner:
         if problems:
             raise LayerpruneError(f"rule {name!r}: {'; '.join(problems)}")
         self.rule = {**chosen, "rule": name}
-        if steps != EACH and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        if steps != EACH and not is_count(steps):
             raise LayerpruneError(f"steps: must be an integer ≥ 1 or {EACH!r} (one block per step), got {steps!r}")
         if name == "run" and steps != 1:
             raise LayerpruneError(f"steps: rule 'run' removes one run of blocks at once; use steps=1, got {steps!r}")
@@ -246,14 +247,11 @@ class Pruner:
                 chosen = sorted(below, key=lambda n: scores[n])[:share]
             else:
                 # The first plan's number of blocks (checks the budget can be met), then near-equal
-                # shares of it, re-scored each time; one by one with steps="each".
+                # shares of it, re-scored each time; one by one with steps="each" (the loop stops
+                # once a step reaches k or the budget).
                 if total is None:
                     total = len(self.plan(scores, scored.blocks))
-                if each:
-                    done = self._budget_met(first_blocks, removed) if rule == "budget" else len(removed) >= total
-                    k = 0 if done else 1
-                else:
-                    k = round(total * i / self.steps) - round(total * (i - 1) / self.steps)
+                k = 1 if each else round(total * i / self.steps) - round(total * (i - 1) / self.steps)
                 try:
                     chosen = self.plan(scores, scored.blocks, count=k)
                 except LayerpruneError:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from layerprune.calibration import Calibration, Repair
 from layerprune.train.settings import TrainConfig
+from layerprune.params import is_count
 
 
 class Section(BaseModel):
@@ -103,7 +104,7 @@ class PruneSection(Section):
     @field_validator("steps", mode="before")
     @classmethod
     def _steps(cls, value: Any) -> Any:
-        if value == "each" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        if value == "each" or is_count(value):
             return value
         raise ValueError(f"must be an integer > 0 or 'each' (got {value!r})")
 
