@@ -106,7 +106,7 @@ class PruneSection(Section):
     def _steps(cls, value: Any) -> Any:
         if value == "each" or is_count(value):
             return value
-        raise ValueError(f"must be an integer > 0 or 'each' (got {value!r})")
+        raise ValueError("must be an integer > 0 or 'each'")  # the loader adds the value
 
 
 class EvalSection(Section):
