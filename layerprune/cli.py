@@ -361,24 +361,29 @@ def run_cmd(
 @app.command("bench")
 @user_errors
 def bench_cmd(
-    recipe: str = typer.Argument(..., metavar="RECIPE", help="Recipe YAML file with a bench: section."),
-    set_: list[str] = typer.Option([], "--set", metavar="KEY.PATH=VALUE", help=SET_HELP),
-    out: Optional[str] = typer.Option(None, "--out", help="Bench directory (default: the recipe's output_dir, or runs/NAME)."),
+    suite: str = typer.Argument(..., metavar="SUITE", help="Suite YAML (recipes/suites/), or a recipe with a bench: section."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY.PATH=VALUE",
+                                   help=SET_HELP + " On a suite, recipe keys are set in every setting."),
+    out: Optional[str] = typer.Option(None, "--out", help="Bench directory (default: the suite's output_dir, or runs/NAME)."),
+    setting: list[str] = typer.Option([], "--setting", metavar="NAME", help="Run only this setting of the suite (repeatable)."),
     fresh: bool = typer.Option(False, "--fresh", help="Start over in a new directory instead of resuming."),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ) -> None:
-    """Compare criteria (and width pruning) on one base model: every criterion × budget × seed."""
-    from layerprune.bench import run_bench
-    from layerprune.bench.report import summary, table
-    from layerprune.recipe import load_recipe
+    """Compare criteria (and width pruning) in every setting of a suite: criterion × budget × seed,
+    with a leaderboard. Under torchrun, the ranks share the trials."""
+    from layerprune.bench import load_suite, run_suite
+    from layerprune.bench.report import leaderboard_table, setting_table
 
     with _plugin_warnings():
-        resolved = load_recipe(recipe, set_, strict_plugins=strict)
+        resolved = load_suite(suite, set_, only=setting, strict_plugins=strict)
     log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
-    result = run_bench(resolved, out=out, fresh=fresh, progress=sys.stderr.isatty(), log=log)
-    console.print(table(summary(result.trials), result.correlations, result.costs,
-                        result.run_dir.read_json("base.json")))
-    console.print(f"outputs in {result.run_dir.path}/ (report.md, trials.csv, trials.json, accuracy_vs_macs.png)")
+    result = run_suite(resolved, out=out, fresh=fresh, progress=sys.stderr.isatty(), log=log)
+    if result is None:  # a rank other than 0: rank 0 reports
+        return
+    for record in result.report["settings"]:
+        console.print(setting_table(record))
+    console.print(leaderboard_table(result.report))
+    console.print(f"outputs in {result.path}/ (report.md, leaderboard.png, trials.csv, trials.json, settings/)")
 
 
 def main() -> None:

@@ -12,6 +12,14 @@ from layerprune.data import make_loader
 from layerprune.train import fit
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _base_model_cache(tmp_path_factory):
+    """Benches keep trained base models in a cache: the tests' own, never the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LAYERPRUNE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     """Every test starts from the same random state."""

@@ -1,28 +1,40 @@
-"""``layerprune bench``: every criterion × budget × seed on one base model, measured the same way.
+"""``layerprune bench``: every criterion × budget × seed in every setting of a suite, measured the
+same way.
 
-For each seed, each criterion scores the base model's blocks once (timed, forward passes
-counted) through the recipe's :class:`~layerprune.Pruner`, with that seed's calibration draw and
-the recipe's repair: every criterion sees the same calibration samples and repair batches. For
-each trial (criterion × budget × seed): the pruner plans → removes → repairs, then accuracy before
-finetune → finetune (the same epochs for everyone) → accuracy after. A width-pruning row
-(Torch-Pruning channel pruning at the same MACs) goes through the same repair and finetune.
-Every score set and trial is its own JSON file, written atomically: an interrupted bench
-continues where it stopped.
+In each setting, for each seed, each criterion scores the base model's blocks once (timed,
+forward passes counted) through the setting's :class:`~layerprune.Pruner`, with that seed's
+calibration and repair draws: every criterion of a seed sees the same samples. For each trial
+(criterion × budget × seed): the pruner plans → removes → repairs, then accuracy before finetune
+→ finetune (the same epochs for everyone, in the seed's order) → accuracy after. A width-pruning
+row (Torch-Pruning channel pruning at the same MACs) goes through the same repair and finetune.
+
+Work is split into *units* (one setting, criterion and seed: its score and every budget's
+trial). Under ``torchrun`` each rank runs every ``world_size``-th missing unit as if alone, on
+its own device, and rank 0 merges; every unit depends on nothing but its own seed, so the
+trials equal a single process's. Every score set and trial is its own JSON file, written
+atomically: a killed bench, rerun, computes only what is missing. Base models come from the
+:mod:`~layerprune.bench.cache` (trained once per key).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
 from layerprune import distributed
+from layerprune.bench.cache import BaseCache, cache_root
+from layerprune.bench.suite import Suite
 from layerprune.criteria.base import CriterionResult
-from layerprune.criteria.catalog import criterion_parameters, get_criterion
+from layerprune.criteria.catalog import criterion_parameters
+from layerprune.criteria.selection import max_reduction
 from layerprune.errors import LayerpruneError
+from layerprune.io import write_json, write_text
+from layerprune.recipe.load import RecipeError
 from layerprune.recipe.rundir import RunDir
 from layerprune.recipe.runner import Runner
 from layerprune.recipe.schema import Recipe
@@ -31,6 +43,9 @@ from layerprune.train import train
 
 Log = Callable[[str], None]
 WIDTH = "width (Torch-Pruning L1 channels)"
+SUITE_FILE = "suite.yaml"
+# The bench's lists may grow between runs in one directory: each trial is a file of its own.
+GROWABLE = ("bench.criteria", "bench.budgets", "bench.seeds", "bench.width")
 
 
 def budget_name(budget: dict[str, float]) -> str:
@@ -60,24 +75,111 @@ class _ForwardCounter:
         self.handle.remove()
 
 
-@dataclass
-class BenchResult:
-    run_dir: RunDir
-    trials: list[dict[str, Any]]
-    correlations: list[dict[str, Any]]
-    costs: list[dict[str, Any]]
+class SettingBench:
+    """One setting of a suite: its base model, scores and trials, in ``run`` (``settings/NAME``)."""
 
-
-class Bench:
-    def __init__(self, recipe: Recipe, run: RunDir, runner: Runner, *, progress: bool, log: Log) -> None:
+    def __init__(self, recipe: Recipe, run: RunDir, cache: BaseCache, *, progress: bool, log: Log) -> None:
         if recipe.bench is None:
-            raise LayerpruneError("bench: the recipe has no bench section")
-        self.recipe, self.run, self.runner, self.progress, self.log = recipe, run, runner, progress, log
-        self.cfg = recipe.bench
-        (run.path / "scores").mkdir(exist_ok=True)
-        (run.path / "trials").mkdir(exist_ok=True)
+            raise LayerpruneError(f"{recipe.source}: bench: the recipe has no bench section")
+        self.recipe, self.run, self.cache, self.log = recipe, run, cache, log
+        self.name, self.cfg = recipe.name, recipe.bench
+        self.runner = Runner(recipe, run, progress=progress, log=log)
+        if recipe.model.checkpoint is None and recipe.pretrain is not None:
+            self.runner.base_checkpoint = str(cache.weights(recipe))
+        self._blocks: list | None = None
 
-    # -- scores -------------------------------------------------------------------------------
+    # -- checks and base model ------------------------------------------------------------------
+    def preflight(self) -> None:
+        """The recipe's own checks, then the bench's: reachable budgets, calibration draws that
+        the seeds can vary."""
+        self.runner.preflight()
+        r, runner = self.recipe, self.runner
+        problems = []
+        model = runner.new_model(r.model.checkpoint)
+        blocks = find_blocks(model, runner.example_input())
+        for i, budget in enumerate(self.cfg.budgets):
+            key, value = next(iter(budget.items()))
+            if key == "k":
+                continue  # the count rule itself stops where a stage would lose its last block
+            reachable = max_reduction(blocks, key, protect=r.select.protect, collapse=r.select.collapse)
+            if value > reachable + 1e-12:
+                problems.append(f"bench.budgets.{i}: {key} {value:g} is out of reach for {r.model.name}; "
+                                f"removing every allowed block saves {reachable:.3f}")
+        cal = r.data.calibration
+        pool = len(runner.build_data().split(cal.split))
+        if len(self.cfg.seeds) > 1 and cal.samples * cal.batches >= pool:
+            problems.append(f"data.calibration.samples: {cal.batches} × {cal.samples} samples cover the whole "
+                            f"{cal.split} split ({pool}), so every seed would score the same ones; draw fewer, or "
+                            "use a larger split (data.options.val_fraction, data.calibration.split)")
+        if problems:
+            raise RecipeError(r.source, problems)
+
+    def prepare(self) -> None:
+        """The base model (trained into the cache when missing) and its measurements."""
+        r, runner = self.recipe, self.runner
+        if runner.base_checkpoint is not None and not self.cache.has(r):
+            self.log(f"[bold]▶ {self.name}: pretrain[/] (base model cached in {self.cache.entry(r)})")
+            runner.run = RunDir(self.cache.partial(r), r)  # a killed pretraining resumes from there
+            try:
+                runner.stage_pretrain()
+            finally:
+                runner.run = self.run
+            self.cache.commit(r)
+            write_json(self.run.file("pretrain.json"),
+                       {"cache": str(self.cache.entry(r)), **RunDir(self.cache.entry(r), r).read_json("pretrain.json")})
+        if not self.run.file("base.json").is_file():
+            base, x = runner.base_model(), runner.example_input()
+            ev = runner.evaluate(base)
+            self.run.write_json("base.json", {"accuracy": ev.accuracy, "loss": ev.loss, **model_cost(base, x).to_dict(),
+                                              "latency_ms": self._latency(base),
+                                              "blocks": len(self.blocks), "cache": runner.base_checkpoint})
+
+    @property
+    def blocks(self) -> list:
+        if self._blocks is None:
+            self._blocks = find_blocks(self.runner.base_model(), self.runner.example_input())
+        return self._blocks
+
+    def _latency(self, model: nn.Module) -> float | None:
+        if not self.recipe.eval.latency:
+            return None
+        return measure_latency(model, tuple(self.runner.example_input().shape[1:]), repeats=10).median_ms
+
+    # -- units and trials ---------------------------------------------------------------------
+    def plan(self) -> list[tuple[str, dict[str, float], int]]:
+        """Every trial (criterion, budget, seed), seed-major."""
+        trials = [(c, b, s) for s in self.cfg.seeds for b in self.cfg.budgets for c in self.cfg.criteria]
+        if self.cfg.width:
+            trials += [(WIDTH, b, s) for s in self.cfg.seeds for b in self.cfg.budgets if "k" not in b]
+        return trials
+
+    @staticmethod
+    def trial_file(criterion: str, budget: dict[str, float], seed: int) -> str:
+        return f"trials/{criterion.split(' ')[0]}__{budget_name(budget)}__s{seed}.json"
+
+    def missing_units(self) -> list[tuple[str, int]]:
+        """(criterion, seed) pairs with at least one trial still to run, in plan order."""
+        units = [(c, s) for c, b, s in self.plan() if not self.run.file(self.trial_file(c, b, s)).is_file()]
+        return list(dict.fromkeys(units))
+
+    def run_unit(self, criterion: str, seed: int) -> None:
+        """Every missing trial of ``criterion`` at ``seed`` (its scores computed once)."""
+        for c, budget, s in self.plan():
+            name = self.trial_file(c, budget, s)
+            if (c, s) != (criterion, seed) or self.run.file(name).is_file():
+                continue
+            start = time.perf_counter()
+            record = self.width_trial(budget, seed) if criterion == WIDTH else self.depth_trial(criterion, budget, seed)
+            record["seconds"] = time.perf_counter() - start
+            self.run.write_json(name, record)
+            self.log(f"{self.name}: {criterion} {budget_name(budget)} seed {seed}: before finetune "
+                     f"{record['before_finetune']:.4f}, after {record['after_finetune']:.4f}, "
+                     f"MACs −{100 * record['macs_reduction']:.1f}% ({record['seconds']:.0f} s)")
+
+    def trials(self) -> list[dict[str, Any]]:
+        """Every trial of the plan, read back (all must exist)."""
+        return [{"setting": self.name, **self.run.read_json(self.trial_file(c, b, s))} for c, b, s in self.plan()]
+
     def scores(self, criterion: str, seed: int) -> dict[str, Any]:
         name = f"scores/{criterion}_s{seed}.json"
         if self.run.file(name).is_file():
@@ -100,28 +202,27 @@ class Bench:
         self.run.write_json(name, record)
         return record
 
-    # -- trials -------------------------------------------------------------------------------
     def _finish(self, model: nn.Module, seed: int, record: dict[str, Any]) -> dict[str, Any]:
         """Finetune, evaluate and measure ``model`` (a pruned, repaired copy)."""
         runner, x = self.runner, self.runner.example_input()
         epochs = self.cfg.finetune_epochs if self.cfg.finetune_epochs is not None else self.recipe.finetune.epochs
         settings = runner.settings(self.recipe.finetune, epochs=epochs)
-        train(model, runner.train_loader(), settings, seed=seed, progress=self.progress)
+        train(model, runner.train_loader(), settings, seed=seed, progress=runner.progress)
         after = runner.evaluate(model)
-        base_cost, cost = self.base_cost, model_cost(model, x)
+        base, cost = self.run.read_json("base.json"), model_cost(model, x)
         record.update(after_finetune=after.accuracy, loss=after.loss, params=cost.params, macs=cost.macs,
-                      params_reduction=1 - cost.params / base_cost.params,
-                      macs_reduction=1 - cost.macs / base_cost.macs,
-                      latency_ms=measure_latency(model, tuple(x.shape[1:]), repeats=10).median_ms)
+                      params_reduction=1 - cost.params / base["params"], macs_reduction=1 - cost.macs / base["macs"],
+                      latency_ms=self._latency(model))
         return record
 
     def depth_trial(self, criterion: str, budget: dict[str, float], seed: int) -> dict[str, Any]:
         stored = self.scores(criterion, seed)
-        pruner = self.runner.pruner(criterion=criterion, rule=budget_rule(budget), seed=seed)
+        runner = self.runner
+        pruner = runner.pruner(criterion=criterion, rule=budget_rule(budget), seed=seed)
         removed = pruner.plan(CriterionResult(criterion, stored["scores"], diagnostics=stored["diagnostics"]),
                               self.blocks)
-        pruned, step = pruner.remove(self.runner.base_model(), removed, self.runner.build_data(), blocks=self.blocks,
-                                     example_input=self.runner.example_input(), evaluate_with=self.runner.evaluate)
+        pruned, step = pruner.remove(runner.base_model(), removed, runner.build_data(), blocks=self.blocks,
+                                     example_input=runner.example_input(), evaluate_with=runner.evaluate)
         return self._finish(pruned, seed, {"criterion": criterion, "budget": budget_name(budget), "seed": seed,
                                            "removed": removed, "after_surgery": step.after_surgery.accuracy,
                                            "before_finetune": (step.after_repair or step.after_surgery).accuracy})
@@ -129,74 +230,125 @@ class Bench:
     def width_trial(self, budget: dict[str, float], seed: int) -> dict[str, Any]:
         from layerprune.bench.width import prune_width
 
+        runner = self.runner
         key, value = next(iter(budget.items()))
-        pruned, ratio = prune_width(self.runner.base_model(), self.runner.example_input(), **{key: value})
-        after_surgery = self.runner.evaluate(pruned).accuracy
-        self.runner.pruner().repair_model(pruned, self.runner.build_data())  # the depth trials' repair
+        pruned, ratio = prune_width(runner.base_model(), runner.example_input(), **{key: value})
+        after_surgery = runner.evaluate(pruned).accuracy
+        runner.pruner(seed=seed).repair_model(pruned, runner.build_data())  # the depth trials' repair
         return self._finish(pruned, seed, {"criterion": WIDTH, "budget": budget_name(budget), "seed": seed,
                                            "removed": [], "channel_ratio": ratio, "after_surgery": after_surgery,
-                                           "before_finetune": self.runner.evaluate(pruned).accuracy})
-
-    def plan(self) -> list[tuple[str, dict[str, float], int]]:
-        trials = [(c, b, s) for s in self.cfg.seeds for b in self.cfg.budgets for c in self.cfg.criteria]
-        if self.cfg.width:
-            trials += [(WIDTH, b, s) for s in self.cfg.seeds for b in self.cfg.budgets if "k" not in b]
-        return trials
-
-    def __call__(self) -> BenchResult:
-        runner = self.runner
-        if not self.run.is_done("pretrain"):
-            self.log("[bold]▶ pretrain[/]")
-            runner.stage_pretrain()
-            self.run.mark_done("pretrain")
-        base = runner.base_model()
-        x = runner.example_input()
-        self.blocks = find_blocks(base, x)
-        self.base_cost = model_cost(base, x)
-        if not self.run.file("base.json").is_file():
-            ev = runner.evaluate(base)
-            self.run.write_json("base.json", {"accuracy": ev.accuracy, "loss": ev.loss,
-                                              **self.base_cost.to_dict(),
-                                              "latency_ms": measure_latency(base, tuple(x.shape[1:]), repeats=10).median_ms})
-        self.log(f"base model: accuracy {self.run.read_json('base.json')['accuracy']:.4f} on {self.recipe.eval.split}")
-        trials = []
-        plan = self.plan()
-        for i, (criterion, budget, seed) in enumerate(plan, 1):
-            name = f"trials/{criterion.split(' ')[0]}__{budget_name(budget)}__s{seed}.json"
-            if self.run.file(name).is_file():
-                trials.append(self.run.read_json(name))
-                continue
-            record = (self.width_trial(budget, seed) if criterion == WIDTH
-                      else self.depth_trial(criterion, budget, seed))
-            self.run.write_json(name, record)
-            trials.append(record)
-            self.log(f"[{i}/{len(plan)}] {criterion} {budget_name(budget)} seed {seed}: "
-                     f"before finetune {record['before_finetune']:.4f}, after {record['after_finetune']:.4f}, "
-                     f"MACs −{100 * record['macs_reduction']:.1f}%")
-        from layerprune.bench.report import correlations, costs, write_outputs
-
-        corr = correlations(self.cfg, self.scores)
-        cost = costs(self.cfg, self.scores)
-        write_outputs(self.run, self.recipe, self.scores, trials, corr, cost)
-        return BenchResult(self.run, trials, corr, cost)
+                                           "before_finetune": runner.evaluate(pruned).accuracy})
 
 
-def run_bench(recipe: Recipe, *, out: str | None = None, fresh: bool = False, progress: bool = False,
-              log: Log = print) -> BenchResult:
-    """Run (or resume) the bench of ``recipe`` in ``out`` (default ``runs/NAME``)."""
-    if recipe.bench is None:
-        raise LayerpruneError("bench: the recipe has no bench section (see docs/results.md)")
-    if distributed.launched_world_size() > 1:
-        raise LayerpruneError("bench: runs as a single process (start it without torchrun); "
-                              "torchrun is for 'layerprune run'")
-    for name in recipe.bench.criteria + [recipe.bench.oracle]:
-        get_criterion(name)  # unknown names fail before any training
-    runner = Runner(recipe, progress=progress, log=log)
-    runner.preflight()
-    run = RunDir.open(recipe, out, fresh=fresh)
-    runner.run = run
-    log(f"bench directory: {run.path}")
-    return Bench(recipe, run, runner, progress=progress, log=log)()
+@dataclass
+class BenchResult:
+    """What a bench measured: every trial, and the statistics the reports are written from."""
+
+    path: Path
+    suite: Suite
+    trials: list[dict[str, Any]]
+    report: dict[str, Any]
 
 
-__all__ = ["Bench", "BenchResult", "WIDTH", "budget_name", "run_bench"]
+def _open_suite_dir(suite: Suite, out: str | None, fresh: bool) -> Path:
+    import yaml
+
+    base = Path(out or suite.output_dir or f"runs/{suite.name}")
+    path = base
+    if fresh:
+        n = 2
+        while path.exists() and any(path.iterdir()):
+            path = base.with_name(f"{base.name}-{n}")
+            n += 1
+    elif path.exists() and any(path.iterdir()) and not (path / SUITE_FILE).is_file():
+        raise LayerpruneError(f"{path} exists and is not a layerprune bench directory; choose another --out")
+    path.mkdir(parents=True, exist_ok=True)
+    write_text(path / SUITE_FILE, yaml.safe_dump({"name": suite.name, "cache_dir": suite.cache_dir,
+                                                  "settings": [r.model_dump(mode="json") for r in suite.recipes]},
+                                                 sort_keys=False))
+    return path
+
+
+def _preflight(suite: Suite, benches: list[SettingBench]) -> None:
+    """Every setting's preflight; all their problems in one error, each naming its setting."""
+    problems = []
+    for b in benches:
+        prefix = "" if suite.single else f"settings.{b.name}."
+        try:
+            b.preflight()
+        except RecipeError as exc:
+            problems += [prefix + p for p in exc.problems]
+        except LayerpruneError as exc:
+            problems.append(f"{prefix.rstrip('.') or b.name}: {exc}")
+    if problems:
+        raise RecipeError(suite.source, problems)
+
+
+def _share(items: list, what: Callable[[Any], None]) -> None:
+    """This rank's share of ``items`` (every ``world_size``-th from its rank), each run as if alone;
+    a failure on any rank stops every rank once all have finished their share."""
+    mine = items[distributed.rank()::distributed.world_size()]
+
+    def work() -> None:
+        with distributed.alone():
+            for item in mine:
+                what(item)
+
+    distributed.check_everywhere(work)
+
+
+def run_suite(suite: Suite, *, out: str | None = None, fresh: bool = False, progress: bool = False,
+              log: Log = print) -> BenchResult | None:
+    """Run (or resume) every setting of ``suite`` in ``out`` (default ``runs/NAME``); under
+    torchrun the trials are shared among the ranks and rank 0 merges (the others return ``None``)."""
+    joined = distributed.init_from_env()
+    try:
+        rank, world = distributed.rank(), distributed.world_size()
+        say = log if rank == 0 else (lambda msg: log(f"[dim]rank {rank}:[/] {msg}"))
+        cache = BaseCache(cache_root(suite.cache_dir))
+        benches = [SettingBench(r, RunDir(Path("."), r), cache, progress=progress and rank == 0, log=say)
+                   for r in suite.recipes]
+        distributed.check_everywhere(lambda: _preflight(suite, benches))  # before anything is written
+
+        def open_dirs() -> Path:
+            path = _open_suite_dir(suite, out, fresh)
+            for b in benches:
+                run = RunDir.open(b.recipe, str(path / "settings" / b.name), ignore=GROWABLE)
+                for sub in ("scores", "trials"):
+                    run.file(sub).mkdir(exist_ok=True)
+            return path
+
+        path = distributed.on_main(open_dirs)
+        for b in benches:
+            b.run = b.runner.run = RunDir(path / "settings" / b.name, b.recipe)
+        say(f"bench directory: {path} ({len(benches)} setting{'s' * (len(benches) > 1)}"
+            f"{f', {world} ranks' if world > 1 else ''}); base models in {cache.root}")
+        _share(benches, lambda b: b.prepare())
+        units = distributed.on_main(lambda: [(i, c, s) for i, b in enumerate(benches) for c, s in b.missing_units()])
+        if units:
+            say(f"{len(units)} units of work to run (setting × criterion × seed)")
+        _share(units, lambda u: benches[u[0]].run_unit(u[1], u[2]))
+
+        def merge() -> BenchResult:
+            from layerprune.bench.report import write_suite_outputs
+
+            trials = [t for b in benches for t in b.trials()]
+            return BenchResult(path, suite, trials, write_suite_outputs(path, suite, benches, trials))
+
+        result = distributed.on_main(merge)
+        return result if rank == 0 else None
+    finally:
+        if joined:
+            distributed.shutdown()
+
+
+def run_bench(recipe: Recipe | Suite, **kwargs: Any) -> BenchResult | None:
+    """:func:`run_suite` for a suite, or for a plain bench recipe (a one-setting suite)."""
+    if isinstance(recipe, Recipe):
+        if recipe.bench is None:
+            raise LayerpruneError("bench: the recipe has no bench section (see docs/results.md)")
+        recipe = Suite.of_recipe(recipe)
+    return run_suite(recipe, **kwargs)
+
+
+__all__ = ["BenchResult", "SettingBench", "WIDTH", "budget_name", "run_bench", "run_suite"]

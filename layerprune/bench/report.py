@@ -1,29 +1,33 @@
-"""Bench outputs: rank correlation with the oracle, criterion cost, CSV/JSON of every trial,
-plots, ``report.md`` and the terminal table."""
+"""Bench outputs: per setting (rank correlation with the oracle, criterion cost, paired
+differences, plots, ``report.md``) and for the suite (the leaderboard table and plot,
+``trials.csv`` with every trial, ``report.md``), plus the terminal tables."""
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from rich.table import Table
 
+from layerprune.bench.stats import FEW_SEEDS, LEVEL, leaderboard, mean_std, paired
 from layerprune.io import write_json, write_text
 from layerprune.plots import pyplot, save_png
-from layerprune.recipe.rundir import RunDir
-from layerprune.recipe.schema import BenchSection, Recipe
+from layerprune.recipe.schema import BenchSection
+
+if TYPE_CHECKING:
+    from layerprune.bench.harness import SettingBench
+    from layerprune.bench.suite import Suite
 
 # criterion, seed → its stored score record ({"scores", "seconds", "forward_passes", "diagnostics"})
 ScoresOf = Callable[[str, int], dict[str, Any]]
 
-CSV_FIELDS = ["criterion", "budget", "seed", "before_finetune", "after_finetune", "loss", "params", "macs",
-              "params_reduction", "macs_reduction", "latency_ms", "removed"]
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+CSV_FIELDS = ["setting", "criterion", "budget", "seed", "after_surgery", "before_finetune", "after_finetune", "loss",
+              "params", "macs", "params_reduction", "macs_reduction", "latency_ms", "seconds", "removed"]
+METRICS = (("after_finetune", "after finetune"), ("before_finetune", "after repair, before finetune"))
 
 
 def correlations(cfg: BenchSection, scores_of: ScoresOf) -> list[dict[str, Any]]:
@@ -63,64 +67,60 @@ def summary(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (criterion, budget), ts in groups.items():
         row: dict[str, Any] = {"criterion": criterion, "budget": budget, "seeds": len(ts)}
         for key in ("before_finetune", "after_finetune", "macs_reduction", "params_reduction", "latency_ms"):
-            row[key], row[key + "_std"] = _mean_std([t[key] for t in ts])
+            values = [t[key] for t in ts if t.get(key) is not None]
+            row[key], row[key + "_std"] = mean_std(values) if values else (float("nan"), float("nan"))
         rows.append(row)
     return rows
 
 
-def _corr_by_criterion(corr: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
-    out = {}
-    for criterion in dict.fromkeys(r["criterion"] for r in corr):
-        rs = [r for r in corr if r["criterion"] == criterion]
-        out[criterion] = (statistics.fmean(r["spearman"] for r in rs), statistics.fmean(r["kendall"] for r in rs))
-    return out
-
-
-def table(rows: list[dict[str, Any]], corr: list[dict[str, Any]], cost: list[dict[str, Any]], base: dict[str, Any]) -> Table:
-    by_corr, by_cost = _corr_by_criterion(corr), {c["criterion"]: c for c in cost}
-    t = Table(title=f"bench: base accuracy {100 * base['accuracy']:.2f}%")
-    for col in ("criterion", "budget", "before finetune", "after finetune", "MACs −", "latency ms",
-                "Spearman", "Kendall", "cost s"):
-        t.add_column(col, justify="left" if col in ("criterion", "budget") else "right")
+def _mean_over(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
+    out: dict[str, list[float]] = {}
     for r in rows:
-        rho, tau = by_corr.get(r["criterion"], (float("nan"), float("nan")))
+        if not math.isnan(r[key]):
+            out.setdefault(r["criterion"], []).append(r[key])
+    return {c: statistics.fmean(v) for c, v in out.items()}
+
+
+def _pct(x: float, digits: int = 2) -> str:
+    return "" if x is None or math.isnan(x) else f"{100 * x:.{digits}f}"
+
+
+def _ms(x: float | None) -> str:
+    return "" if x is None or math.isnan(x) else f"{x:.2f}"
+
+
+# -- per setting -------------------------------------------------------------------------------
+def setting_markdown(rows, corr, cost, diffs, reference: str) -> str:
+    rho, tau = _mean_over(corr, "spearman"), _mean_over(corr, "kendall")
+    by_cost = {c["criterion"]: c for c in cost}
+    by_diff = {(d["criterion"], d["budget"]): d for d in diffs}
+    lines = [f"| criterion | budget | before finetune % | after finetune % | Δ vs {reference} (pts, 95% CI) | MACs − "
+             "| params − | latency ms | Spearman | Kendall | cost s | cost (forward passes) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        d = by_diff.get((r["criterion"], r["budget"]))
+        delta = "" if d is None else (f"{100 * d['diff']:+.2f} [{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}]"
+                                      + ("†" if d["few_seeds"] else ""))
         c = by_cost.get(r["criterion"])
-        t.add_row(r["criterion"], r["budget"],
-                  f"{100 * r['before_finetune']:.2f} ± {100 * r['before_finetune_std']:.2f}",
-                  f"{100 * r['after_finetune']:.2f} ± {100 * r['after_finetune_std']:.2f}",
-                  f"{100 * r['macs_reduction']:.1f}%", f"{r['latency_ms']:.2f}",
-                  f"{rho:.2f}", f"{tau:.2f}", f"{c['seconds']:.1f}" if c else "")
-    return t
-
-
-def _markdown(rows, corr, cost, base) -> str:
-    by_corr, by_cost = _corr_by_criterion(corr), {c["criterion"]: c for c in cost}
-    lines = ["| criterion | budget | before finetune % | after finetune % | MACs − | params − | latency ms "
-             "| Spearman | Kendall | cost s | cost (forward passes) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
         cells = [r["criterion"], r["budget"],
-                 f"{100 * r['before_finetune']:.2f} ± {100 * r['before_finetune_std']:.2f}",
-                 f"{100 * r['after_finetune']:.2f} ± {100 * r['after_finetune_std']:.2f}",
-                 f"{100 * r['macs_reduction']:.1f}%", f"{100 * r['params_reduction']:.1f}%", f"{r['latency_ms']:.2f}"]
-        if r["criterion"] in by_corr:
-            rho, tau = by_corr[r["criterion"]]
-            c = by_cost[r["criterion"]]
-            cells += [f"{rho:.2f}", f"{tau:.2f}", f"{c['seconds']:.1f}", f"{c['forward_passes']:.1f}"]
-        else:
-            cells += ["", "", "", ""]
+                 f"{_pct(r['before_finetune'])} ± {_pct(r['before_finetune_std'])}",
+                 f"{_pct(r['after_finetune'])} ± {_pct(r['after_finetune_std'])}", delta,
+                 f"{_pct(r['macs_reduction'], 1)}%", f"{_pct(r['params_reduction'], 1)}%", _ms(r["latency_ms"]),
+                 f"{rho[r['criterion']]:.2f}" if r["criterion"] in rho else "",
+                 f"{tau[r['criterion']]:.2f}" if r["criterion"] in tau else "",
+                 f"{c['seconds']:.1f}" if c else "", f"{c['forward_passes']:.1f}" if c else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot_accuracy(rows: list[dict[str, Any]], base: dict[str, Any], path) -> None:
+def plot_accuracy(rows: list[dict[str, Any]], base: dict[str, Any], path, title: str = "") -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
-    for ax, key, title in ((axes[0], "before_finetune", "after repair, before finetune"),
-                           (axes[1], "after_finetune", "after finetune")):
-        colors = plt.get_cmap("tab20").colors
-        for i, criterion in enumerate(dict.fromkeys(r["criterion"] for r in rows)):
-            rs = [r for r in rows if r["criterion"] == criterion]
+    colors = plt.get_cmap("tab20").colors
+    criteria = list(dict.fromkeys(r["criterion"] for r in rows))
+    for ax, (key, label) in zip(axes, METRICS[::-1]):
+        for i, criterion in enumerate(criteria):
+            rs = sorted((r for r in rows if r["criterion"] == criterion), key=lambda r: r["macs_reduction"])
             ax.errorbar([100 * r["macs_reduction"] for r in rs], [100 * r[key] for r in rs],
                         yerr=[100 * r[key + "_std"] for r in rs], marker="osD^v<>ph*X"[i % 11], ms=5, capsize=3,
                         color=colors[(2 * i) % 20 + (i // 10) % 2], label=criterion,
@@ -128,8 +128,8 @@ def plot_accuracy(rows: list[dict[str, Any]], base: dict[str, Any], path) -> Non
         ax.axhline(100 * base["accuracy"], color="black", lw=0.8, ls=":", label="base")
         ax.set_xlabel("MACs reduction %")
         ax.set_ylabel("test accuracy %")
-        ax.set_title(title)
-    axes[1].legend(fontsize=7, loc="best")
+        ax.set_title(f"{title}: {label}" if title else label, fontsize=9)
+    axes[1].legend(fontsize=6, loc="best", ncol=2)
     fig.tight_layout()
     save_png(fig, path)
 
@@ -167,27 +167,162 @@ def plot_choices(cfg: BenchSection, scores_of: ScoresOf, trials: list[dict[str, 
     return True
 
 
-def write_outputs(run: RunDir, recipe: Recipe, scores_of: ScoresOf, trials, corr, cost) -> None:
-    cfg = recipe.bench
-    base = run.read_json("base.json")
-    rows = summary(trials)
-    write_json(run.file("trials.json"), {"base": base, "trials": trials, "correlations": corr, "costs": cost,
-                                         "summary": rows})
+def _csv(trials: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for t in trials:
         writer.writerow({**t, "removed": " ".join(t["removed"])})
-    write_text(run.file("trials.csv"), buf.getvalue())
-    plot_accuracy(rows, base, run.file("accuracy_vs_macs.png"))
-    has_choices = plot_choices(cfg, scores_of, trials, run.file("curve_choices.png"))
-    r = recipe
-    lines = [f"# bench {r.name}: {r.model.name} on {r.data.dataset}", "",
-             f"Base model: {100 * base['accuracy']:.2f}% {r.eval.split} accuracy, {base['params']:,} params, "
-             f"{base['macs'] / 1e6:.1f}M MACs. Seeds {cfg.seeds}; finetune "
-             f"{cfg.finetune_epochs if cfg.finetune_epochs is not None else r.finetune.epochs} epochs per trial; "
-             f"rank correlation with `{cfg.oracle}`.", "", _markdown(rows, corr, cost, base), "",
-             "![accuracy vs MACs](accuracy_vs_macs.png)", ""]
-    if has_choices:
-        lines += ["![modularity curve and choices](curve_choices.png)", ""]
-    write_text(run.file("report.md"), "\n".join(lines))
+    return buf.getvalue()
+
+
+def write_setting_outputs(bench: "SettingBench", trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """The setting's ``trials.json``, ``trials.csv``, plots and ``report.md``; returns its record."""
+    r, cfg, run = bench.recipe, bench.cfg, bench.run
+    base = run.read_json("base.json")
+    rows, corr, cost = summary(trials), correlations(cfg, bench.scores), costs(cfg, bench.scores)
+    diffs = paired(trials, cfg.reference)
+    record = {"setting": bench.name, "model": r.model.name, "dataset": r.data.dataset, "base": base,
+              "trials": trials, "correlations": corr, "costs": cost, "summary": rows, "paired": diffs}
+    write_json(run.file("trials.json"), record)
+    write_text(run.file("trials.csv"), _csv(trials))
+    plot_accuracy(rows, base, run.file("accuracy_vs_macs.png"), title=bench.name)
+    has_choices = plot_choices(cfg, bench.scores, trials, run.file("curve_choices.png"))
+    write_text(run.file("report.md"), "\n".join(_setting_section(bench, record, "#", "") +
+                                                (["![modularity curve and choices](curve_choices.png)", ""]
+                                                 if has_choices else [])))
+    return record
+
+
+def _setting_section(bench: "SettingBench", record: dict[str, Any], level: str, images: str) -> list[str]:
+    r, cfg, base = bench.recipe, bench.cfg, record["base"]
+    epochs = cfg.finetune_epochs if cfg.finetune_epochs is not None else r.finetune.epochs
+    cal = r.data.calibration
+    return [f"{level} {bench.name}: {r.model.name} on {r.data.dataset}", "",
+            f"Base model: {100 * base['accuracy']:.2f}% {r.eval.split} accuracy, {base['params']:,} params, "
+            f"{base['macs'] / 1e6:.1f}M MACs, {base.get('blocks', '?')} blocks. Seeds {cfg.seeds} "
+            f"(calibration: {cal.batches} × {cal.samples} {cal.split} samples per seed); finetune {epochs} "
+            f"epoch{'s' * (epochs != 1)} per trial; rank correlation with `{cfg.oracle}`; Δ: paired difference "
+            f"to `{cfg.reference}` over seeds († fewer than {FEW_SEEDS} seeds).", "",
+            setting_markdown(record["summary"], record["correlations"], record["costs"], record["paired"],
+                             cfg.reference), "",
+            f"![accuracy vs MACs: {bench.name}]({images}accuracy_vs_macs.png)", ""]
+
+
+# -- the suite --------------------------------------------------------------------------------
+def leaderboard_markdown(rows: list[dict[str, Any]], reference: str, extra: dict[str, dict[str, float]]) -> str:
+    pct = f"{int(100 * LEVEL)}%"
+    lines = [f"| # | criterion | average rank ({pct} CI) | win rate vs {reference} ({pct} CI) "
+             f"| Δ vs {reference}, pts ({pct} CI) | mean accuracy % | Spearman vs oracle | cost s | cells |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for i, r in enumerate(rows, 1):
+        e = extra.get(r["criterion"], {})
+        win = "" if math.isnan(r["win_rate"]) else \
+            f"{100 * r['win_rate']:.0f}% [{100 * r['win_rate_lo']:.0f}, {100 * r['win_rate_hi']:.0f}]"
+        diff = "(reference)" if r["criterion"] == reference else \
+            f"{100 * r['diff']:+.2f} [{100 * r['diff_lo']:+.2f}, {100 * r['diff_hi']:+.2f}]"
+        lines.append(f"| {i} | {r['criterion']} | {r['rank']:.2f} [{r['rank_lo']:.2f}, {r['rank_hi']:.2f}] | {win} "
+                     f"| {diff} | {_pct(e.get('accuracy', float('nan')))} | "
+                     f"{'' if math.isnan(e.get('spearman', float('nan'))) else format(e['spearman'], '.2f')} | "
+                     f"{'' if 'seconds' not in e else format(e['seconds'], '.1f')} | {r['cells']} |")
+    return "\n".join(lines)
+
+
+def plot_leaderboard(rows: list[dict[str, Any]], path, title: str) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.4))
+    ys = list(range(len(rows)))[::-1]
+    ranks = [r["rank"] for r in rows]
+    err = [[r["rank"] - r["rank_lo"] for r in rows], [r["rank_hi"] - r["rank"] for r in rows]]
+    ax.errorbar(ranks, ys, xerr=err, fmt="o", ms=5, capsize=3, color="tab:blue")
+    ax.set_yticks(ys)
+    ax.set_yticklabels([r["criterion"] for r in rows], fontsize=8)
+    ax.set_xlabel(f"average rank (1 = most accurate), {int(100 * LEVEL)}% bootstrap interval")
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def _extras(records: list[dict[str, Any]], trials: list[dict[str, Any]], metric: str) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    acc: dict[str, list[float]] = {}
+    for t in trials:
+        acc.setdefault(t["criterion"], []).append(t[metric])
+    for c, v in acc.items():
+        out.setdefault(c, {})["accuracy"] = statistics.fmean(v)
+    for key in ("spearman",):
+        for c, v in _mean_over([row for rec in records for row in rec["correlations"]], key).items():
+            out.setdefault(c, {})[key] = v
+    seconds: dict[str, list[float]] = {}
+    for rec in records:
+        for row in rec["costs"]:
+            seconds.setdefault(row["criterion"], []).append(row["seconds"])
+    for c, v in seconds.items():
+        out.setdefault(c, {})["seconds"] = statistics.fmean(v)
+    return out
+
+
+def write_suite_outputs(path: Path, suite: "Suite", benches: list["SettingBench"],
+                        trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every setting's outputs, then the suite's: ``trials.csv``, ``trials.json``, the
+    leaderboards (``leaderboard.png``) and ``report.md``. Returns what ``trials.json`` holds."""
+    from layerprune.bench.harness import WIDTH
+
+    records = [write_setting_outputs(b, [t for t in trials if t["setting"] == b.name]) for b in benches]
+    reference = suite.reference
+    criteria = list(dict.fromkeys(c for b in benches for c in b.cfg.criteria))
+    depth = [t for t in trials if t["criterion"] != WIDTH]
+    boards = {metric: leaderboard(depth, reference, metric, criteria) for metric, _ in METRICS}
+    report = {"suite": suite.name, "reference": reference, "leaderboards": boards,
+              "settings": [{k: v for k, v in rec.items() if k != "trials"} for rec in records], "trials": trials}
+    write_json(path / "trials.json", report)
+    write_text(path / "trials.csv", _csv(trials))
+    seeds = sorted({t["seed"] for t in trials})
+    budgets = list(dict.fromkeys(t["budget"] for t in trials))
+    plot_leaderboard(boards["after_finetune"], path / "leaderboard.png",
+                     f"{suite.name}: {len(benches)} settings, budgets {', '.join(budgets)}, after finetune")
+    lines = [f"# bench {suite.name}", "",
+             f"{len(benches)} setting{'s' * (len(benches) > 1)}, {len(trials)} trials; budgets {', '.join(budgets)}; "
+             f"seeds {seeds}. A cell is one setting, budget and seed; ranks are within a cell (1 = most accurate); "
+             f"intervals are {int(100 * LEVEL)}% bootstrap intervals over settings, then seeds. The width row is "
+             "not ranked (it is not a block criterion).", ""]
+    for metric, label in METRICS:
+        lines += [f"## Leaderboard: accuracy {label}", "",
+                  leaderboard_markdown(boards[metric], reference, _extras(records, depth, metric)), ""]
+        if metric == "after_finetune":
+            lines += ["![leaderboard](leaderboard.png)", ""]
+    lines += ["## Settings", ""]
+    for b, rec in zip(benches, records):
+        lines += _setting_section(b, rec, "###", f"settings/{b.name}/")
+    write_text(path / "report.md", "\n".join(lines))
+    return report
+
+
+# -- terminal ---------------------------------------------------------------------------------
+def leaderboard_table(report: dict[str, Any]) -> Table:
+    reference = report["reference"]
+    t = Table(title=f"bench {report['suite']}: leaderboard after finetune ({len(report['settings'])} settings)")
+    for col in ("#", "criterion", "average rank", f"win rate vs {reference}", f"Δ vs {reference} pts", "cells"):
+        t.add_column(col, justify="left" if col == "criterion" else "right")
+    for i, r in enumerate(report["leaderboards"]["after_finetune"], 1):
+        win = "" if math.isnan(r["win_rate"]) else \
+            f"{100 * r['win_rate']:.0f}% [{100 * r['win_rate_lo']:.0f}, {100 * r['win_rate_hi']:.0f}]"
+        t.add_row(str(i), r["criterion"], f"{r['rank']:.2f} [{r['rank_lo']:.2f}, {r['rank_hi']:.2f}]", win,
+                  f"{100 * r['diff']:+.2f} [{100 * r['diff_lo']:+.2f}, {100 * r['diff_hi']:+.2f}]", str(r["cells"]))
+    return t
+
+
+def setting_table(record: dict[str, Any]) -> Table:
+    base = record["base"]
+    rho = _mean_over(record["correlations"], "spearman")
+    by_cost = {c["criterion"]: c for c in record["costs"]}
+    t = Table(title=f"{record['setting']}: base accuracy {100 * base['accuracy']:.2f}%")
+    for col in ("criterion", "budget", "before finetune", "after finetune", "MACs −", "Spearman", "cost s"):
+        t.add_column(col, justify="left" if col in ("criterion", "budget") else "right")
+    for r in record["summary"]:
+        c = by_cost.get(r["criterion"])
+        t.add_row(r["criterion"], r["budget"], f"{_pct(r['before_finetune'])} ± {_pct(r['before_finetune_std'])}",
+                  f"{_pct(r['after_finetune'])} ± {_pct(r['after_finetune_std'])}", f"{_pct(r['macs_reduction'], 1)}%",
+                  f"{rho[r['criterion']]:.2f}" if r["criterion"] in rho else "", f"{c['seconds']:.1f}" if c else "")
+    return t

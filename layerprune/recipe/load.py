@@ -70,9 +70,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return raw
 
 
-def _fields_at(loc: tuple[Any, ...]) -> list[str] | None:
+def _fields_at(loc: tuple[Any, ...], schema: type[BaseModel] = Recipe) -> list[str] | None:
     """The keys allowed where ``loc`` points (for "did you mean" on unknown keys)."""
-    model: Any = Recipe
+    model: Any = schema
     for part in loc:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
@@ -85,14 +85,15 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str] | None:
     return list(model.model_fields)
 
 
-def pydantic_problems(error: ValidationError) -> list[str]:
+def pydantic_problems(error: ValidationError, schema: type[BaseModel] = Recipe) -> list[str]:
+    """One line per error of ``schema``'s validation, each naming its dotted key path."""
     problems = []
     for e in error.errors():
         loc = tuple(e["loc"])
         path = ".".join(str(p) for p in loc)
         message = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            known = _fields_at(loc[:-1]) or []
+            known = _fields_at(loc[:-1], schema) or []
             message = did_you_mean(str(loc[-1]), known, "key").removeprefix(f"unknown key {str(loc[-1])!r}")
             problems.append(f"{path}: unknown key{message}")
             continue
@@ -103,7 +104,7 @@ def pydantic_problems(error: ValidationError) -> list[str]:
             problems.append(message)
             continue
         key, sep, rest = message.partition(": ")
-        if sep and key in (_fields_at(loc) or []):  # a section's own check names one of its keys
+        if sep and key in (_fields_at(loc, schema) or []):  # a section's own check names one of its keys
             problems.append(f"{path}.{key}: {rest}")
             continue
         got = "" if isinstance(e.get("input"), dict) else f" (got {short(e.get('input'))})"
@@ -181,7 +182,7 @@ def semantic_problems(raw: dict[str, Any]) -> list[str]:
 
     bench = _section(raw, "bench")
     named = [(f"bench.criteria.{i}", n) for i, n in enumerate(bench.get("criteria") or [])]
-    named += [("bench.oracle", bench["oracle"])] if "oracle" in bench else []
+    named += [(f"bench.{key}", bench[key]) for key in ("oracle", "reference") if key in bench]
     for where, name in named:
         if isinstance(name, str) and name not in CRITERIA:
             problems.append(f"{where}: {did_you_mean(name, CRITERIA.names(), 'criterion')}")
@@ -198,14 +199,12 @@ def semantic_problems(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, strict_plugins: bool = False) -> Recipe:
-    """The validated recipe at ``path`` with ``overrides`` applied; :class:`RecipeError` lists
-    every problem. Plugins named in the recipe are loaded first (their criteria become valid
-    names)."""
+def validate_recipe(raw: dict[str, Any], *, strict_plugins: bool = False) -> tuple[Recipe | None, list[str]]:
+    """``raw`` (a recipe's mapping, overrides applied) as a :class:`Recipe`, with every problem
+    found: schema and registries. Plugins it names are loaded first (their criteria become valid
+    names). The recipe is ``None`` when the schema refused it."""
     from layerprune.criteria.catalog import load_plugins
 
-    raw = apply_overrides(read_yaml(path), overrides)
-    raw.setdefault("name", Path(path).stem)
     plugins = raw.get("plugins") or []
     if isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):
         load_plugins(plugins, strict=strict_plugins)
@@ -216,6 +215,16 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, strict_plugi
     except ValidationError as exc:
         problems.extend(pydantic_problems(exc))
     problems.extend(semantic_problems(raw))
+    return recipe, problems
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, strict_plugins: bool = False) -> Recipe:
+    """The validated recipe at ``path`` with ``overrides`` applied; :class:`RecipeError` lists
+    every problem. Plugins named in the recipe are loaded first (their criteria become valid
+    names)."""
+    raw = apply_overrides(read_yaml(path), overrides)
+    raw.setdefault("name", Path(path).stem)
+    recipe, problems = validate_recipe(raw, strict_plugins=strict_plugins)
     if problems or recipe is None:
         raise RecipeError(str(path), problems)
     recipe._source = str(path)

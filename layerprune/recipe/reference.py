@@ -82,6 +82,10 @@ def reference_markdown() -> str:
         out += _rows(model, f"{key}." if key else "", found)
         out.append("")
         queue.extend(found)
+    from layerprune.bench.suite import Suite  # a suite file: recipe keys in defaults and settings
+
+    out += ["### suite file (top level)", "", (Suite.__doc__ or "").strip().splitlines()[0], "",
+            "| key | type | default | meaning |", "|---|---|---|---|", *_rows(Suite, "", []), ""]
     return "\n".join(out).rstrip() + "\n"
 
 

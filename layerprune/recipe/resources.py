@@ -33,6 +33,7 @@ class Resources:
         self.data: DatasetBundle | None = None
         self._base: nn.Module | None = None
         self._device: torch.device | None = None
+        self.base_checkpoint: str | None = None  # where a pretrained base is kept, if not in the run dir
 
     @property
     def device(self) -> torch.device:
@@ -77,7 +78,7 @@ class Resources:
         if self._base is None:
             checkpoint = self.recipe.model.checkpoint
             if checkpoint is None and self.recipe.pretrain is not None:
-                checkpoint = str(self.run.file("pretrained.pth"))
+                checkpoint = self.base_checkpoint or str(self.run.file("pretrained.pth"))
             self._base = self.new_model(checkpoint)
         return self._base
 
@@ -90,13 +91,15 @@ class Resources:
         return Calibration(split=cal.split, samples=cal.samples, batches=cal.batches,
                            seed=self.recipe.seed if seed is None else seed)
 
-    def repair(self) -> Repair:
+    def repair(self, seed: int | None = None) -> Repair:
         p = self.recipe.prune
-        return Repair(enabled=p.repair, batches=p.repair_batches, batch_size=p.repair_batch_size, seed=self.recipe.seed)
+        return Repair(enabled=p.repair, batches=p.repair_batches, batch_size=p.repair_batch_size,
+                      seed=self.recipe.seed if seed is None else seed)
 
     def pruner(self, *, criterion: str | None = None, criterion_params: dict[str, Any] | None = None,
                rule: dict[str, Any] | None = None, seed: int | None = None) -> Pruner:
-        """The recipe's pruner; the bench swaps in other criteria, rules and calibration seeds."""
+        """The recipe's pruner; the bench swaps in other criteria, rules and seeds (calibration and
+        repair draws)."""
         rc = self.recipe
         if criterion is None:
             criterion, criterion_params = rc.criterion.name, rc.criterion.params
@@ -104,7 +107,7 @@ class Resources:
         try:
             return Pruner(criterion, criterion_params=criterion_params, rule=rule.get("rule"),
                           rule_params={k: v for k, v in rule.items() if k != "rule"},
-                          calibration=self.calibration(seed), repair=self.repair(), steps=rc.prune.steps,
+                          calibration=self.calibration(seed), repair=self.repair(seed), steps=rc.prune.steps,
                           collapse=rc.select.collapse, protect=rc.select.protect, progress=self.progress,
                           log=self.log)
         except LayerpruneError as exc:

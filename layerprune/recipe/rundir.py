@@ -31,13 +31,28 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
     return None if a == b else f"{path}: {a!r} → {b!r}"
 
 
+def _without(tree: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    out = json.loads(json.dumps(tree))
+    for key in keys:
+        *parents, last = key.split(".")
+        node = out
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
+
+
 class RunDir:
     def __init__(self, path: Path, recipe: Recipe) -> None:
         self.path = path
         self.recipe = recipe
 
     @classmethod
-    def open(cls, recipe: Recipe, out: str | None = None, *, fresh: bool = False) -> "RunDir":
+    def open(cls, recipe: Recipe, out: str | None = None, *, fresh: bool = False,
+             ignore: tuple[str, ...] = ()) -> "RunDir":
+        """``ignore``: dotted keys that may change between runs in this directory (the bench's
+        lists of criteria, budgets and seeds: each trial is a file of its own)."""
         base = Path(out or recipe.output_dir or f"runs/{recipe.name}")
         resolved = recipe.model_dump(mode="json")
         path = base
@@ -55,14 +70,14 @@ class RunDir:
                 saved = Recipe.model_validate(saved).model_dump(mode="json")
             except ValueError:
                 pass  # compare as written; the first difference names the key
-            diff = _first_difference(saved, resolved)
+            diff = _first_difference(_without(saved, ignore), _without(resolved, ignore))
             if diff:
                 raise LayerpruneError(
                     f"{path} holds a run of a different recipe ({diff}); rerun with --fresh for a new "
                     "run directory, or --out DIR")
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path, recipe)
-        if not (path / RECIPE_FILE).is_file():
+        if ignore or not (path / RECIPE_FILE).is_file():  # the lists that may change: as last run
             write_text(path / RECIPE_FILE, yaml.safe_dump(resolved, sort_keys=False))
         return run
 

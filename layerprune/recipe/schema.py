@@ -124,24 +124,33 @@ class ExportSection(Section):
 
 
 ALL_CRITERIA = ["modularity", "random", "tail", "magnitude", "block_influence", "cka", "linear_probe",
-                "ablation", "taylor", "sr_init"]
+                "ablation", "taylor", "sr_init", "angular", "consensus", "cka_removal", "greedy",
+                "modularity_removal"]
 
 
 class BenchSection(Section):
-    """Criteria compared side by side on one base model (``layerprune bench``)."""
+    """Criteria compared side by side on this recipe's base model (``layerprune bench``; one setting of a suite)."""
 
     criteria: list[str] = Field(default_factory=lambda: list(ALL_CRITERIA), min_length=1,
                                 description="criteria to compare (built-in or plugins)")
     budgets: list[dict[str, float]] = Field(default_factory=lambda: [{"macs": 0.5}], min_length=1,
                                             description="each one of {macs: f}, {params: f} (reduction fractions) or {k: n} (blocks removed)")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1,
-                             description="seeds: calibration draw, random criterion, finetuning order")
+                             description="seeds: calibration and repair draws, random criteria, finetuning order")
+    reference: str = Field("tail", description="criterion every other is compared with, seed by seed (paired differences, win rate)")
     width: bool = Field(True, description="add Torch-Pruning channel pruning at the same MACs (macs/params budgets)")
     oracle: str = Field("ablation", description="criterion whose scores the others are rank-correlated with")
     finetune_epochs: Optional[int] = Field(None, ge=0, description="finetune epochs per trial (default: finetune.epochs)")
 
     @model_validator(mode="after")
     def _budgets(self) -> "BenchSection":
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: each seed once, got {self.seeds}")
+        if len(set(self.criteria)) != len(self.criteria):
+            raise ValueError(f"criteria: each criterion once, got {self.criteria}")
+        if self.reference not in self.criteria:
+            raise ValueError(f"reference: {self.reference!r} is not among bench.criteria; add it there or "
+                             "name another reference")
         for i, budget in enumerate(self.budgets):
             if len(budget) != 1 or next(iter(budget)) not in ("macs", "params", "k"):
                 raise ValueError(f"budgets: entry {i} must be one of {{macs: f}}, {{params: f}} or {{k: n}}, got {budget}")

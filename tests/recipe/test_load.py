@@ -150,7 +150,7 @@ def test_section_checks_name_the_key(tmp_path, override, expected):
 
 
 def test_bench_criteria_names_are_checked(tmp_path):
-    problems = problems_of(tmp_path, {**MINIMAL, "bench": {"criteria": ["modularity", "cak"], "oracle": "ablaton"}})
+    problems = problems_of(tmp_path, {**MINIMAL, "bench": {"criteria": ["modularity", "tail", "cak"], "oracle": "ablaton"}})
     assert len(problems) == 2
-    assert problems[0].startswith("bench.criteria.1: unknown criterion 'cak'; did you mean 'cka'")
+    assert problems[0].startswith("bench.criteria.2: unknown criterion 'cak'; did you mean 'cka'")
     assert problems[1].startswith("bench.oracle: unknown criterion 'ablaton'; did you mean 'ablation'")

@@ -1,0 +1,83 @@
+"""Trained base models, kept once per key of everything that determines them.
+
+A setting's base model depends on the model (name, kwargs), the data (data set, options, batch
+size), the pretraining section and the recipe seed: that is its key. Criteria, budgets, seeds,
+finetuning and the suite it runs in do not change it, so every trial, rerun and suite that needs
+the same base reuses one file; a changed key trains a new one beside it.
+
+Where: the suite's ``cache_dir``, else ``$LAYERPRUNE_CACHE``, else the user's cache folder
+(``$XDG_CACHE_HOME/layerprune``, ``~/.cache/layerprune``). An entry is complete once its folder
+``bases/MODEL-DATA-HASH/`` exists: training happens in ``….partial/`` (a killed pretraining
+resumes from its epoch checkpoint there) and is renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from layerprune.io import write_json
+from layerprune.recipe.schema import Recipe
+
+CACHE_ENV = "LAYERPRUNE_CACHE"
+WEIGHTS = "pretrained.pth"
+
+
+def cache_root(configured: str | None = None) -> Path:
+    """The cache folder: ``configured``, else ``$LAYERPRUNE_CACHE``, else the user's cache folder."""
+    if configured:
+        return Path(configured).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.environ.get("LOCALAPPDATA") or Path.home() / ".cache"
+    return Path(base) / "layerprune"
+
+
+def base_key(recipe: Recipe) -> dict[str, Any]:
+    """Everything that determines a setting's trained base model."""
+    d = recipe.data
+    return {"model": recipe.model.name, "kwargs": recipe.model.kwargs,
+            "data": {"dataset": d.dataset, "options": d.options, "batch_size": d.batch_size},
+            "pretrain": recipe.pretrain.model_dump(mode="json") if recipe.pretrain else None,
+            "seed": recipe.seed}
+
+
+class BaseCache:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root) / "bases"
+
+    def entry(self, recipe: Recipe) -> Path:
+        key = base_key(recipe)
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return self.root / f"{recipe.model.name}-{recipe.data.dataset}-{digest}"
+
+    def weights(self, recipe: Recipe) -> Path:
+        return self.entry(recipe) / WEIGHTS
+
+    def has(self, recipe: Recipe) -> bool:
+        return self.weights(recipe).is_file()
+
+    def partial(self, recipe: Recipe) -> Path:
+        """Where the base is trained; its ``key.json`` says what it is."""
+        work = self.entry(recipe).with_name(self.entry(recipe).name + ".partial")
+        work.mkdir(parents=True, exist_ok=True)
+        write_json(work / "key.json", base_key(recipe))
+        return work
+
+    def commit(self, recipe: Recipe) -> Path:
+        """Move a finished ``partial`` folder into place (another process's copy, if it won, stays)."""
+        work, final = self.partial(recipe), self.entry(recipe)
+        for leftover in work.glob("*.ckpt"):
+            leftover.unlink()
+        try:
+            os.replace(work, final)
+        except OSError:  # the same base finished elsewhere first: keep that one
+            shutil.rmtree(work, ignore_errors=True)
+        return final
+
+
+__all__ = ["BaseCache", "CACHE_ENV", "base_key", "cache_root"]
