@@ -206,3 +206,45 @@ class Recipe(Section):
             raise ValueError("pretrain: required when model.checkpoint is not given "
                              "(set model.checkpoint, or a pretrain section to train the model first)")
         return self
+
+
+class Suite(Section):
+    """Criteria compared over several settings (``layerprune bench SUITE.yaml``)."""
+
+    name: Optional[str] = Field(None, description="suite name (default: the file's name)")
+    output_dir: Optional[str] = Field(None, description="bench directory (default: runs/NAME)")
+    cache_dir: Optional[str] = Field(None, description="where trained base models are kept "
+                                     "(default: $LAYERPRUNE_CACHE, else the user's cache folder)")
+    plugins: list[str] = Field(default_factory=list, description="criterion plugins for every setting")
+    defaults: dict[str, Any] = Field(default_factory=dict, description="recipe keys every setting starts from")
+    settings: list[dict[str, Any]] = Field(min_length=1, description="the settings: recipe keys merged over defaults, "
+                                           "each with a unique name")
+    _recipes: list[Recipe] = PrivateAttr(default_factory=list)
+    _source: Optional[str] = PrivateAttr(None)
+    _single: bool = PrivateAttr(False)
+
+    @property
+    def recipes(self) -> list[Recipe]:
+        """Every setting as a validated recipe, in file order (``recipe.name`` is the setting's name)."""
+        return self._recipes
+
+    @property
+    def reference(self) -> str:
+        return self._recipes[0].bench.reference
+
+    @property
+    def source(self) -> str:
+        return self._source or "suite"
+
+    @property
+    def single(self) -> bool:
+        """A plain bench recipe run as a suite (its problems need no ``settings.NAME.`` prefix)."""
+        return self._single
+
+    @classmethod
+    def of_recipe(cls, recipe: Recipe) -> "Suite":
+        """A one-setting suite: a plain bench recipe, its directory and name unchanged."""
+        suite = cls(name=recipe.name, output_dir=recipe.output_dir,
+                    settings=[recipe.model_dump(mode="json", exclude={"output_dir"})])
+        suite._recipes, suite._source, suite._single = [recipe], recipe.source, True
+        return suite
