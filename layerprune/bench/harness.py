@@ -42,7 +42,7 @@ from layerprune.surgery import find_blocks, measure_latency, model_cost
 from layerprune.train import train
 
 Log = Callable[[str], None]
-WIDTH = "width (Torch-Pruning L1 channels)"
+from layerprune.bench.width import WIDTH  # noqa: E402 - re-exported
 SUITE_FILE = "suite.yaml"
 # The bench's lists may grow between runs in one directory: each trial is a file of its own.
 GROWABLE = ("bench.criteria", "bench.budgets", "bench.seeds", "bench.width")

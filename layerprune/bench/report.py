@@ -267,7 +267,7 @@ def write_suite_outputs(path: Path, suite: "Suite", benches: list["SettingBench"
                         trials: list[dict[str, Any]]) -> dict[str, Any]:
     """Every setting's outputs, then the suite's: ``trials.csv``, ``trials.json``, the
     leaderboards (``leaderboard.png``) and ``report.md``. Returns what ``trials.json`` holds."""
-    from layerprune.bench.harness import WIDTH
+    from layerprune.bench.width import WIDTH
 
     records = [write_setting_outputs(b, [t for t in trials if t["setting"] == b.name]) for b in benches]
     reference = suite.reference

@@ -18,6 +18,8 @@ import torch.nn as nn
 
 from layerprune.errors import LayerpruneError
 
+WIDTH = "width (Torch-Pruning L1 channels)"  # the name of its rows in bench tables
+
 
 def _branch_outputs(model: nn.Module, blocks: list[str]) -> set[str]:
     """Convs whose output feeds another conv inside the same block (``conv1`` of a basic block)."""
