@@ -35,7 +35,7 @@ from layerprune.criteria.selection import max_reduction
 from layerprune.errors import LayerpruneError
 from layerprune.io import write_json, write_text
 from layerprune.recipe.load import RecipeError
-from layerprune.recipe.rundir import RunDir
+from layerprune.recipe.rundir import RunDir, unused_beside
 from layerprune.recipe.runner import Runner
 from layerprune.recipe.schema import Recipe
 from layerprune.surgery import find_blocks, measure_latency, model_cost
@@ -253,13 +253,9 @@ class BenchResult:
 def _open_suite_dir(suite: Suite, out: str | None, fresh: bool) -> Path:
     import yaml
 
-    base = Path(out or suite.output_dir or f"runs/{suite.name}")
-    path = base
+    path = Path(out or suite.output_dir or f"runs/{suite.name}")
     if fresh:
-        n = 2
-        while path.exists() and any(path.iterdir()):
-            path = base.with_name(f"{base.name}-{n}")
-            n += 1
+        path = unused_beside(path)
     elif path.exists() and any(path.iterdir()) and not (path / SUITE_FILE).is_file():
         raise LayerpruneError(f"{path} exists and is not a layerprune bench directory; choose another --out")
     path.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,15 @@ def _without(tree: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def unused_beside(base: Path) -> Path:
+    """``base`` when it is missing or empty, else the first free ``NAME-2``, ``NAME-3``, ... beside it."""
+    path, n = base, 2
+    while path.exists() and any(path.iterdir()):
+        path = base.with_name(f"{base.name}-{n}")
+        n += 1
+    return path
+
+
 class RunDir:
     def __init__(self, path: Path, recipe: Recipe) -> None:
         self.path = path
@@ -55,13 +64,8 @@ class RunDir:
         lists of criteria, budgets and seeds: each trial is a file of its own)."""
         base = Path(out or recipe.output_dir or f"runs/{recipe.name}")
         resolved = recipe.model_dump(mode="json")
-        path = base
-        if fresh:
-            n = 2
-            while path.exists() and any(path.iterdir()):
-                path = base.with_name(f"{base.name}-{n}")
-                n += 1
-        elif path.exists() and any(path.iterdir()):
+        path = unused_beside(base) if fresh else base
+        if not fresh and path.exists() and any(path.iterdir()):
             saved_file = path / RECIPE_FILE
             if not saved_file.is_file():
                 raise LayerpruneError(f"{path} exists and is not a layerprune run directory; choose another --out")
