@@ -21,6 +21,7 @@ from layerprune.criteria import (  # noqa: E402
 )
 from layerprune.calibration import Calibration, Repair  # noqa: E402
 from layerprune.pruner import PruneResult, PruneStep, Pruner  # noqa: E402
+from layerprune.export import Tolerance, export_model  # noqa: E402
 
 __all__ = [
     "Block", "CheckpointError", "DatasetBundle", "DatasetError", "LayerpruneError", "ModelError",
@@ -29,5 +30,5 @@ __all__ = [
     "load_pruned", "make_loader", "measure_latency", "model_cost", "remove_blocks", "save_pruned",
     "Criterion", "CriterionResult", "ModularityCurve", "ScoringContext", "get_criterion", "list_criteria",
     "load_plugin", "modularity", "modularity_curve", "register_criterion", "score_blocks", "select_blocks",
-    "Calibration", "PruneResult", "PruneStep", "Pruner", "Repair",
+    "Calibration", "PruneResult", "PruneStep", "Pruner", "Repair", "Tolerance", "export_model",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
@@ -41,6 +42,12 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
+
+
+def log_line(message: str) -> None:
+    """One log line, never wrapped by rich: in CI logs and ``> file`` redirects an epoch stays on one
+    line (``<stage> epoch N/M ...``) that tools can grep; a terminal wraps it by itself."""
+    console.print(message, highlight=False, soft_wrap=True)
 
 
 def _is_rank0() -> bool:
@@ -350,8 +357,7 @@ def run_cmd(
 
     with _plugin_warnings():
         resolved = load_recipe(recipe, set_, strict_plugins=strict)
-    log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
-    result = run_recipe(resolved, out=out, fresh=fresh, progress=sys.stderr.isatty(), log=log)
+    result = run_recipe(resolved, out=out, fresh=fresh, progress=sys.stderr.isatty(), log=log_line)
     if not _is_rank0():
         return
     console.print(summary_table(result.metrics, title=f"{resolved.name}: {resolved.model.name} on {resolved.data.dataset}"))
@@ -376,14 +382,46 @@ def bench_cmd(
 
     with _plugin_warnings():
         resolved = load_suite(suite, set_, only=setting, strict_plugins=strict)
-    log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
-    result = run_suite(resolved, out=out, fresh=fresh, progress=sys.stderr.isatty(), log=log)
+    result = run_suite(resolved, out=out, fresh=fresh, progress=sys.stderr.isatty(), log=log_line)
     if result is None:  # a rank other than 0: rank 0 reports
         return
     for record in result.report["settings"]:
         console.print(setting_table(record))
     console.print(leaderboard_table(result.report))
     console.print(f"outputs in {result.path}/ (report.md, leaderboard.png, trials.csv, trials.json, settings/)")
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    source: str = typer.Argument(..., metavar="MODEL_DIR_OR_RUN_DIR",
+                                 help="A pruned-model folder (config.json) or a run directory (its model/)."),
+    format_: list[str] = typer.Option([], "--format", "-f", metavar="FORMAT",
+                                      help="onnx, torchscript or exported (torch.export); repeatable (default: all three)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder for the files (default: MODEL/export)."),
+    atol: float = typer.Option(1e-4, "--atol", min=0, help="Check: |exported − PyTorch| ≤ atol + rtol·|PyTorch|."),
+    rtol: float = typer.Option(1e-3, "--rtol", min=0, help="Check: the relative part of the tolerance."),
+    samples: int = typer.Option(64, "--samples", min=3, help="Samples compared (real ones from a run's data, else random)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="The larger batch latency is timed at (besides 1)."),
+    latency: bool = typer.Option(True, "--latency/--no-latency", help="Time PyTorch eager and onnxruntime, pruned and base."),
+) -> None:
+    """Export a pruned model to ONNX, TorchScript and torch.export; check each against PyTorch and
+    time it. Exit 1 when an export's outputs differ beyond the tolerance."""
+    from layerprune.app.export import export_path
+    from layerprune.export import FORMATS, Tolerance
+
+    result = export_path(source, format_ or list(FORMATS), out=out, tolerance=Tolerance(atol, rtol), count=samples,
+                          batch_sizes=tuple(dict.fromkeys((1, batch_size))), latency=latency, log=log_line)
+    if result.latency:
+        table = Table(title=f"latency, ms (median of {result.latency[0]['repeats']} after {result.latency[0]['warmup']} "
+                            f"warm-up passes, {result.latency[0]['threads']} threads, {result.latency[0]['device']})")
+        for col in ("model", "runtime", "batch", "median ms", "min ms", "images/s"):
+            table.add_column(col, justify="left" if col in ("model", "runtime") else "right")
+        for r in result.latency:
+            table.add_row(r["model"], r["runtime"], str(r["batch_size"]), f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}",
+                          f"{1000 * r['batch_size'] / r['median_ms']:,.0f}")
+        console.print(table)
+    console.print(f"outputs in {result.out}/ ({', '.join(Path(c.path).name for c in result.checks)}, export.json)")
 
 
 def main() -> None:

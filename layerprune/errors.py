@@ -34,3 +34,14 @@ class ModelError(LayerpruneError):
 
 class SurgeryError(LayerpruneError):
     """A block that cannot be removed (unknown, not removable, last of its stage, ...)."""
+
+
+class MissingExtraError(LayerpruneError):
+    """An optional dependency that is not installed (names the extra that brings it)."""
+
+
+class ExportMismatchError(LayerpruneError):
+    """An exported model whose outputs differ from PyTorch's by more than the tolerance: the
+    export ran but is wrong, which is not bad input (exit code 1)."""
+
+    exit_code = 1

@@ -42,7 +42,7 @@ def _trained_resnet20(digits):
 
 @pytest.fixture
 def trained_resnet20(_trained_resnet20):
-    """ResNet-20 trained 3 epochs on digits (~87% val accuracy); a fresh copy per test."""
+    """ResNet-20 trained 3 epochs on digits (~83% val accuracy); a fresh copy per test."""
     return copy.deepcopy(_trained_resnet20)
 
 

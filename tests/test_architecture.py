@@ -36,7 +36,7 @@ BASE = frozenset({"errors", "version", "io", "registry", "params", "plots", "hoo
 #: ``__init__`` (the package root) and ``__main__`` may import anything.
 ANYTHING = frozenset({"*"})
 
-_RECIPE = BASE | {"data", "models", "surgery", "evaluation", "calibration", "criteria", "train", "pruner"}
+_RECIPE = BASE | {"data", "models", "surgery", "evaluation", "calibration", "criteria", "train", "pruner", "export"}
 _BENCH = _RECIPE | {"recipe"}
 _APP = _BENCH | {"bench"}
 _CLI = _APP | {"app"}
@@ -54,6 +54,8 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "calibration": BASE | {"data", "evaluation"},
     # features → scores → plan
     "criteria": BASE | {"data", "models", "surgery", "evaluation", "calibration"},
+    # deployable files of a pruned model (ONNX, TorchScript, torch.export), checked and timed
+    "export": BASE | {"models", "surgery"},
     # finetuning
     "train": BASE | {"models", "evaluation"},
     # the whole prune step: score, plan, cut

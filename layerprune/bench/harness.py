@@ -31,10 +31,10 @@ from layerprune.bench.cache import BaseCache, cache_root
 from layerprune.bench.suite import Suite
 from layerprune.criteria.base import CriterionResult
 from layerprune.criteria.catalog import criterion_parameters
-from layerprune.criteria.selection import max_reduction
 from layerprune.errors import LayerpruneError
 from layerprune.io import write_json, write_text
 from layerprune.recipe.load import RecipeError
+from layerprune.recipe.preflight import unreachable
 from layerprune.recipe.rundir import RunDir, unused_beside
 from layerprune.recipe.runner import Runner
 from layerprune.recipe.schema import Recipe
@@ -92,19 +92,14 @@ class SettingBench:
     def preflight(self) -> None:
         """The recipe's own checks, then the bench's: reachable budgets, calibration draws that
         the seeds can vary."""
-        self.runner.preflight()
+        blocks = self.runner.preflight()
         r, runner = self.recipe, self.runner
         problems = []
-        model = runner.new_model(r.model.checkpoint)
-        blocks = find_blocks(model, runner.example_input())
         for i, budget in enumerate(self.cfg.budgets):
             key, value = next(iter(budget.items()))
-            if key == "k":
-                continue  # the count rule itself stops where a stage would lose its last block
-            reachable = max_reduction(blocks, key, protect=r.select.protect, collapse=r.select.collapse)
-            if value > reachable + 1e-12:
-                problems.append(f"bench.budgets.{i}: {key} {value:g} is out of reach for {r.model.name}; "
-                                f"removing every allowed block saves {reachable:.3f}")
+            # the count rule (k) itself stops where a stage would lose its last block
+            if key != "k" and (problem := unreachable(blocks, key, value, r.select, r.model.name)):
+                problems.append(f"bench.budgets.{i}: {key} {value:g} {problem}")
         cal = r.data.calibration
         pool = len(runner.build_data().split(cal.split))
         if len(self.cfg.seeds) > 1 and cal.samples * cal.batches >= pool:

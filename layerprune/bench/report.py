@@ -263,6 +263,32 @@ def _extras(records: list[dict[str, Any]], trials: list[dict[str, Any]], metric:
     return out
 
 
+def time_rows(benches: list["SettingBench"], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where the time went, per setting: pretraining (when this bench trained the base model, from
+    its epoch times) and the trials (each trial's seconds include its criterion's scoring when it
+    was the first budget of its seed to run)."""
+    rows = []
+    for b, rec in zip(benches, records):
+        pretrain = b.run.file("pretrain.json")
+        history = b.run.read_json("pretrain.json")["history"] if pretrain.is_file() else []
+        seconds = [t["seconds"] for t in rec["trials"] if t.get("seconds") is not None]
+        rows.append({"setting": b.name, "pretrain_seconds": sum(e["seconds"] for e in history) if history else None,
+                     "trials": len(rec["trials"]), "trial_seconds": sum(seconds),
+                     "per_trial": statistics.fmean(seconds) if seconds else float("nan")})
+    return rows
+
+
+def time_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| setting | pretraining s | trials | s per trial (mean) | trials s |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        pre = "cached" if r["pretrain_seconds"] is None else f"{r['pretrain_seconds']:.0f}"
+        lines.append(f"| {r['setting']} | {pre} | {r['trials']} | {r['per_trial']:.1f} | {r['trial_seconds']:.0f} |")
+    pre = sum(r["pretrain_seconds"] or 0 for r in rows)
+    n, total = sum(r["trials"] for r in rows), sum(r["trial_seconds"] for r in rows)
+    lines.append(f"| **all** | {pre:.0f} | {n} | {total / max(n, 1):.1f} | {total:.0f} |")
+    return "\n".join(lines)
+
+
 def write_suite_outputs(path: Path, suite: "Suite", benches: list["SettingBench"],
                         trials: list[dict[str, Any]]) -> dict[str, Any]:
     """Every setting's outputs, then the suite's: ``trials.csv``, ``trials.json``, the
@@ -274,7 +300,8 @@ def write_suite_outputs(path: Path, suite: "Suite", benches: list["SettingBench"
     criteria = list(dict.fromkeys(c for b in benches for c in b.cfg.criteria))
     depth = [t for t in trials if t["criterion"] != WIDTH]
     boards = {metric: leaderboard(depth, reference, metric, criteria) for metric, _ in METRICS}
-    report = {"suite": suite.name, "reference": reference, "leaderboards": boards,
+    times = time_rows(benches, records)
+    report = {"suite": suite.name, "reference": reference, "leaderboards": boards, "time": times,
               "settings": [{k: v for k, v in rec.items() if k != "trials"} for rec in records], "trials": trials}
     write_json(path / "trials.json", report)
     write_text(path / "trials.csv", _csv(trials))
@@ -292,7 +319,8 @@ def write_suite_outputs(path: Path, suite: "Suite", benches: list["SettingBench"
                   leaderboard_markdown(boards[metric], reference, _extras(records, depth, metric)), ""]
         if metric == "after_finetune":
             lines += ["![leaderboard](leaderboard.png)", ""]
-    lines += ["## Settings", ""]
+    lines += ["## Time", "", "Pretraining and trial seconds as measured by this bench (a rerun that only merges "
+              "keeps the first run's figures).", "", time_markdown(times), "", "## Settings", ""]
     for b, rec in zip(benches, records):
         lines += _setting_section(b, rec, "###", f"settings/{b.name}/")
     write_text(path / "report.md", "\n".join(lines))

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from layerprune.errors import LayerpruneError
+from layerprune.surgery.spec import CHANNELS_ATTR
 
 WIDTH = "width (Torch-Pruning L1 channels)"  # the name of its rows in bench tables
 
@@ -43,6 +44,9 @@ def _prune(model: nn.Module, example: torch.Tensor, ratio: float, blocks: list[s
         pruner = tp.pruner.MetaPruner(pruned, example, importance=tp.importance.MagnitudeImportance(p=1),
                                       pruning_ratio=ratio, ignored_layers=ignored)
         pruner.step()
+    # Recorded so that save_pruned can write the channel edits (and load_pruned redo them).
+    setattr(pruned, CHANNELS_ATTR, list(getattr(pruned, CHANNELS_ATTR, [])) + [
+        [name, bool(out), [int(i) for i in idx]] for name, out, idx in pruner.DG.pruning_history()])
     return pruned
 
 

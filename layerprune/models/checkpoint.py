@@ -77,7 +77,13 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
 
     >>> model = load_checkpoint(timm.create_model("cifar_resnet56"), "resnet56.th")  # doctest: +SKIP
     """
-    state = extract_state_dict(read_checkpoint(path), source=str(path))
+    return load_state(model, extract_state_dict(read_checkpoint(path), source=str(path)), source=str(path),
+                      strict=strict)
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str, strict: bool = True) -> nn.Module:
+    """Load a state dict into ``model`` (in place) after checking its keys and shapes; the
+    error names ``source`` and the offending keys."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -93,7 +99,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
     if strict and unexpected:
         problems.append(_listing("unexpected", unexpected))
     if problems:
-        raise CheckpointError(f"{path} does not fit {type(model).__name__}: " + "; ".join(problems))
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict(state, strict=strict)
     return model
 

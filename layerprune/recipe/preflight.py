@@ -7,11 +7,42 @@ from layerprune import distributed
 from layerprune.criteria.selection import max_reduction
 from layerprune.recipe.load import RecipeError
 from layerprune.recipe.resources import Resources
-from layerprune.surgery.find import find_blocks
+from layerprune.recipe.schema import SelectSection
+from layerprune.surgery.find import Block, find_blocks
 
 
-def preflight(res: Resources) -> None:
-    """Raise :class:`RecipeError` listing every problem the recipe would hit, before any training."""
+def unreachable(blocks: list[Block], key: str, target: float, select: SelectSection, model: str) -> str | None:
+    """What is wrong with a ``key`` (params or macs) reduction ``target`` that removing every
+    allowed block cannot reach (for the caller to prefix with the key and value); ``None`` when
+    it can be reached."""
+    reachable = max_reduction(blocks, key, protect=select.protect, collapse=select.collapse)
+    if target <= reachable + 1e-12:
+        return None
+    return f"is out of reach for {model}; removing every allowed block saves {reachable:.3f}"
+
+
+def _missing_extras(recipe) -> list[str]:
+    """Optional extras the recipe needs but this environment lacks (found now, not at the end)."""
+    from layerprune.errors import MissingExtraError
+    from layerprune.export.formats import check_formats
+
+    problems = []
+    try:
+        check_formats(recipe.export.formats)
+    except MissingExtraError as exc:
+        problems.append(f"export.formats: {exc}")
+    if recipe.logging.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            problems.append("logging.tensorboard: needs tensorboard, in the optional extra [tensorboard]: "
+                            "pip install 'layerprune[tensorboard]'")
+    return problems
+
+
+def preflight(res: Resources) -> list[Block]:
+    """Raise :class:`RecipeError` listing every problem the recipe would hit, before any training;
+    return the model's blocks (found on the model the recipe starts from)."""
     recipe = res.recipe
     res.device  # noqa: B018 - an unavailable device is the first thing to report
     res.build_data()
@@ -24,19 +55,19 @@ def preflight(res: Resources) -> None:
     if sel.rule == "budget":
         key = "params" if "params" in sel.params else "macs"
         target = float(sel.params[key])
-        reachable = max_reduction(blocks, key, protect=sel.protect, collapse=sel.collapse)
-        if target > reachable + 1e-12:
-            problems.append(f"select.params.{key}: {target:g} is out of reach for {recipe.model.name}; "
-                            f"removing every allowed block saves {reachable:.3f}")
+        if problem := unreachable(blocks, key, target, sel, recipe.model.name):
+            problems.append(f"select.params.{key}: {target:g} {problem}")
     training = {name: section for name in ("pretrain", "finetune")
                 if (section := getattr(recipe, name)) is not None}
     on_cpu = res.device.type == "cpu"
     if on_cpu and distributed.active():
         problems += [f"{name}.sync_batchnorm: {distributed.SYNC_BATCHNORM_ON_CPU}"
                      for name, section in training.items() if section.sync_batchnorm]
+    problems += _missing_extras(recipe)
     if problems:
         raise RecipeError(recipe.source, problems)
     for name, section in training.items():
         if on_cpu and section.epochs and section.precision == "fp16":
             res.log(f"[yellow]warning:[/] {name}.precision: fp16 has no fast CPU kernels (about 75× "
                     "slower than 32 in docs/performance.md); bf16 is the CPU's mixed precision")
+    return blocks

@@ -18,6 +18,7 @@ from layerprune.models import create_model_for
 from layerprune.pruner import Pruner
 from layerprune.recipe.rundir import RunDir
 from layerprune.recipe.schema import Recipe, TrainSection
+from layerprune.recipe.trainlog import TrainingLog
 from layerprune.train import TrainSettings, train
 
 ON_DEVICE_LIMIT = 2 * 1024**3  # data.on_device default: in-memory data sets up to this size go to the GPU
@@ -34,6 +35,7 @@ class Resources:
         self._base: nn.Module | None = None
         self._device: torch.device | None = None
         self.base_checkpoint: str | None = None  # where a pretrained base is kept, if not in the run dir
+        self._log: TrainingLog | None = None
 
     @property
     def device(self) -> torch.device:
@@ -132,6 +134,16 @@ class Resources:
         sampler = range(distributed.rank(), len(data), distributed.world_size()) if share and distributed.active() else None
         return make_loader(data, d.eval_batch_size, workers=d.workers, sampler=sampler)
 
+    def samples(self, count: int, split: str | None = None) -> torch.Tensor:
+        """The first ``count`` inputs of the evaluation split, as its loader prepares them (on the CPU)."""
+        batches, got = [], 0
+        for x, _ in self.eval_batches(split):
+            batches.append(x.cpu())
+            got += len(x)
+            if got >= count:
+                break
+        return torch.cat(batches)[:count]
+
     def evaluate(self, model: nn.Module, description: str = "eval") -> EvalResult:
         return evaluate(model, self.eval_batches(), progress=self.progress, description=description)
 
@@ -145,9 +157,16 @@ class Resources:
         except LayerpruneError as exc:
             raise LayerpruneError(f"{name}: {exc}") from None
 
+    def training_log(self) -> TrainingLog:
+        """``metrics.csv`` (and TensorBoard files) in the run directory."""
+        if self._log is None or self._log.directory != self.run.path:
+            self._log = TrainingLog(self.run.path, tensorboard=self.recipe.logging.tensorboard)
+        return self._log
+
     def fit(self, model: nn.Module, settings: TrainSettings, name: str, teacher: nn.Module | None = None) -> list:
         history = train(model, self.train_loader(), settings, val_batches=self.eval_batches("val", share=True)
                         if self.build_data().val is not None else None, teacher=teacher,
                         checkpoint_path=self.run.file(f"{name}.ckpt"), seed=self.recipe.seed,
-                        progress=self.progress, log=self.log, description=name)
+                        progress=self.progress, log=self.log, description=name,
+                        on_epoch=self.training_log().stage(name))
         return [dataclasses.asdict(h) for h in history]

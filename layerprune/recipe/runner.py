@@ -30,7 +30,7 @@ from layerprune.recipe.preflight import preflight
 from layerprune.recipe.resources import Log, Resources
 from layerprune.recipe.rundir import RunDir
 from layerprune.recipe.schema import Recipe
-from layerprune.surgery import PruneSpec, find_blocks, load_pruned, measure_latency, model_cost, save_pruned
+from layerprune.surgery import Block, PruneSpec, find_blocks, load_pruned, measure_latency, model_cost, save_pruned
 
 STAGES = ("pretrain", "score", "select", "prune", "finetune", "eval", "export")
 EVERY_RANK = ("pretrain", "finetune")  # the stages that train, on every rank under torchrun
@@ -45,8 +45,8 @@ class RunResult:
 class Runner(Resources):
     """The stages of a recipe, over its :class:`Resources`."""
 
-    def preflight(self) -> None:
-        preflight(self)
+    def preflight(self) -> list[Block]:
+        return preflight(self)
 
     # -- stages -------------------------------------------------------------------------------
     def stage_pretrain(self) -> None:
@@ -124,7 +124,7 @@ class Runner(Resources):
         ranks = distributed.world_size()
 
         def save() -> None:
-            spec = PruneSpec.load(self.run.file("pruned") / "spec.json")
+            spec = PruneSpec.load(self.run.file("pruned"))
             save_pruned(model, spec, self.run.file("finetuned"))
             self.run.write_json("finetune.json", {"history": history, "world_size": ranks})
 
@@ -139,7 +139,7 @@ class Runner(Resources):
             "split": rc.eval.split,
             "base": {**self.evaluate(base).__dict__, **base_cost.to_dict()},
             "pruned": {**self.evaluate(final).__dict__, **final_cost.to_dict()},
-            "removed": PruneSpec.load(self.run.file("finetuned") / "spec.json").removed,
+            "removed": PruneSpec.load(self.run.file("finetuned")).removed,
             "prune_steps": self.run.read_json("prune.json")["steps"],
         }
         metrics["params_reduction"] = 1 - final_cost.params / base_cost.params
@@ -156,10 +156,37 @@ class Runner(Resources):
     def stage_export(self) -> None:
         from layerprune.recipe.summary import write_report
 
+        metrics = self.run.read_json("metrics.json")
         if self.recipe.export.enabled:
             final = self.pruned_model("finetuned")
-            save_pruned(final, PruneSpec.load(self.run.file("finetuned") / "spec.json"), self.run.file("model"))
-        write_report(self.run, self.run.read_json("metrics.json"))
+            save_pruned(final, PruneSpec.load(self.run.file("finetuned")), self.run.file("model"),
+                        card=self.card(metrics))
+            ex = self.recipe.export
+            if ex.formats:
+                from layerprune.export import Tolerance, export_model
+
+                samples = self.samples(64)
+                export_model(self.run.file("model"), ex.formats, tolerance=Tolerance(ex.atol, ex.rtol), samples=samples,
+                             origin=f"{len(samples)} samples of the run's evaluation split", log=self.log)
+        write_report(self.run, metrics)
+
+    def card(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """What the model card of ``model/`` says beyond the model itself."""
+        rc = self.recipe
+        rule = self.run.read_json("plan.json")["rule"]
+        keep = ("params", "macs", "accuracy")
+        info: dict[str, Any] = {
+            "dataset": rc.data.dataset, "criterion": rc.criterion.name, "metric": f"{metrics['split']} accuracy",
+            "selection": " ".join([rule["rule"], *(f"{k} {v}" for k, v in rule.items() if k != "rule")]),
+            "command": f"layerprune run {self.run.file('recipe.yaml')}",
+            "base": {k: metrics["base"][k] for k in keep}, "pruned": {k: metrics["pruned"][k] for k in keep}}
+        if "latency" in metrics["base"]:
+            lat = metrics["base"]["latency"]
+            info["base"]["latency_ms"] = lat["median_ms"]
+            info["pruned"]["latency_ms"] = metrics["pruned"]["latency"]["median_ms"]
+            info["latency"] = (f"median of {lat['repeats']} forward passes at batch {lat['batch_size']} on "
+                               f"{lat['device']}, measured in the run")
+        return info
 
     # -- driver -------------------------------------------------------------------------------
     def __call__(self) -> RunResult:

@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from layerprune.calibration import Calibration, Repair
+from layerprune.export.formats import FILES as EXPORT_FILES, Tolerance
 from layerprune.train.settings import TrainConfig
 from layerprune.params import is_count
 
@@ -120,7 +121,28 @@ class EvalSection(Section):
 class ExportSection(Section):
     """What is written at the end."""
 
-    enabled: bool = Field(True, description="save the pruned model (spec.json + weights.pth) in the run directory")
+    enabled: bool = Field(True, description="save the pruned model in model/ (config.json, model.safetensors, README.md model card)")
+    formats: list[str] = Field(default_factory=list,
+                               description="also export model/ to these formats, each checked against PyTorch: onnx, torchscript, exported (torch.export)")
+    atol: float = Field(Tolerance.atol, ge=0, description="export check: |exported − PyTorch| ≤ atol + rtol·|PyTorch| on every output")
+    rtol: float = Field(Tolerance.rtol, ge=0, description="export check: relative part of the tolerance")
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, value: list[str]) -> list[str]:
+        known = tuple(EXPORT_FILES)
+        for f in value:
+            if f not in known:
+                raise ValueError(f"unknown format {f!r} (known: {', '.join(known)})")
+        if len(set(value)) != len(value):
+            raise ValueError(f"each format once, got {value}")
+        return value
+
+
+class LoggingSection(Section):
+    """Training logs beyond metrics.csv (one row per epoch of every training stage, always written)."""
+
+    tensorboard: bool = Field(False, description="also write TensorBoard event files to tensorboard/ (needs the [tensorboard] extra)")
 
 
 ALL_CRITERIA = ["modularity", "random", "tail", "magnitude", "block_influence", "cka", "linear_probe",
@@ -179,6 +201,7 @@ class Recipe(Section):
     finetune: FinetuneSection = Field(default_factory=FinetuneSection, description="finetuning")
     eval: EvalSection = Field(default_factory=EvalSection, description="measurements")
     export: ExportSection = Field(default_factory=ExportSection, description="outputs")
+    logging: LoggingSection = Field(default_factory=LoggingSection, description="training logs")
     bench: Optional[BenchSection] = Field(None, description="criteria comparison (used by layerprune bench)")
     _source: Optional[str] = PrivateAttr(None)  # the file it was loaded from, for error messages
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
 from layerprune.io import write_text
 from layerprune.recipe.rundir import RunDir
+from layerprune.recipe.trainlog import METRICS_CSV, read_rows
 
 
 def _rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -51,6 +53,41 @@ def write_report(run: RunDir, metrics: dict[str, Any]) -> None:
              + (" with distillation" if recipe.finetune.distill.enabled else "") + ".", "",
              "| | base | pruned |", "|---|---|---|"]
     lines += [f"| {a.strip()} | {b} | {c} |" for a, b, c in _rows(metrics)]
+    if plot_training(run.file(METRICS_CSV), run.file("training.png")):
+        lines += ["", "![loss and accuracy per epoch](training.png)"]
     lines += ["", "Files: `recipe.yaml` (resolved recipe), `scores.json`, `plan.json`, `prune.json`,",
-              "`metrics.json`, `model/` (spec.json + weights.pth: `layerprune.load_pruned`).", ""]
+              "`metrics.json`, `metrics.csv` (one row per training epoch), `model/` (config.json, "
+              "model.safetensors, README.md: `layerprune.load_pruned`)"
+              + (", `model/export/` (`export.json`: checks and latency)" if recipe.export.formats else "") + ".", ""]
     write_text(run.file("report.md"), "\n".join(lines))
+
+
+def plot_training(csv_path: Path, png: Path) -> bool:
+    """Loss and accuracy per epoch of every training stage in ``metrics.csv``; False when empty."""
+    from layerprune.plots import pyplot, save_png
+
+    rows = read_rows(csv_path)
+    if not rows:
+        return False
+    plt = pyplot()
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, stage in enumerate(dict.fromkeys(r["stage"] for r in rows)):
+        rs = [r for r in rows if r["stage"] == stage]
+        epochs = [int(r["epoch"]) for r in rs]
+        color = f"C{i}"
+        for ax, key in ((loss_ax, "loss"), (acc_ax, "acc")):
+            scale = 100 if key == "acc" else 1
+            ax.plot(epochs, [scale * float(r[f"train_{key}"]) for r in rs], "-o", ms=3, color=color,
+                    label=f"{stage} train")
+            if rs[0][f"val_{key}"] != "":
+                ax.plot(epochs, [scale * float(r[f"val_{key}"]) for r in rs], "--s", ms=3, color=color,
+                        label=f"{stage} val")
+    loss_ax.set_ylabel("loss")
+    acc_ax.set_ylabel("accuracy %")
+    for ax in (loss_ax, acc_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    acc_ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_png(fig, png)
+    return True

@@ -58,6 +58,7 @@ def train(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     description: str = "train",
+    on_epoch: Callable[[list[EpochRecord]], None] | None = None,
 ) -> list[EpochRecord]:
     """Train ``model`` in place for ``settings.epochs`` epochs and return one record per epoch.
 
@@ -67,7 +68,8 @@ def train(
     With ``checkpoint_path`` the state is saved after every epoch and an existing file is resumed:
     the result is bitwise identical to an uninterrupted run. A finished checkpoint trains nothing:
     its weights are loaded into ``model`` and its history returned. The model ends in eval mode,
-    in the default (contiguous) memory layout and with plain BatchNorm layers.
+    in the default (contiguous) memory layout and with plain BatchNorm layers. ``on_epoch`` gets the
+    whole history after every epoch, once its checkpoint is saved (on rank 0 only).
 
     Training happens on the model's device. ``settings.precision`` (autocast in bf16/fp16),
     ``channels_last`` and ``compile`` speed it up where the hardware gains from them. Under torchrun
@@ -116,8 +118,11 @@ def train(
                     save_training_checkpoint(checkpoint_path, model, optimizer, settings, seed, history, scaler)
                 distributed.barrier()
                 bars.epoch_done(record)
-                if log is not None and distributed.is_main():
-                    log(record.summary(settings.epochs, description))
+                if distributed.is_main():
+                    if on_epoch is not None:
+                        on_epoch([EpochRecord(**r) for r in history])
+                    if log is not None:
+                        log(record.summary(settings.epochs, description))
         distributed.check_in_step(model, description)
     finally:
         if settings.channels_last:

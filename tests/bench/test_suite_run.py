@@ -117,6 +117,7 @@ def one_process(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # two more benches in fresh processes (about 4 minutes on 2 cores)
 def test_two_torchrun_ranks_give_the_trials_of_one_process(one_process, tmp_path):
     out = tmp_path / "two"
     done = _bench(str(SMALL), "--out", str(out), *_sets(TINY), torchrun=True)
@@ -125,6 +126,7 @@ def test_two_torchrun_ranks_give_the_trials_of_one_process(one_process, tmp_path
     assert _computed(_trials(out)) == _computed(_trials(one_process))
 
 
+@pytest.mark.slow  # a killed bench and its rerun, in fresh processes (about 2.5 minutes)
 def test_a_killed_bench_reruns_only_the_missing_trials(one_process, tmp_path):
     out = tmp_path / "killed"
     proc = _bench(str(SMALL), "--out", str(out), *_sets(TINY), wait=False, start_new_session=True)

@@ -1,5 +1,6 @@
 """The quickstart recipe end to end (with small overrides), resume, and run-directory rules."""
 
+import csv
 import json
 import time
 from pathlib import Path
@@ -15,13 +16,14 @@ ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "recipes/quickstart.yaml"
 SMALL = ["pretrain.epochs=2", "finetune.epochs=1", "data.calibration.samples=64",
          "data.calibration.batches=2", "prune.repair_batches=4", "eval.latency=false"]
+FINISHED = [*SMALL, "export.formats=[onnx]"]
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "quickstart"
-    result = runner.invoke(app, ["run", str(QUICKSTART), "--out", str(out), *sum((["--set", s] for s in SMALL), [])])
+    result = runner.invoke(app, ["run", str(QUICKSTART), "--out", str(out), *sum((["--set", s] for s in FINISHED), [])])
     assert result.exit_code == 0, result.output
     return out, result.output
 
@@ -29,7 +31,8 @@ def finished_run(tmp_path_factory):
 def test_quickstart_writes_every_output(finished_run):
     out, _ = finished_run
     for name in ("recipe.yaml", "scores.json", "modularity_curve.png", "plan.json", "prune.json",
-                 "metrics.json", "report.md", "model/spec.json", "model/weights.pth", "state.json"):
+                 "metrics.json", "metrics.csv", "training.png", "report.md", "model/config.json",
+                 "model/model.safetensors", "model/README.md", "state.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "state.json").read_text())["done"] == [
         "pretrain", "score", "select", "prune", "finetune", "eval", "export"]
@@ -64,7 +67,7 @@ def test_exported_model_loads_and_matches_the_metrics(finished_run):
 def test_rerunning_a_finished_run_resumes_and_changes_nothing(finished_run):
     out, _ = finished_run
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    result = runner.invoke(app, ["run", str(QUICKSTART), "--out", str(out), *sum((["--set", s] for s in SMALL), [])])
+    result = runner.invoke(app, ["run", str(QUICKSTART), "--out", str(out), *sum((["--set", s] for s in FINISHED), [])])
     assert result.exit_code == 0, result.output
     assert "done earlier" in result.output
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
@@ -88,8 +91,9 @@ def test_a_run_saved_before_keys_were_added_still_resumes(finished_run, tmp_path
     shutil.copytree(finished_run[0], out)
     saved = yaml.safe_load((out / "recipe.yaml").read_text())
     del saved["device"], saved["finetune"]["precision"], saved["data"]["on_device"]  # newer keys, at defaults
+    del saved["logging"], saved["export"]["atol"], saved["export"]["rtol"]
     (out / "recipe.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
-    result = runner.invoke(app, ["run", str(QUICKSTART), "--out", str(out), *sum((["--set", s] for s in SMALL), [])])
+    result = runner.invoke(app, ["run", str(QUICKSTART), "--out", str(out), *sum((["--set", s] for s in FINISHED), [])])
     assert result.exit_code == 0, result.output
     assert result.output.count("done earlier") == 7
 
@@ -99,7 +103,7 @@ class Interrupt(Exception):
 
 
 def test_interrupted_finetune_resumes_from_its_last_epoch(tmp_path):
-    recipe = load_recipe(QUICKSTART, [*SMALL, "finetune.epochs=2", "pretrain.epochs=1"])
+    recipe = load_recipe(QUICKSTART, [*SMALL, "finetune.epochs=2", "pretrain.epochs=1", "logging.tensorboard=true"])
     out = tmp_path / "run"
     lines: list[str] = []
 
@@ -124,6 +128,49 @@ def test_interrupted_finetune_resumes_from_its_last_epoch(tmp_path):
     assert [h["epoch"] for h in history] == [0, 1]
     assert (out / "scores.json").read_bytes() == scores_before  # no lost or rewritten outputs
     assert result.metrics["removed"]
+    rows = list(csv.DictReader((out / "metrics.csv").open()))  # one row per epoch, none twice after resume
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("pretrain", "1"), ("finetune", "1"), ("finetune", "2")]
+    assert float(rows[2]["train_loss"]) == pytest.approx(history[1]["train_loss"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("finetune/train_loss")] == [1, 2]
+    assert [e.step for e in events.Scalars("pretrain/val_accuracy")] == [1]
+
+
+def test_the_export_stage_writes_checked_onnx_from_the_runs_own_samples(finished_run):
+    out, _ = finished_run
+    report = json.loads((out / "model" / "export" / "export.json").read_text())
+    assert (out / "model" / "export" / "model.onnx").is_file()
+    assert report["samples"] == "64 samples of the run's evaluation split"
+    assert [c["format"] for c in report["checks"]] == ["onnx"] and report["checks"][0]["passed"]
+
+
+def test_metrics_csv_has_one_row_per_epoch_of_each_stage(finished_run):
+    out, _ = finished_run
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert list(rows[0]) == ["stage", "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+    assert [(r["stage"], int(r["epoch"])) for r in rows] == [("pretrain", 1), ("pretrain", 2), ("finetune", 1)]
+    pretrain = json.loads((out / "pretrain.json").read_text())["history"]
+    assert [float(r["val_acc"]) for r in rows[:2]] == pytest.approx([h["val_accuracy"] for h in pretrain])
+    assert "training.png" in (out / "report.md").read_text()
+
+
+def test_model_card_holds_what_the_run_measured(finished_run):
+    out, _ = finished_run
+    card = (out / "model" / "README.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert card.startswith("---\nlibrary_name: timm")
+    assert f"{100 * metrics['pruned']['accuracy']:.2f}%" in card and f"{metrics['pruned']['params']:,}" in card
+    assert "`modularity` criterion" in card and "digits" in card and "budget macs 0.4" in card
+    assert all(f"`{name}`" in card for name in metrics["removed"])
+    assert f"layerprune run {out / 'recipe.yaml'}" in card
+
+
+def test_epoch_lines_stay_whole_when_logged_to_a_file(finished_run):
+    _, output = finished_run  # CliRunner's output is not a terminal, like a CI log or a redirect
+    lines = [line for line in output.splitlines() if line.startswith("pretrain epoch")]
+    assert len(lines) == 2 and all("val_acc" in line and line.endswith("s") for line in lines)
 
 
 def test_fresh_starts_over_beside_the_old_run(tmp_path):

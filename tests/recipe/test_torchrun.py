@@ -40,7 +40,9 @@ def test_two_ranks_run_a_recipe_and_write_once(tmp_path):
     assert finetune["world_size"] == 2 and len(finetune["history"]) == 2
     # what rank 0 saved is what DDP trained: the final training checkpoint's weights
     ckpt = torch.load(out / "finetune.ckpt", map_location="cpu", weights_only=True)
-    saved = torch.load(out / "finetuned" / "weights.pth", map_location="cpu", weights_only=True)
+    from safetensors.torch import load_file
+
+    saved = load_file(out / "finetuned" / "model.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in ckpt["state_dict"].items())
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["removed"] == json.loads((out / "plan.json").read_text())["removed"]
