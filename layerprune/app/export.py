@@ -11,7 +11,7 @@ from layerprune.export import ExportResult, export_model
 from layerprune.recipe.load import load_recipe
 from layerprune.recipe.resources import Resources
 from layerprune.recipe.rundir import RECIPE_FILE
-from layerprune.surgery.spec import CONFIG_FILE, OLD_SPEC_FILE
+from layerprune.surgery.spec import CONFIG_FILE, is_pruned_folder
 
 
 def locate(source: str | Path) -> tuple[Path, Path | None]:
@@ -20,7 +20,7 @@ def locate(source: str | Path) -> tuple[Path, Path | None]:
     if not source.is_dir():
         raise LayerpruneError(f"{source}: no such folder (give a pruned-model folder or a run directory)")
     for folder in (source, source / "model"):
-        if (folder / CONFIG_FILE).is_file() or (folder / OLD_SPEC_FILE).is_file():
+        if is_pruned_folder(folder):
             return folder, folder.parent if (folder.parent / RECIPE_FILE).is_file() else None
     raise LayerpruneError(f"{source}: neither a pruned-model folder ({CONFIG_FILE}) nor a run directory with one "
                           "in model/")

@@ -174,11 +174,11 @@ def export_model(folder: str | Path, formats: list[str] | tuple[str, ...], *, ou
     pruned model and its unpruned architecture. Writes ``export.json``."""
     from layerprune.io import write_json
     from layerprune.models import create_model
-    from layerprune.surgery.spec import CONFIG_FILE, OLD_SPEC_FILE, PruneSpec, load_pruned
+    from layerprune.surgery.spec import CONFIG_FILE, PruneSpec, is_pruned_folder, load_pruned
 
     formats = check_formats(list(formats))
     folder = Path(folder)
-    if not ((folder / CONFIG_FILE).is_file() or (folder / OLD_SPEC_FILE).is_file()):
+    if not is_pruned_folder(folder):
         raise LayerpruneError(f"{folder}: not a pruned-model folder (no {CONFIG_FILE})")
     out = Path(out) if out is not None else folder / "export"
     spec = PruneSpec.load(folder)

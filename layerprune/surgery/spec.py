@@ -137,6 +137,11 @@ class PruneSpec:
         return cls.from_config(data, source=str(path))
 
 
+def is_pruned_folder(path: str | Path) -> bool:
+    """Whether ``path`` holds a pruned model (``config.json``, or a format-1 ``spec.json``)."""
+    return (Path(path) / CONFIG_FILE).is_file() or (Path(path) / OLD_SPEC_FILE).is_file()
+
+
 def apply_spec(model: nn.Module, spec: PruneSpec) -> nn.Module:
     """Apply the spec's removals, collapses and channel edits to ``model`` in place (structure
     only) and return it."""
