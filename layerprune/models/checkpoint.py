@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -51,22 +53,84 @@ def extract_state_dict(obj: object, source: str = "checkpoint") -> dict[str, tor
     return cleaned
 
 
+# torch.save's legacy (pre-1.6) format opens with its magic number, pickled with protocol 2.
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+_ZIP_MAGIC = b"PK\x03\x04"
+_FORMATS = "neither the zip archive torch.save writes, nor its legacy format, nor safetensors"
+
+
 def read_checkpoint(path: str | Path) -> object:
-    """``torch.load`` with ``weights_only=True`` (no code runs), with one-line errors."""
+    """The object in a checkpoint file, read without running code (``torch.load`` with
+    ``weights_only=True``, or safetensors), with one-line errors that say what the file is when
+    it is not a checkpoint: empty, text, damaged or truncated, or holding pickled objects."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    with path.open("rb") as f:
+        head = f.read(4096)
+    if not head:
+        raise CheckpointError(f"{path}: an empty file, not a PyTorch checkpoint")
+    if _is_safetensors(path, head):
+        return _read_safetensors(path)
+    if head.startswith(_ZIP_MAGIC):
+        _check_zip(path)
+    elif not head.startswith(_LEGACY_MAGIC):
+        raise CheckpointError(f"{path}: {_describe(head)}, not a PyTorch checkpoint ({_FORMATS})")
     try:
         # weights_only also reads the legacy (pre-1.6, non-zip) format of older releases.
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
         raise CheckpointError(
-            f"{path}: refused to unpickle non-tensor objects with weights_only=True ({first}); "
-            "re-save the checkpoint as a plain state dict"
-        ) from exc
-    except Exception as exc:  # truncated files, not a torch file at all, ...
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+            f"{path}: holds pickled Python objects{what} besides tensors, which are not loaded because "
+            "unpickling can run code; if you trust the file, re-save its weights as a plain state dict "
+            "(torch.save(model.state_dict(), PATH))") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file can fail in many ways inside torch.load
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: a damaged or truncated PyTorch checkpoint ({type(exc).__name__}: "
+                              f"{first}); was the download or copy interrupted?") from None
+
+
+def _check_zip(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"{path}: a damaged or truncated zip archive ({exc}), not a readable PyTorch "
+                              "checkpoint; was the download or copy interrupted?") from None
+    if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        raise CheckpointError(f"{path}: a zip archive without data.pkl, not a PyTorch checkpoint "
+                              f"(it holds {', '.join(names[:_SHOW]) or 'nothing'})")
+
+
+def _is_safetensors(path: Path, head: bytes) -> bool:
+    """safetensors: an 8-byte little-endian header length, then the JSON header."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: a damaged safetensors file ({exc})") from None
+
+
+def _describe(head: bytes) -> str:
+    """What a file that is not a checkpoint looks like, from its first bytes."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        text = head[:exc.start].decode("utf-8") if exc.start > len(head) - 4 else None
+    if text is not None and all(c.isprintable() or c in "\n\r\t" for c in text):
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return f"a text file (starting {first!r})" if first else "a text file"
+    return f"a binary file (starting {head[:8].hex(' ')})"
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) -> nn.Module:
@@ -83,24 +147,38 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
 
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str, strict: bool = True) -> nn.Module:
     """Load a state dict into ``model`` (in place) after checking its keys and shapes; the
-    error names ``source`` and the offending keys."""
+    error names ``source`` and the offending keys, and leaves the model as it was.
+
+    Keys are judged as PyTorch judges them: what its modules fill in for state dicts of older
+    releases (BatchNorm's ``num_batches_tracked``, weight norm's ``weight_g``/``weight_v``) is
+    not missing.
+    """
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
     mismatched = [
         f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in own if k in state and state[k].shape != own[k].shape
     ]
-    problems = []
     if mismatched:
-        problems.append(_listing("shape mismatch", mismatched))
-    if strict and missing:
-        problems.append(_listing("missing", missing))
-    if strict and unexpected:
-        problems.append(_listing("unexpected", unexpected))
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: {_listing('shape mismatch', mismatched)}")
+    state = dict(state)  # no ``_metadata``: every module reads it as a state dict of its oldest version
+    if set(own) == set(state) or not strict:
+        model.load_state_dict(state, strict=strict)
+        return model
+    backup = {k: v.detach().clone() for k, v in own.items()}  # the keys differ: PyTorch may still fill them
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes met only after an upgrade hook renamed keys
+        model.load_state_dict(backup)
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: {first}") from None
+    problems = []
+    if result.missing_keys:
+        problems.append(_listing("missing", list(result.missing_keys)))
+    if result.unexpected_keys:
+        problems.append(_listing("unexpected", list(result.unexpected_keys)))
     if problems:
+        model.load_state_dict(backup)
         raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))
-    model.load_state_dict(state, strict=strict)
     return model
 
 

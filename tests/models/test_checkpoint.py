@@ -1,5 +1,10 @@
 """Checkpoints in the formats people have: community CIFAR-ResNet layout, wrappers, old releases."""
 
+import argparse
+import random
+import warnings
+import zipfile
+
 import pytest
 import timm
 import torch
@@ -139,19 +144,123 @@ class _NotWeights:
     pass
 
 
-def test_missing_garbage_and_unsafe_files_are_one_line_errors(tmp_path):
-    model = timm.create_model("cifar_resnet20")
+def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint not found: .*nope.pth"):
-        load_checkpoint(model, tmp_path / "nope.pth")
-    garbage = tmp_path / "garbage.pth"
-    garbage.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
-        load_checkpoint(model, garbage)
+        load_checkpoint(timm.create_model("cifar_resnet20"), tmp_path / "nope.pth")
+
+
+def _truncated_zip(path):
+    torch.save(timm.create_model("cifar_resnet20").state_dict(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _truncated_legacy(path):
+    torch.save(timm.create_model("cifar_resnet20").state_dict(), path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _zip_of_other_things(path):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "not weights")
+
+
+NOT_CHECKPOINTS = {
+    "random bytes": (lambda p: p.write_bytes(random.Random(0).randbytes(5000)), r"a binary file \(starting [0-9a-f ]+\), not a PyTorch checkpoint"),
+    "text": (lambda p: p.write_text("epoch,acc\n1,0.5\n"), r"a text file \(starting 'epoch,acc'\), not a PyTorch checkpoint"),
+    "empty": (lambda p: p.write_bytes(b""), "an empty file, not a PyTorch checkpoint"),
+    "truncated zip": (_truncated_zip, "a damaged or truncated zip archive .*interrupted"),
+    "truncated legacy": (_truncated_legacy, "a damaged or truncated PyTorch checkpoint .*interrupted"),
+    "other zip": (_zip_of_other_things, r"a zip archive without data.pkl, not a PyTorch checkpoint \(it holds notes.txt\)"),
+}
+
+
+@pytest.mark.parametrize("kind", list(NOT_CHECKPOINTS))
+def test_a_file_that_is_not_a_checkpoint_says_what_it_is(tmp_path, kind):
+    make, message = NOT_CHECKPOINTS[kind]
+    path = tmp_path / "weights.pth"
+    make(path)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(timm.create_model("cifar_resnet20"), path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert "weights_only" not in str(info.value)  # not mistaken for a checkpoint with pickled objects
+
+
+def test_a_checkpoint_with_pickled_objects_names_them(tmp_path):
+    model = timm.create_model("cifar_resnet20")
     unsafe = tmp_path / "unsafe.pth"
-    torch.save({"state_dict": model.state_dict(), "trainer": _NotWeights()}, unsafe)
-    with pytest.raises(CheckpointError, match="weights_only=True") as info:
+    torch.save({"state_dict": model.state_dict(), "args": argparse.Namespace(lr=0.1), "trainer": _NotWeights()}, unsafe)
+    with pytest.raises(CheckpointError, match=r"holds pickled Python objects \((argparse\.Namespace|.*_NotWeights)\)") as info:
         load_checkpoint(model, unsafe)
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "not a PyTorch checkpoint" not in str(info.value)
+
+
+def test_safetensors_weights_load(tmp_path):
+    from safetensors.torch import save_file
+
+    source = _randomise_bn(timm.create_model("cifar_resnet20"))
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model = load_checkpoint(timm.create_model("cifar_resnet20"), path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model(x), source(x))
+
+
+# -- what older PyTorch releases saved: accepted where PyTorch accepts it --------------------
+def test_community_resnet56_saved_before_batchnorm_counted_batches_loads(tmp_path):
+    """The community CIFAR ResNet-56 layout ({"state_dict": {"module.…"}}) as published by a
+    PyTorch release whose BatchNorm had no ``num_batches_tracked``: PyTorch fills the counter in."""
+    community = _randomise_bn(_CommunityResNet(n=9))
+    state = {f"module.{k}": v for k, v in community.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(state) < len(community.state_dict())
+    path = tmp_path / "resnet56-4bfd9763.th"
+    torch.save({"best_prec1": 93.39, "state_dict": state}, path, _use_new_zipfile_serialization=False)
+    model = load_checkpoint(timm.create_model("cifar_resnet56"), path).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), community(x))
+    counters = [m.num_batches_tracked.item() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(counters) == 55 and set(counters) == {0}
+
+
+class _WeightNormNet(nn.Module):
+    def __init__(self, new_api):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        norm = nn.utils.parametrizations.weight_norm if new_api else nn.utils.weight_norm
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the old weight_norm is deprecated
+            self.fc = norm(self.fc)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_weight_norm_of_older_releases_loads_into_the_parametrized_one(tmp_path):
+    """``weight_g``/``weight_v`` (torch.nn.utils.weight_norm) into a model that uses
+    ``torch.nn.utils.parametrizations.weight_norm``: PyTorch renames them when loading."""
+    old = _WeightNormNet(new_api=False)
+    path = tmp_path / "wn.pth"
+    torch.save(old.state_dict(), path)
+    assert {"fc.weight_g", "fc.weight_v"} <= set(torch.load(path, weights_only=True))
+    new = load_checkpoint(_WeightNormNet(new_api=True), path)
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), old(x))
+
+
+def test_a_missing_weight_is_still_an_error_and_the_model_is_unchanged(tmp_path):
+    source = timm.create_model("cifar_resnet56")
+    state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    del state["layer2.4.conv1.weight"]
+    path = tmp_path / "r56.pth"
+    torch.save(state, path)
+    model = timm.create_model("cifar_resnet56")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"does not fit CifarResNet: 1 missing: layer2\.4\.conv1\.weight$"):
+        load_checkpoint(model, path)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_no_state_dict_inside(tmp_path):
