@@ -17,6 +17,7 @@ from rich.table import Table
 
 from layerprune.calibration import Calibration
 from layerprune.errors import LayerpruneError
+from layerprune.io import output_error
 
 app = typer.Typer(
     name="layerprune",
@@ -37,11 +38,21 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except LayerpruneError as exc:
-            if _is_rank0():  # under torchrun, one message for the job, not one per process
-                err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
+            _say_error(exc)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # a write outside layerprune's own helpers (a plot, TensorBoard, ...)
+            error = output_error(exc.filename, exc) if exc.filename else None
+            if error is None:
+                raise
+            _say_error(error)
+            raise typer.Exit(error.exit_code) from None
 
     return wrapper
+
+
+def _say_error(exc: Exception) -> None:
+    if _is_rank0():  # under torchrun, one message for the job, not one per process
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
 
 
 def log_line(message: str) -> None:

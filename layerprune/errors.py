@@ -45,3 +45,19 @@ class ExportMismatchError(LayerpruneError):
     export ran but is wrong, which is not bad input (exit code 1)."""
 
     exit_code = 1
+
+
+class OutputError(LayerpruneError):
+    """An output location that cannot be written: a parent that is a file, a read-only or
+    forbidden folder (exit code 2: the path asked for is wrong)."""
+
+
+class StorageFullError(OutputError):
+    """A write that ran out of room (no space left, file size limit, quota): the request was fine,
+    the storage was not (exit code 1); nothing half-written is left, and a rerun resumes."""
+
+    exit_code = 1
+
+
+class DirectoryInUseError(LayerpruneError):
+    """A run or bench directory that another live process is writing into."""

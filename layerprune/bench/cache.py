@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from layerprune.io import write_json
+from layerprune.io import make_dir, write_json
 from layerprune.recipe.schema import Recipe
 
 CACHE_ENV = "LAYERPRUNE_CACHE"
@@ -64,7 +64,7 @@ class BaseCache:
     def partial(self, recipe: Recipe) -> Path:
         """Where the base is trained; its ``key.json`` says what it is."""
         work = self.entry(recipe).with_name(self.entry(recipe).name + ".partial")
-        work.mkdir(parents=True, exist_ok=True)
+        make_dir(work)
         write_json(work / "key.json", base_key(recipe))
         return work
 

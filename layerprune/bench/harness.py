@@ -18,6 +18,7 @@ atomically: a killed bench, rerun, computes only what is missing. Base models co
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +33,11 @@ from layerprune.bench.suite import Suite
 from layerprune.criteria.base import CriterionResult
 from layerprune.criteria.catalog import criterion_parameters
 from layerprune.errors import LayerpruneError
-from layerprune.io import write_json, write_text
+from layerprune.io import make_dir, remove_partial, write_json, write_text
+from layerprune.lock import DirectoryLock
 from layerprune.recipe.load import RecipeError
 from layerprune.recipe.preflight import unreachable
-from layerprune.recipe.rundir import RunDir, unused_beside
+from layerprune.recipe.rundir import RunDir, is_empty, unused_beside
 from layerprune.recipe.runner import Runner
 from layerprune.recipe.schema import Recipe
 from layerprune.surgery import find_blocks, measure_latency, model_cost
@@ -114,11 +116,14 @@ class SettingBench:
         r, runner = self.recipe, self.runner
         if runner.base_checkpoint is not None and not self.cache.has(r):
             self.log(f"[bold]▶ {self.name}: pretrain[/] (base model cached in {self.cache.entry(r)})")
-            runner.run = RunDir(self.cache.partial(r), r)  # a killed pretraining resumes from there
-            try:
-                runner.stage_pretrain()
-            finally:
-                runner.run = self.run
+            # A killed pretraining resumes from there; two benches never train into it at once.
+            with DirectoryLock.acquire(self.cache.partial(r)) as held:
+                remove_partial(held.directory)
+                runner.run = RunDir(held.directory, r)
+                try:
+                    runner.stage_pretrain()
+                finally:
+                    runner.run = self.run
             self.cache.commit(r)
             write_json(self.run.file("pretrain.json"),
                        {"cache": str(self.cache.entry(r)), **RunDir(self.cache.entry(r), r).read_json("pretrain.json")})
@@ -245,19 +250,28 @@ class BenchResult:
     report: dict[str, Any]
 
 
-def _open_suite_dir(suite: Suite, out: str | None, fresh: bool) -> Path:
+def _open_suite_dir(suite: Suite, out: str | None, fresh: bool) -> tuple[Path, DirectoryLock]:
+    """The bench directory, locked for this process, with what a killed bench half-wrote removed."""
     import yaml
 
     path = Path(out or suite.output_dir or f"runs/{suite.name}")
     if fresh:
         path = unused_beside(path)
-    elif path.exists() and any(path.iterdir()) and not (path / SUITE_FILE).is_file():
-        raise LayerpruneError(f"{path} exists and is not a layerprune bench directory; choose another --out")
-    path.mkdir(parents=True, exist_ok=True)
-    write_text(path / SUITE_FILE, yaml.safe_dump({"name": suite.name, "cache_dir": suite.cache_dir,
-                                                  "settings": [r.model_dump(mode="json") for r in suite.recipes]},
-                                                 sort_keys=False))
-    return path
+    created = not path.exists()
+    lock = DirectoryLock.acquire(path)
+    try:
+        remove_partial(path)
+        if not is_empty(path) and not (path / SUITE_FILE).is_file():
+            raise LayerpruneError(f"{path} exists and is not a layerprune bench directory; choose another --out")
+        write_text(path / SUITE_FILE, yaml.safe_dump({"name": suite.name, "cache_dir": suite.cache_dir,
+                                                      "settings": [r.model_dump(mode="json") for r in suite.recipes]},
+                                                     sort_keys=False))
+    except BaseException:
+        lock.release()
+        if created and is_empty(path):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    return path, lock
 
 
 def _preflight(suite: Suite, benches: list[SettingBench]) -> None:
@@ -293,6 +307,7 @@ def run_suite(suite: Suite, *, out: str | None = None, fresh: bool = False, prog
     """Run (or resume) every setting of ``suite`` in ``out`` (default ``runs/NAME``); under
     torchrun the trials are shared among the ranks and rank 0 merges (the others return ``None``)."""
     joined = distributed.init_from_env()
+    locks: list[DirectoryLock] = []  # rank 0's lock on the bench directory
     try:
         rank, world = distributed.rank(), distributed.world_size()
         say = log if rank == 0 else (lambda msg: log(f"[dim]rank {rank}:[/] {msg}"))
@@ -302,11 +317,12 @@ def run_suite(suite: Suite, *, out: str | None = None, fresh: bool = False, prog
         distributed.check_everywhere(lambda: _preflight(suite, benches))  # before anything is written
 
         def open_dirs() -> Path:
-            path = _open_suite_dir(suite, out, fresh)
+            path, held = _open_suite_dir(suite, out, fresh)
+            locks.append(held)  # released when the bench ends, however it ends
             for b in benches:
-                run = RunDir.open(b.recipe, str(path / "settings" / b.name), ignore=GROWABLE)
+                run = RunDir.open(b.recipe, str(path / "settings" / b.name), ignore=GROWABLE, lock=False)
                 for sub in ("scores", "trials"):
-                    run.file(sub).mkdir(exist_ok=True)
+                    make_dir(run.file(sub))
             return path
 
         path = distributed.on_main(open_dirs)
@@ -329,6 +345,8 @@ def run_suite(suite: Suite, *, out: str | None = None, fresh: bool = False, prog
         result = distributed.on_main(merge)
         return result if rank == 0 else None
     finally:
+        for held in locks:
+            held.release()
         if joined:
             distributed.shutdown()
 

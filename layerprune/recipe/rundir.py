@@ -3,19 +3,22 @@
 A run directory holds the resolved recipe (``recipe.yaml``) and ``state.json`` (the finished
 stages). Running the same resolved recipe again resumes; a different recipe aimed at the same
 directory is refused; ``fresh=True`` starts over in a new directory beside it (``NAME-2``, ...)
-and leaves the old run as it is.
+and leaves the old run as it is. One process at a time: the directory is locked while it is open
+(:mod:`layerprune.lock`), and what a killed run half-wrote is swept away before anything else.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from layerprune.errors import LayerpruneError
-from layerprune.io import write_json, write_text
+from layerprune.io import remove_partial, write_json, write_text
+from layerprune.lock import LOCK_FILE, DirectoryLock
 from layerprune.recipe.schema import Recipe
 
 RECIPE_FILE, STATE_FILE = "recipe.yaml", "state.json"
@@ -43,47 +46,70 @@ def _without(tree: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def is_empty(path: Path) -> bool:
+    """Missing, or holding nothing but a lock file (left by a run killed before it wrote anything)."""
+    return not path.is_dir() or all(p.name == LOCK_FILE for p in path.iterdir())
+
+
 def unused_beside(base: Path) -> Path:
     """``base`` when it is missing or empty, else the first free ``NAME-2``, ``NAME-3``, ... beside it."""
     path, n = base, 2
-    while path.exists() and any(path.iterdir()):
+    while path.exists() and not is_empty(path):
         path = base.with_name(f"{base.name}-{n}")
         n += 1
     return path
 
 
 class RunDir:
-    def __init__(self, path: Path, recipe: Recipe) -> None:
+    def __init__(self, path: Path, recipe: Recipe, lock: DirectoryLock | None = None) -> None:
         self.path = path
         self.recipe = recipe
+        self.lock = lock
 
     @classmethod
     def open(cls, recipe: Recipe, out: str | None = None, *, fresh: bool = False,
-             ignore: tuple[str, ...] = ()) -> "RunDir":
+             ignore: tuple[str, ...] = (), lock: bool = True) -> "RunDir":
         """``ignore``: dotted keys that may change between runs in this directory (the bench's
-        lists of criteria, budgets and seeds: each trial is a file of its own)."""
+        lists of criteria, budgets and seeds: each trial is a file of its own). ``lock=False``: the
+        caller holds a lock above it (a bench's settings); call :meth:`close` when done."""
         base = Path(out or recipe.output_dir or f"runs/{recipe.name}")
         resolved = recipe.model_dump(mode="json")
         path = unused_beside(base) if fresh else base
-        if not fresh and path.exists() and any(path.iterdir()):
-            saved_file = path / RECIPE_FILE
-            if not saved_file.is_file():
-                raise LayerpruneError(f"{path} exists and is not a layerprune run directory; choose another --out")
-            saved = yaml.safe_load(saved_file.read_text(encoding="utf-8"))
-            try:  # keys added to the schema since that run was saved take their defaults
-                saved = Recipe.model_validate(saved).model_dump(mode="json")
-            except ValueError:
-                pass  # compare as written; the first difference names the key
-            diff = _first_difference(_without(saved, ignore), _without(resolved, ignore))
-            if diff:
-                raise LayerpruneError(
-                    f"{path} holds a run of a different recipe ({diff}); rerun with --fresh for a new "
-                    "run directory, or --out DIR")
-        path.mkdir(parents=True, exist_ok=True)
-        run = cls(path, recipe)
-        if ignore or not (path / RECIPE_FILE).is_file():  # the lists that may change: as last run
-            write_text(path / RECIPE_FILE, yaml.safe_dump(resolved, sort_keys=False))
-        return run
+        created = not path.exists()
+        held = DirectoryLock.acquire(path) if lock else None
+        try:
+            if lock:
+                remove_partial(path)
+            if not fresh and not is_empty(path):
+                saved_file = path / RECIPE_FILE
+                if not saved_file.is_file():
+                    raise LayerpruneError(f"{path} exists and is not a layerprune run directory; choose another --out")
+                saved = yaml.safe_load(saved_file.read_text(encoding="utf-8"))
+                try:  # keys added to the schema since that run was saved take their defaults
+                    saved = Recipe.model_validate(saved).model_dump(mode="json")
+                except ValueError:
+                    pass  # compare as written; the first difference names the key
+                diff = _first_difference(_without(saved, ignore), _without(resolved, ignore))
+                if diff:
+                    raise LayerpruneError(
+                        f"{path} holds a run of a different recipe ({diff}); rerun with --fresh for a new "
+                        "run directory, or --out DIR")
+            path.mkdir(parents=True, exist_ok=True)
+            if ignore or not (path / RECIPE_FILE).is_file():  # the lists that may change: as last run
+                write_text(path / RECIPE_FILE, yaml.safe_dump(resolved, sort_keys=False))
+        except BaseException:
+            if held is not None:
+                held.release()
+            if created and is_empty(path):
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+        return cls(path, recipe, held)
+
+    def close(self) -> None:
+        """Release the directory's lock (if this object holds it)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # -- state --------------------------------------------------------------------------------
     def done(self) -> list[str]:

@@ -57,10 +57,9 @@ class Runner(Resources):
         ranks = distributed.world_size()
 
         def save() -> None:
-            from layerprune.io import atomic_path
+            from layerprune.io import save_torch
 
-            with atomic_path(self.run.file("pretrained.pth")) as tmp:
-                torch.save(model.state_dict(), tmp)
+            save_torch(model.state_dict(), self.run.file("pretrained.pth"))
             self.run.write_json("pretrain.json", {"history": history, "world_size": ranks,
                                                   "eval": self.evaluate(model).__dict__})
 
@@ -214,6 +213,7 @@ def run_recipe(recipe: Recipe, *, out: str | None = None, fresh: bool = False, p
     shows progress and writes, and every rank returns the same result.
     """
     joined = distributed.init_from_env()
+    runner = None
     try:
         main = distributed.is_main()
         runner = Runner(recipe, progress=progress and main, log=log if main else _quiet)
@@ -225,6 +225,8 @@ def run_recipe(recipe: Recipe, *, out: str | None = None, fresh: bool = False, p
         runner.log(f"run directory: {runner.run.path}")
         return runner()
     finally:
+        if runner is not None and runner.run is not None:
+            runner.run.close()  # rank 0 holds the job's one lock; the other ranks have none to release
         if joined:
             distributed.shutdown()
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from layerprune.errors import CheckpointError
-from layerprune.io import atomic_path
+from layerprune.io import save_torch
 from layerprune.models.checkpoint import read_checkpoint
 from layerprune.train.settings import SPEED_ONLY, TrainSettings
 
@@ -53,8 +53,7 @@ def save_training_checkpoint(
     }
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(state, path)
 
 
 def load_training_checkpoint(

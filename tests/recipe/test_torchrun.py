@@ -9,27 +9,54 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+
+from pathlib import Path
 
 import torch
+
+from layerprune.lock import LOCK_FILE, holder
 
 RECIPE = "recipes/quickstart.yaml"
 TINY = ["--set", "pretrain.epochs=1", "--set", "finetune.epochs=2", "--set", "eval.latency=false",
         "--set", "data.calibration.batches=1"]
 
 
-def torchrun(*args: str, cwd: str) -> subprocess.CompletedProcess:
+def torchrun(*args: str, cwd: str, watch=None) -> subprocess.CompletedProcess:
+    """Two ranks of ``layerprune ARGS``; ``watch`` sees each line of their output as it comes."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "layerprune", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "layerprune",
+           *args]
+    if watch is None:
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    with tempfile.TemporaryFile("w+") as err, subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                                                stderr=err, text=True) as proc:
+        stdout = []
+        for line in proc.stdout:
+            stdout.append(line)
+            watch(line)
+        proc.wait(timeout=300)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, proc.returncode, "".join(stdout), err.read())
 
 
 def test_two_ranks_run_a_recipe_and_write_once(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = tmp_path / "runs" / "ddp"
-    done = torchrun("run", RECIPE, *TINY, "--out", str(out), cwd=root)
+    ranks = set()
+
+    def watch(line: str) -> None:
+        """While the job runs, its run directory's lock names rank 0's process (were every rank
+        to lock it, rank 1 would be refused)."""
+        if "▶ score" in line and (info := holder(out)):
+            environ = Path(f"/proc/{info['pid']}/environ").read_bytes().split(b"\0")
+            ranks.add(next(e for e in environ if e.startswith(b"RANK=")).decode())
+
+    done = torchrun("run", RECIPE, *TINY, "--out", str(out), cwd=root, watch=watch)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert ranks == {"RANK=0"} and not (out / LOCK_FILE).exists()  # one lock, released at the end
     # one job, one voice: every stage and epoch line and the summary appear once
     assert done.stdout.count("▶ finetune") == 1 and done.stdout.count("outputs in") == 1
     assert done.stdout.count("finetune epoch 2/2") == 1
