@@ -54,16 +54,21 @@ def _bench(*args: str, torchrun: bool = False, wait: bool = True, **kwargs):
 
 
 # -- the small suite through the CLI ----------------------------------------------------------
+# The shipped small suite with fewer criteria and one budget (14 trials instead of 44): every
+# setting, both seeds and the width row stay.
+SMALLER = ["bench.criteria=[modularity, random, tail]", "bench.budgets=[{macs: 0.3}]"]
+
+
 @pytest.fixture(scope="module")
 def small_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite") / "small"
-    result = runner.invoke(app, ["bench", str(SMALL), "--out", str(out)])
+    result = runner.invoke(app, ["bench", str(SMALL), "--out", str(out), *_sets(SMALLER)])
     assert result.exit_code == 0, result.output
     return out
 
 
 def test_small_suite_runs_every_trial_of_every_setting(small_dir):
-    suite = load_suite(SMALL)
+    suite = load_suite(SMALL, SMALLER)
     expected = set()
     for r in suite.recipes:
         b = r.bench
@@ -83,7 +88,7 @@ def test_small_suite_writes_the_leaderboard_and_every_setting(small_dir):
     assert report.index("## Leaderboard: accuracy after finetune") < report.index("## Settings")
     for name in ("leaderboard.png", "suite.yaml"):
         assert (small_dir / name).is_file()
-    for r in load_suite(SMALL).recipes:
+    for r in load_suite(SMALL, SMALLER).recipes:
         assert f"### {r.name}: {r.model.name} on {r.data.dataset}" in report
         assert (small_dir / "settings" / r.name / "accuracy_vs_macs.png").is_file()
         assert f"](settings/{r.name}/accuracy_vs_macs.png)" in report
@@ -92,7 +97,7 @@ def test_small_suite_writes_the_leaderboard_and_every_setting(small_dir):
 def test_the_stored_leaderboard_is_the_one_the_trials_give(small_dir):
     stored = json.loads((small_dir / "trials.json").read_text())
     depth = [t for t in stored["trials"] if not t["criterion"].startswith("width")]
-    criteria = list(dict.fromkeys(c for r in load_suite(SMALL).recipes for c in r.bench.criteria))
+    criteria = list(dict.fromkeys(c for r in load_suite(SMALL, SMALLER).recipes for c in r.bench.criteria))
     again = leaderboard(depth, "tail", "after_finetune", criteria)
     assert json.dumps(again, sort_keys=True) == json.dumps(stored["leaderboards"]["after_finetune"], sort_keys=True)
     ranked = [r["criterion"] for r in stored["leaderboards"]["after_finetune"]]
