@@ -7,8 +7,9 @@ stage. Rules differ only in when they stop:
 
 * ``threshold`` — remove every block scoring strictly below ``threshold``;
 * ``count`` — remove the ``k`` lowest (or ``fraction`` of the candidates);
-* ``budget`` — remove lowest first until the parameters (``params``) or MACs (``macs``) fall by
-  at least that fraction of the model's total;
+* ``budget`` — remove lowest first until the parameters (``params``), MACs (``macs``) or
+  measured latency (``latency``, each block's share timed on the device) fall by at least that
+  fraction of the model's total;
 * ``run`` — remove the one run of ``n`` consecutive blocks of a stage that scores lowest: by the
   criterion's own run scores where it has them (``angular``), else by the sum of its blocks' scores.
 
@@ -26,6 +27,7 @@ from layerprune.errors import LayerpruneError
 from layerprune.params import check_parameters, is_count
 from layerprune.registry import Registry, did_you_mean
 from layerprune.surgery.blocks import Block, StagePlan, stages
+from layerprune.surgery.cost import PRECISIONS
 
 # A rule gets the plan (with its ``try_remove``) and the candidates, lowest score first.
 Rule = Callable[..., None]
@@ -40,38 +42,66 @@ class RuleParameterError(LayerpruneError):
         super().__init__(f"{key}: {message}")
 
 
-def removed_share(blocks: list[Block], names: Iterable[str]) -> tuple[float, float]:
-    """The shares of the model's parameters and MACs that the blocks ``names`` carry (estimates
-    from :func:`find_blocks`; a collapsed block keeps its shortcut, counted here as removed)."""
+#: What a ``budget`` cuts a share of: parameters, MACs (counted) or latency (measured per block).
+BUDGET_KEYS = ("params", "macs", "latency")
+
+
+def budget_share(blocks: list[Block], names: Iterable[str], key: str) -> float:
+    """The share of the model's ``key`` (params, macs or latency) that the blocks ``names``
+    carry (estimates from :func:`find_blocks`, latency from :func:`measure_block_latency`; a
+    collapsed block keeps its shortcut, counted here as removed)."""
     names = set(names)
-    total = sum(b.params for b in blocks) or 1
     removed = [b for b in blocks if b.name in names]
-    return sum(b.params for b in removed) / total, sum(b.macs_share for b in removed)
+    if key == "params":
+        return sum(b.params for b in removed) / (sum(b.params for b in blocks) or 1)
+    if key == "macs":
+        return sum(b.macs_share for b in removed)
+    unmeasured = [b.name for b in removed if b.latency_share is None]
+    if unmeasured:
+        raise LayerpruneError(f"latency budget: the latency of {unmeasured[0]} was not measured (give blocks "
+                              "from Pruner.blocks, or set their latency_share with measure_block_latency)")
+    return sum(b.latency_share for b in removed)
+
+
+def removed_share(blocks: list[Block], names: Iterable[str]) -> tuple[float, float]:
+    """The shares of the model's parameters and MACs that the blocks ``names`` carry."""
+    names = list(names)
+    return budget_share(blocks, names, "params"), budget_share(blocks, names, "macs")
+
+
+def budget_target(params: Mapping[str, Any]) -> tuple[str, float]:
+    """The key (params, macs or latency) and the share of a ``budget`` rule's parameters."""
+    given = [k for k in BUDGET_KEYS if params.get(k) is not None]
+    if len(given) != 1:
+        raise RuleParameterError(given[1] if len(given) > 1 else "params",
+                                 "give exactly one of params, macs or latency (a fraction to cut, e.g. 0.4)")
+    return given[0], params[given[0]]
 
 
 class Plan(StagePlan):
     """The blocks a rule has chosen so far (never the last of a stage), and what they carry."""
 
+    def share(self, key: str) -> float:
+        return budget_share(self.blocks, (b.name for b in self.removed), key)
+
     @property
     def params_share(self) -> float:
-        return removed_share(self.blocks, (b.name for b in self.removed))[0]
+        return self.share("params")
 
     @property
     def macs_share(self) -> float:
-        return removed_share(self.blocks, (b.name for b in self.removed))[1]
+        return self.share("macs")
 
 
 def max_reduction(blocks: list[Block], key: str, *, protect: Iterable[str] = (), collapse: bool = False) -> float:
-    """The largest ``params`` or ``macs`` share any rule can remove under the constraints: every
-    allowed block, the cheapest of each stage kept when the whole stage is allowed."""
+    """The largest ``params``, ``macs`` or ``latency`` share any rule can remove under the
+    constraints: every allowed block, the costliest first, one kept in each stage."""
     protected = set(protect)
-    total = sum(b.params for b in blocks) or 1
-    share = (lambda b: b.params / total) if key == "params" else (lambda b: b.macs_share)
     plan = Plan(blocks)
     for block in sorted((b for b in blocks if b.stage and b.can_remove(collapse) and b.name not in protected),
-                        key=share, reverse=True):
+                        key=lambda b: budget_share(blocks, [b.name], key), reverse=True):
         plan.try_remove(block)
-    return plan.params_share if key == "params" else plan.macs_share
+    return plan.share(key)
 
 
 @RULES.register("threshold")
@@ -108,26 +138,42 @@ def count_rule(plan: Plan, ordered: list[tuple[Block, float]], *, k: int | None 
 
 @RULES.register("budget")
 def budget_rule(plan: Plan, ordered: list[tuple[Block, float]], *, params: float | None = None,
-                macs: float | None = None) -> None:
-    """Remove lowest first until parameters or MACs fall by at least the given fraction."""
-    if (params is None) == (macs is None):
-        raise RuleParameterError("params", "give exactly one of params or macs (a fraction, e.g. 0.4)")
-    key, target = ("params", params) if params is not None else ("macs", macs)
-    if not 0 < target < 1:
+                macs: float | None = None, latency: float | None = None, device: str | None = None,
+                batch_size: int = 1, precision: str | None = None) -> None:
+    """Remove lowest first until parameters, MACs or measured latency fall by at least the given
+    fraction. With ``latency``: ``device``, ``batch_size`` and ``precision`` say where it is
+    measured (defaults: the model's device, batch 1, full precision; in a recipe, the run's)."""
+    key, target = budget_target({"params": params, "macs": macs, "latency": latency})
+    if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 < target < 1:
         raise RuleParameterError(key, f"must be a fraction in (0, 1), got {target}")
+    timing = {"device": device, "batch_size": batch_size if batch_size != 1 else None, "precision": precision}
+    if key != "latency" and (extra := next((k for k, v in timing.items() if v is not None), None)):
+        raise RuleParameterError(extra, "only with a latency budget (it says where latency is measured)")
+    if not is_count(batch_size):
+        raise RuleParameterError("batch_size", f"must be an integer ≥ 1, got {batch_size!r}")
+    if precision is not None and str(precision) not in PRECISIONS:
+        raise RuleParameterError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if device is not None and not _is_device(device):
+        raise RuleParameterError("device", f"must be cpu, cuda or cuda:N, got {device!r}")
 
     def reached() -> bool:
-        return (plan.params_share if key == "params" else plan.macs_share) >= target - 1e-12
+        return plan.share(key) >= target - 1e-12
 
     for block, _ in ordered:
         if reached():
             return
         plan.try_remove(block)
     if not reached():
-        got = plan.params_share if key == "params" else plan.macs_share
         raise LayerpruneError(
-            f"rule 'budget': {key}={target:g} is out of reach; removing every allowed block saves {got:.3f}"
+            f"rule 'budget': {key}={target:g} is out of reach; removing every allowed block saves {plan.share(key):.3f}"
         )
+
+
+def _is_device(device: Any) -> bool:
+    if not isinstance(device, str):
+        return False
+    kind, _, index = device.partition(":")
+    return kind in ("cpu", "cuda", "mps") and (not index or (kind == "cuda" and index.isdigit()))
 
 
 @RULES.register("run")

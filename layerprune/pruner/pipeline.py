@@ -11,6 +11,7 @@ policy meet. ``layerprune run``, ``layerprune bench`` and ``layerprune score`` a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -22,11 +23,13 @@ from layerprune.calibration import Calibration, Pair, Repair, load_samples, micr
 from layerprune.criteria.base import Criterion, CriterionResult
 from layerprune.criteria.catalog import get_criterion
 from layerprune.criteria.context import ScoringContext
-from layerprune.criteria.selection import RULES, removed_share, rule_problems, select_blocks
+from layerprune.criteria.selection import RULES, budget_share, budget_target, rule_problems, select_blocks
 from layerprune.errors import LayerpruneError
 from layerprune.params import is_count
 from layerprune.evaluation import EvalResult, evaluate, model_device
 from layerprune.surgery.blocks import Block
+from layerprune.surgery.cost import compare_latency, measure_block_latency
+from layerprune.surgery.find import find_blocks
 from layerprune.surgery.remove import remove_blocks
 
 Evaluate = Callable[[nn.Module], EvalResult]
@@ -161,7 +164,8 @@ class Pruner:
         """The criterion's scores for ``model``'s blocks (``model`` is not changed)."""
         ctx = self.context(model, data)
         drawn = {**self.calibration.to_dict(), "samples": ctx.samples, "batches": ctx.num_batches}
-        return Scored(self.criterion(ctx), ctx.blocks, ctx.example_input, drawn)
+        result = self.criterion(ctx)
+        return Scored(result, self.blocks(model, ctx.example_input, ctx.blocks), ctx.example_input, drawn)
 
     def plan(self, scores: Mapping[str, float] | CriterionResult, blocks: list[Block], *,
              count: int | None = None) -> list[str]:
@@ -280,9 +284,41 @@ class Pruner:
 
     def _budget_met(self, blocks: list[Block], removed: list[str]) -> bool:
         """Whether ``removed`` carry the budget rule's share of the unpruned model (its ``blocks``)."""
-        params_share, macs_share = removed_share(blocks, removed)
-        key = "params" if self.rule.get("params") is not None else "macs"
-        return (params_share if key == "params" else macs_share) >= self.rule[key] - 1e-12
+        key, target = budget_target(self.rule)
+        return budget_share(blocks, removed, key) >= target - 1e-12
+
+    # -- latency budgets --------------------------------------------------------------------------
+    @property
+    def needs_latency(self) -> bool:
+        """Whether the rule is a latency budget (block latencies must be measured to plan)."""
+        return self.rule["rule"] == "budget" and self.rule.get("latency") is not None
+
+    def latency_settings(self, model: nn.Module) -> dict[str, Any]:
+        """Where a latency budget is measured: the rule's device (default: the model's), batch
+        size (1) and precision (32: full)."""
+        return {"device": str(self.rule.get("device") or model_device(model)),
+                "batch_size": int(self.rule.get("batch_size") or 1), "precision": str(self.rule.get("precision") or "32")}
+
+    def blocks(self, model: nn.Module, example_input: torch.Tensor, blocks: list[Block] | None = None) -> list[Block]:
+        """``model``'s blocks as the rule needs them: with their measured latency shares under a
+        latency budget (timed on the rule's device, batch size and precision)."""
+        blocks = blocks if blocks is not None else find_blocks(model, example_input)
+        if not self.needs_latency:
+            return blocks
+        settings = self.latency_settings(model)
+        measured = measure_block_latency(model, [b.name for b in blocks if b.stage], tuple(example_input.shape[1:]),
+                                         **settings)
+        return [dataclasses.replace(b, latency_share=measured.shares.get(b.name)) for b in blocks]
+
+    def speedup(self, base: nn.Module, pruned: nn.Module, input_size: tuple[int, ...]) -> dict[str, Any]:
+        """A latency budget confirmed on the pruned model: both timed side by side where the
+        budget was measured; the speed-up against the one the budget asks for (``1 / (1 − latency)``)."""
+        settings = self.latency_settings(base)
+        before, after = compare_latency([base, pruned], input_size, repeats=30, **settings)
+        target = 1 / (1 - float(self.rule["latency"]))
+        speedup = before.median_ms / after.median_ms
+        return {"latency": float(self.rule["latency"]), "target_speedup": target, "speedup": speedup,
+                "met": speedup >= target, "base_ms": before.median_ms, "pruned_ms": after.median_ms, **settings}
 
     def _calibration_eval(self, data: Any) -> Evaluate:
         pieces = micro_batches(self.calibration.load(data))  # what ScoringContext.evaluate measures on

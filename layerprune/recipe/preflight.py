@@ -4,7 +4,7 @@ met, so that a recipe that cannot run fails in seconds and leaves nothing behind
 from __future__ import annotations
 
 from layerprune import distributed
-from layerprune.criteria.selection import max_reduction
+from layerprune.criteria.selection import budget_target, max_reduction
 from layerprune.recipe.load import RecipeError
 from layerprune.recipe.resources import Resources
 from layerprune.recipe.schema import SelectSection
@@ -12,7 +12,7 @@ from layerprune.surgery.find import Block, find_blocks
 
 
 def unreachable(blocks: list[Block], key: str, target: float, select: SelectSection, model: str) -> str | None:
-    """What is wrong with a ``key`` (params or macs) reduction ``target`` that removing every
+    """What is wrong with a ``key`` (params, macs or latency) reduction ``target`` that removing every
     allowed block cannot reach (for the caller to prefix with the key and value); ``None`` when
     it can be reached."""
     reachable = max_reduction(blocks, key, protect=select.protect, collapse=select.collapse)
@@ -53,10 +53,17 @@ def preflight(res: Resources) -> list[Block]:
                 for p in recipe.select.protect if p not in names]
     sel = recipe.select
     if sel.rule == "budget":
-        key = "params" if "params" in sel.params else "macs"
-        target = float(sel.params[key])
-        if problem := unreachable(blocks, key, target, sel, recipe.model.name):
+        key, target = budget_target(sel.params)
+        if key == "latency":  # each block's share, timed where the budget says (random weights time the same)
+            blocks = res.pruner().blocks(model, res.example_input(), blocks)
+        if problem := unreachable(blocks, key, float(target), sel, recipe.model.name):
             problems.append(f"select.params.{key}: {target:g} {problem}")
+    if recipe.prune.width is not None:
+        from layerprune.surgery.width import width_blocks
+
+        if not width_blocks(model, res.example_input()):
+            problems.append(f"prune.width: {recipe.model.name} has no block with a conv feeding another, so no "
+                            "channel can be cut inside a branch (width pruning covers residual conv blocks)")
     training = {name: section for name in ("pretrain", "finetune")
                 if (section := getattr(recipe, name)) is not None}
     on_cpu = res.device.type == "cpu"

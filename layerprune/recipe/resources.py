@@ -106,6 +106,8 @@ class Resources:
         if criterion is None:
             criterion, criterion_params = rc.criterion.name, rc.criterion.params
         rule = rule if rule is not None else ({"rule": rc.select.rule, **rc.select.params} if rc.select.rule else {})
+        if rule.get("latency") is not None and rule.get("precision") is None:
+            rule = {**rule, "precision": rc.finetune.precision}  # timed as the finetuned model runs
         try:
             return Pruner(criterion, criterion_params=criterion_params, rule=rule.get("rule"),
                           rule_params={k: v for k, v in rule.items() if k != "rule"},

@@ -23,14 +23,14 @@ import torch.nn as nn
 from layerprune import distributed
 from layerprune.criteria.plots import plot_result
 from layerprune.criteria.base import CriterionResult
-from layerprune.criteria.selection import removed_share
+from layerprune.criteria.selection import budget_share, removed_share
 from layerprune.errors import LayerpruneError
 from layerprune.pruner import PruneStep
 from layerprune.recipe.preflight import preflight
 from layerprune.recipe.resources import Log, Resources
 from layerprune.recipe.rundir import RunDir
 from layerprune.recipe.schema import Recipe
-from layerprune.surgery import Block, PruneSpec, find_blocks, load_pruned, measure_latency, model_cost, save_pruned
+from layerprune.surgery import Block, PruneSpec, compare_latency, load_pruned, model_cost, save_pruned
 
 STAGES = ("pretrain", "score", "select", "prune", "finetune", "eval", "export")
 EVERY_RANK = ("pretrain", "finetune")  # the stages that train, on every rank under torchrun
@@ -77,15 +77,17 @@ class Runner(Resources):
 
     def stage_select(self) -> None:
         stored = self.run.read_json("scores.json")
-        blocks = find_blocks(self.base_model(), self.example_input())
         pruner = self.pruner()
+        blocks = pruner.blocks(self.base_model(), self.example_input())  # timed, under a latency budget
         result = CriterionResult(stored["criterion"], stored["scores"], stored["params"], stored["diagnostics"])
         removed = pruner.plan(result, blocks)
         params_share, macs_share = removed_share(blocks, removed)
-        self.run.write_json("plan.json", {
-            "rule": pruner.rule, "protect": self.recipe.select.protect, "collapse": self.recipe.select.collapse,
-            "removed": removed, "params_reduction_estimate": params_share, "macs_reduction_estimate": macs_share,
-        })
+        plan = {"rule": pruner.rule, "protect": self.recipe.select.protect, "collapse": self.recipe.select.collapse,
+                "removed": removed, "params_reduction_estimate": params_share, "macs_reduction_estimate": macs_share}
+        if pruner.needs_latency:
+            plan["latency_reduction_estimate"] = budget_share(blocks, removed, "latency")
+            plan["latency_measured_at"] = pruner.latency_settings(self.base_model())
+        self.run.write_json("plan.json", plan)
         if self.run.file("modularity_curve.png").exists():  # redraw with the chosen blocks marked
             plot_result(result, self.run.file("modularity_curve.png"), rule=pruner.rule, removed=removed,
                         title=f"{self.recipe.model.name} on {self.recipe.data.dataset}")
@@ -107,10 +109,33 @@ class Runner(Resources):
 
             result = pruner.prune(base.eval(), data, evaluate_with=self.evaluate, after_step=after_step)
             pruned, steps = result.model, result.steps
+        record: dict[str, Any] = {"steps": [s.to_dict() for s in steps]}
+        if rc.prune.width is not None:
+            pruned, record["width"] = self._prune_width(base, pruned, pruner)
         spec = PruneSpec.for_model(pruned, rc.model.name, self.model_kwargs(), list(self.example_input().shape[1:]))
         save_pruned(pruned, spec, self.run.file("pruned"))
-        self.run.write_json("prune.json", {"steps": [s.to_dict() for s in steps], "removed": spec.removed,
-                                           "collapsed": spec.collapsed})
+        self.run.write_json("prune.json", {**record, "removed": spec.removed, "collapsed": spec.collapsed})
+
+    def _prune_width(self, base: nn.Module, pruned: nn.Module, pruner) -> tuple[nn.Module, dict[str, Any]]:
+        """Channels cut inside the remaining blocks' branches (targets relative to ``base``), then
+        BatchNorm repaired again."""
+        from layerprune.surgery.width import branch_channels, prune_width, width_blocks
+
+        w, x = self.recipe.prune.width, self.example_input()
+        target = {k: getattr(w, k) for k in ("macs", "params", "ratio") if getattr(w, k) is not None}
+        blocks = width_blocks(pruned, x)
+        before = branch_channels(pruned, blocks)
+        narrower, ratio = prune_width(pruned, x, importance=w.importance, reference=base, **target)
+        after = branch_channels(narrower, blocks)
+        info: dict[str, Any] = {**target, "importance": w.importance, "ratio": ratio, "channels": before,
+                                "channels_removed": before - after, "after_width": self.evaluate(narrower).__dict__}
+        if pruner.repair.enabled:
+            pruner.repair_model(narrower, self.build_data())
+            info["after_repair"] = self.evaluate(narrower).__dict__
+        self.log(f"width: {before - after} of {before} channels cut inside {len(blocks)} blocks (ratio {ratio:.3f}, "
+                 f"{w.importance}): accuracy {info['after_width']['accuracy']:.3f}"
+                 + (f", after BatchNorm repair {info['after_repair']['accuracy']:.3f}" if "after_repair" in info else ""))
+        return narrower, info
 
     def pruned_model(self, name: str = "pruned") -> nn.Module:
         return load_pruned(self.run.file(name)).to(self.device)
@@ -141,15 +166,25 @@ class Runner(Resources):
             "removed": PruneSpec.load(self.run.file("finetuned")).removed,
             "prune_steps": self.run.read_json("prune.json")["steps"],
         }
+        if width := self.run.read_json("prune.json").get("width"):
+            metrics["width"] = width
         metrics["params_reduction"] = 1 - final_cost.params / base_cost.params
         metrics["macs_reduction"] = 1 - final_cost.macs / base_cost.macs
         if rc.eval.latency:
             size = tuple(self.build_data().input_size)
             device = next(base.parameters()).device
-            lat_base = measure_latency(base, size, batch_size=rc.eval.latency_batch_size, device=device)
-            lat_final = measure_latency(final, size, batch_size=rc.eval.latency_batch_size, device=device)
+            lat_base, lat_final = compare_latency([base, final], size, batch_size=rc.eval.latency_batch_size,
+                                                  device=device)
             metrics["base"]["latency"], metrics["pruned"]["latency"] = lat_base.to_dict(), lat_final.to_dict()
             metrics["speedup"] = lat_base.median_ms / lat_final.median_ms
+        pruner = self.pruner()
+        if pruner.needs_latency:  # the budget confirmed where it was measured; a miss is a warning
+            budget = pruner.speedup(base, final, tuple(self.build_data().input_size))
+            metrics["latency_budget"], metrics["speedup"] = budget, budget["speedup"]
+            if not budget["met"]:
+                self.log(f"[yellow]warning:[/] select.params.latency: {budget['latency']:g} asks for a "
+                         f"{budget['target_speedup']:.2f}× speed-up; the pruned model measures {budget['speedup']:.2f}× "
+                         f"({budget['device']}, batch {budget['batch_size']}, {budget['precision']})")
         self.run.write_json("metrics.json", metrics)
 
     def stage_export(self) -> None:

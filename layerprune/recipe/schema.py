@@ -91,8 +91,25 @@ class SelectSection(Section):
     collapse: bool = Field(False, description="allow collapsing downsampling blocks to their shortcut")
 
 
+class WidthSection(Section):
+    """Channel pruning after the blocks are removed (Torch-Pruning, inside each block's branch)."""
+
+    macs: Optional[float] = Field(None, gt=0, lt=1, description="cut channels until the MACs are this share below "
+                                  "the unpruned model's (depth and width together)")
+    params: Optional[float] = Field(None, gt=0, lt=1, description="the same for parameters")
+    ratio: Optional[float] = Field(None, gt=0, lt=1, description="or: Torch-Pruning's pruning ratio, as is")
+    importance: Literal["l1", "l2", "random"] = Field("l1", description="channel importance: l1 or l2 magnitude, or random")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "WidthSection":
+        given = [k for k in ("macs", "params", "ratio") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of macs, params or ratio (got {', '.join(given) or 'none'})")
+        return self
+
+
 class PruneSection(Section):
-    """Surgery: one shot or in steps."""
+    """Surgery: one shot or in steps, then optionally channels."""
 
     steps: Union[int, str] = Field(
         1, description="1: one shot; N > 1: score, remove a share and finetune, N times; each: one block per step")
@@ -101,6 +118,7 @@ class PruneSection(Section):
                          "(and, for ablation and sr_init, after each candidate removal: the same batches)")
     repair_batches: int = Field(Repair.batches, gt=0, description="training batches used for the repair (without augmentation)")
     repair_batch_size: int = Field(Repair.batch_size, gt=0, description="samples per repair batch")
+    width: Optional[WidthSection] = Field(None, description="then prune channels (depth + width), e.g. {macs: 0.5}")
 
     @field_validator("steps", mode="before")
     @classmethod

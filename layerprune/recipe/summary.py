@@ -32,8 +32,17 @@ def _rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
     if "latency" in base:
         lb, lp = base["latency"], pruned["latency"]
         rows.append((f"latency (batch {lb['batch_size']}, {lb['device']})", f"{lb['median_ms']:.2f} ms",
-                     f"{lp['median_ms']:.2f} ms ({metrics['speedup']:.2f}× faster)"))
+                     f"{lp['median_ms']:.2f} ms ({lb['median_ms'] / lp['median_ms']:.2f}× faster)"))
+    if budget := metrics.get("latency_budget"):
+        verdict = "met" if budget["met"] else "missed"
+        rows.append((f"latency budget (batch {budget['batch_size']}, {budget['device']}, {budget['precision']})",
+                     f"{budget['base_ms']:.2f} ms",
+                     f"{budget['pruned_ms']:.2f} ms: {budget['speedup']:.2f}× faster, target "
+                     f"{budget['target_speedup']:.2f}× (−{100 * budget['latency']:g}%): {verdict}"))
     rows.append(("blocks removed", "", f"{len(metrics['removed'])}: {' '.join(metrics['removed'])}"))
+    if width := metrics.get("width"):
+        rows.append(("channels pruned", "", f"{width['channels_removed']} of {width['channels']} inside the blocks' "
+                     f"branches (Torch-Pruning, {width['importance']} importance, ratio {width['ratio']:.3f})"))
     return rows
 
 

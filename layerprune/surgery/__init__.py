@@ -2,19 +2,23 @@
 
 One file per concern: ``blocks`` (the Block record and the keep-one-per-stage rule), ``find``
 (discover and classify), ``edit`` (plan and swap), ``verify`` (run and re-trace), ``remove``
-(the three together on a copy), ``spec`` (save and rebuild), ``cost`` (params, MACs, latency).
+(the three together on a copy), ``spec`` (save and rebuild), ``cost`` (params, MACs, latency, and
+each block's share of it), ``width`` (channel pruning inside blocks, with Torch-Pruning).
 """
 
 from layerprune.errors import SurgeryError
 from layerprune.surgery.blocks import Block, StagePlan, stages
-from layerprune.surgery.cost import Cost, Latency, count_macs, count_params, measure_latency, model_cost
+from layerprune.surgery.cost import (
+    BlockLatency, Cost, Latency, compare_latency, count_macs, count_params, measure_block_latency, measure_latency, model_cost,
+)
 from layerprune.surgery.edit import apply_edits, plan_edits, swap_blocks
 from layerprune.surgery.find import default_input, find_blocks
 from layerprune.surgery.remove import remove_blocks
 from layerprune.surgery.spec import PruneSpec, apply_spec, load_pruned, save_pruned
 
 __all__ = [
-    "Block", "Cost", "Latency", "PruneSpec", "StagePlan", "SurgeryError", "apply_edits", "apply_spec",
-    "count_macs", "count_params", "default_input", "find_blocks", "load_pruned", "measure_latency",
+    "Block", "BlockLatency", "Cost", "Latency", "PruneSpec", "StagePlan", "SurgeryError", "apply_edits", "apply_spec",
+    "compare_latency",
+    "count_macs", "count_params", "default_input", "find_blocks", "load_pruned", "measure_block_latency", "measure_latency",
     "model_cost", "plan_edits", "remove_blocks", "save_pruned", "stages", "swap_blocks",
 ]

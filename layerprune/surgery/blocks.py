@@ -33,6 +33,7 @@ class Block:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     collapse_to: tuple[str, ...] = field(default=())  # child modules that replace it when collapsed
+    latency_share: float | None = None  # its measured share of the model's latency (measure_block_latency)
 
     @property
     def collapsible(self) -> bool:

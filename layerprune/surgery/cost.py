@@ -7,6 +7,7 @@ import io
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -71,24 +72,41 @@ class Latency:
                 "device": self.device, "repeats": self.repeats, "images_per_s": self.images_per_s}
 
 
-def measure_latency(
-    model: nn.Module,
-    input_size: tuple[int, ...],
-    *,
-    batch_size: int = 1,
-    device: str | torch.device = "cpu",
-    warmup: int = 5,
-    repeats: int = 20,
-) -> Latency:
-    """Median wall time of an eval-mode forward pass (after ``warmup`` passes).
+PRECISIONS = ("32", "bf16", "fp16")  # as training names them: 32 is full precision
 
-    Timings are noisy on a shared machine: compare models side by side in one run, as ratios.
-    """
-    device = torch.device(device)
-    x = torch.randn(batch_size, *input_size, device=device)
-    model = model.to(device)
+
+def _autocast(device: torch.device, precision: str):
+    """The mixed precision a model is timed at (``32``: none)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _on(model: nn.Module, device: torch.device):
+    """``model`` on ``device`` for the length of the block, then back where it was."""
+    home = _model_device(model)
+    model.to(device)
+    try:
+        yield model
+    finally:
+        model.to(home)
+
+
+def _timed_passes(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int, precision: str,
+                  each: Callable[[], None] | None = None) -> list[float]:
+    """Wall times (ms) of ``repeats`` eval-mode forward passes after ``warmup`` ones, synchronised
+    on a GPU; ``each`` runs after every pass, warm-up included (to collect what hooks measured)."""
+    device = x.device
     times = []
-    with eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode(), _autocast(device, precision):
         for i in range(warmup + repeats):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -98,4 +116,120 @@ def measure_latency(
                 torch.cuda.synchronize(device)
             if i >= warmup:
                 times.append((time.perf_counter() - start) * 1000.0)
-    return Latency(statistics.median(times), min(times), batch_size, str(device), repeats)
+            if each is not None:
+                each()
+    return times
+
+
+def measure_latency(
+    model: nn.Module,
+    input_size: tuple[int, ...],
+    *,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    warmup: int = 5,
+    repeats: int = 20,
+    precision: str = "32",
+) -> Latency:
+    """Median wall time of an eval-mode forward pass (after ``warmup`` passes), at ``precision``
+    (``bf16``/``fp16``: under autocast). The model is moved to ``device`` for the measurement and
+    back afterwards.
+
+    Timings are noisy on a shared machine: compare models side by side in one run, as ratios
+    (:func:`compare_latency`).
+    """
+    return compare_latency([model], input_size, batch_size=batch_size, device=device, warmup=warmup,
+                           repeats=repeats, precision=precision)[0]
+
+
+def compare_latency(
+    models: Sequence[nn.Module],
+    input_size: tuple[int, ...],
+    *,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    warmup: int = 5,
+    repeats: int = 20,
+    precision: str = "32",
+) -> list[Latency]:
+    """:func:`measure_latency` of several models, their passes interleaved (one pass of each in
+    turn), so that a machine that speeds up or slows down mid-way does so for all of them alike."""
+    device = torch.device(device)
+    x = torch.randn(batch_size, *input_size, device=device)
+    times: list[list[float]] = [[] for _ in models]
+    with contextlib.ExitStack() as stack:
+        for model in models:
+            stack.enter_context(_on(model, device))
+        for _ in range(warmup + repeats):
+            for i, model in enumerate(models):
+                times[i] += _timed_passes(model, x, 0, 1, precision)
+    return [Latency(statistics.median(t[warmup:]), min(t[warmup:]), batch_size, str(device), repeats) for t in times]
+
+
+@dataclass(frozen=True)
+class BlockLatency:
+    """A model's median latency and each block's median share of it, measured in one run."""
+
+    total_ms: float
+    shares: dict[str, float]
+    batch_size: int
+    device: str
+    precision: str
+    repeats: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total_ms": self.total_ms, "shares": dict(self.shares), "batch_size": self.batch_size,
+                "device": self.device, "precision": self.precision, "repeats": self.repeats}
+
+
+def measure_block_latency(
+    model: nn.Module,
+    blocks: Sequence[str],
+    input_size: tuple[int, ...],
+    *,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    precision: str = "32",
+    warmup: int = 5,
+    repeats: int = 30,
+) -> BlockLatency:
+    """Each block's share of the model's latency, timed where it runs: from the block's forward
+    pre-hook to its forward hook (synchronised on a GPU), the median over ``repeats`` passes
+    divided by the median time of the whole pass. Not the block's share of the MACs: on a real
+    device, layers of equal MACs can cost very different times."""
+    device = torch.device(device)
+    x = torch.randn(batch_size, *input_size, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
+    started: dict[str, float] = {}
+    taken: dict[str, float] = {}
+    samples: dict[str, list[float]] = {name: [] for name in blocks}
+
+    def before(name: str):
+        def hook(module, args):
+            sync(device)
+            started[name] = time.perf_counter()
+        return hook
+
+    def after(name: str):
+        def hook(module, args, output):
+            sync(device)
+            taken[name] = taken.get(name, 0.0) + (time.perf_counter() - started[name]) * 1000.0
+        return hook
+
+    def collect() -> None:
+        for name in blocks:
+            samples[name].append(taken.pop(name, 0.0))
+
+    with _on(model, device):
+        handles = []
+        for name in blocks:
+            module = model.get_submodule(name)
+            handles += [module.register_forward_pre_hook(before(name)), module.register_forward_hook(after(name))]
+        try:
+            times = _timed_passes(model, x, warmup, repeats, precision, each=collect)
+        finally:
+            for h in handles:
+                h.remove()
+    total = statistics.median(times)
+    shares = {name: statistics.median(samples[name][-repeats:]) / total for name in blocks}
+    return BlockLatency(total, shares, batch_size, str(device), precision, repeats)
