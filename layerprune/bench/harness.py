@@ -228,7 +228,7 @@ class SettingBench:
                                            "before_finetune": (step.after_repair or step.after_surgery).accuracy})
 
     def width_trial(self, budget: dict[str, float], seed: int) -> dict[str, Any]:
-        from layerprune.bench.width import prune_width
+        from layerprune.surgery.width import prune_width
 
         runner = self.runner
         key, value = next(iter(budget.items()))

@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-from layerprune.bench.width import prune_width
+from layerprune.surgery.width import prune_width
 from layerprune.errors import SurgeryError
 from layerprune.surgery import PruneSpec, load_pruned, remove_blocks, save_pruned
 
