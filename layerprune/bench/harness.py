@@ -44,10 +44,10 @@ from layerprune.surgery import find_blocks, measure_latency, model_cost
 from layerprune.train import train
 
 Log = Callable[[str], None]
-from layerprune.bench.width import WIDTH  # noqa: E402 - re-exported
+from layerprune.bench.width import DEPTH_SHARE, DEPTH_WIDTH, WIDTH, depth_width_name  # noqa: E402 - WIDTH re-exported
 SUITE_FILE = "suite.yaml"
 # The bench's lists may grow between runs in one directory: each trial is a file of its own.
-GROWABLE = ("bench.criteria", "bench.budgets", "bench.seeds", "bench.width")
+GROWABLE = ("bench.criteria", "bench.budgets", "bench.seeds", "bench.width", "bench.depth_width")
 
 
 def budget_name(budget: dict[str, float]) -> str:
@@ -151,6 +151,9 @@ class SettingBench:
         trials = [(c, b, s) for s in self.cfg.seeds for b in self.cfg.budgets for c in self.cfg.criteria]
         if self.cfg.width:
             trials += [(WIDTH, b, s) for s in self.cfg.seeds for b in self.cfg.budgets if "k" not in b]
+            if self.cfg.depth_width:
+                name = depth_width_name(self.cfg.depth_width)
+                trials += [(name, b, s) for s in self.cfg.seeds for b in self.cfg.budgets if "k" not in b]
         return trials
 
     @staticmethod
@@ -169,7 +172,12 @@ class SettingBench:
             if (c, s) != (criterion, seed) or self.run.file(name).is_file():
                 continue
             start = time.perf_counter()
-            record = self.width_trial(budget, seed) if criterion == WIDTH else self.depth_trial(criterion, budget, seed)
+            if criterion == WIDTH:
+                record = self.width_trial(budget, seed)
+            elif criterion.startswith(DEPTH_WIDTH):
+                record = self.depth_width_trial(budget, seed)
+            else:
+                record = self.depth_trial(criterion, budget, seed)
             record["seconds"] = time.perf_counter() - start
             self.run.write_json(name, record)
             self.log(f"{self.name}: {criterion} {budget_name(budget)} seed {seed}: before finetune "
@@ -226,6 +234,28 @@ class SettingBench:
         return self._finish(pruned, seed, {"criterion": criterion, "budget": budget_name(budget), "seed": seed,
                                            "removed": removed, "after_surgery": step.after_surgery.accuracy,
                                            "before_finetune": (step.after_repair or step.after_surgery).accuracy})
+
+    def depth_width_trial(self, budget: dict[str, float], seed: int) -> dict[str, Any]:
+        """Blocks chosen by ``bench.depth_width`` until they carry half the budget, then channels
+        cut (L1) until the whole budget is met, measured against the unpruned model."""
+        from layerprune.surgery.width import prune_width
+
+        runner, criterion = self.runner, self.cfg.depth_width
+        key, value = next(iter(budget.items()))
+        stored = self.scores(criterion, seed)
+        pruner = runner.pruner(criterion=criterion, rule=budget_rule({key: DEPTH_SHARE * value}), seed=seed)
+        removed = pruner.plan(CriterionResult(criterion, stored["scores"], diagnostics=stored["diagnostics"]),
+                              self.blocks)
+        base, x = runner.base_model(), runner.example_input()
+        deeper, _ = pruner.remove(base, removed, runner.build_data(), blocks=self.blocks, example_input=x,
+                                  evaluate_with=runner.evaluate)
+        pruned, ratio = prune_width(deeper, x, reference=base, **{key: value})
+        after_surgery = runner.evaluate(pruned).accuracy
+        pruner.repair_model(pruned, runner.build_data())
+        return self._finish(pruned, seed, {"criterion": depth_width_name(criterion), "budget": budget_name(budget),
+                                           "seed": seed, "removed": removed, "channel_ratio": ratio,
+                                           "after_surgery": after_surgery,
+                                           "before_finetune": runner.evaluate(pruned).accuracy})
 
     def width_trial(self, budget: dict[str, float], seed: int) -> dict[str, Any]:
         from layerprune.surgery.width import prune_width

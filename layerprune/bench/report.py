@@ -134,6 +134,33 @@ def plot_accuracy(rows: list[dict[str, Any]], base: dict[str, Any], path, title:
     save_png(fig, path)
 
 
+def plot_frontier(rows: list[dict[str, Any]], base: dict[str, Any], path, title: str = "") -> bool:
+    """Accuracy after finetune against measured latency, one line per criterion (and the width and
+    depth+width rows) through its budgets; ``False`` when the bench measured no latency."""
+    if base.get("latency_ms") is None or any(math.isnan(r["latency_ms"]) for r in rows):
+        return False
+    from layerprune.bench.width import is_channel_row
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    colors = plt.get_cmap("tab20").colors
+    for i, criterion in enumerate(dict.fromkeys(r["criterion"] for r in rows)):
+        rs = sorted((r for r in rows if r["criterion"] == criterion), key=lambda r: r["latency_ms"])
+        ax.errorbar([r["latency_ms"] for r in rs], [100 * r["after_finetune"] for r in rs],
+                    yerr=[100 * r["after_finetune_std"] for r in rs], marker="osD^v<>ph*X"[i % 11], ms=5, capsize=3,
+                    color=colors[(2 * i) % 20 + (i // 10) % 2], label=criterion,
+                    ls="--" if is_channel_row(criterion) else "-", lw=2 if is_channel_row(criterion) else 1)
+    ax.scatter([base["latency_ms"]], [100 * base["accuracy"]], marker="*", s=120, color="black", label="base", zorder=5)
+    ax.set_xlabel("latency, ms per image (batch 1, median, measured in the bench)")
+    ax.set_ylabel("test accuracy % after finetune")
+    ax.set_title(f"{title}: accuracy vs measured latency" if title else "accuracy vs measured latency", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="best", ncol=2)
+    fig.tight_layout()
+    save_png(fig, path)
+    return True
+
+
 def plot_choices(cfg: BenchSection, scores_of: ScoresOf, trials: list[dict[str, Any]], path) -> bool:
     """The modularity curve, and under it which blocks each criterion removed (first seed and budget)."""
     if "modularity" not in cfg.criteria:
@@ -187,6 +214,7 @@ def write_setting_outputs(bench: "SettingBench", trials: list[dict[str, Any]]) -
     write_json(run.file("trials.json"), record)
     write_text(run.file("trials.csv"), _csv(trials))
     plot_accuracy(rows, base, run.file("accuracy_vs_macs.png"), title=bench.name)
+    record["frontier"] = plot_frontier(rows, base, run.file("accuracy_vs_latency.png"), title=bench.name)
     has_choices = plot_choices(cfg, bench.scores, trials, run.file("curve_choices.png"))
     write_text(run.file("report.md"), "\n".join(_setting_section(bench, record, "#", "") +
                                                 (["![modularity curve and choices](curve_choices.png)", ""]
@@ -206,7 +234,9 @@ def _setting_section(bench: "SettingBench", record: dict[str, Any], level: str, 
             f"to `{cfg.reference}` over seeds († fewer than {FEW_SEEDS} seeds).", "",
             setting_markdown(record["summary"], record["correlations"], record["costs"], record["paired"],
                              cfg.reference), "",
-            f"![accuracy vs MACs: {bench.name}]({images}accuracy_vs_macs.png)", ""]
+            f"![accuracy vs MACs: {bench.name}]({images}accuracy_vs_macs.png)", ""] + (
+        [f"![accuracy vs measured latency: {bench.name}]({images}accuracy_vs_latency.png)", ""]
+        if record.get("frontier") else [])
 
 
 # -- the suite --------------------------------------------------------------------------------
@@ -293,12 +323,12 @@ def write_suite_outputs(path: Path, suite: "Suite", benches: list["SettingBench"
                         trials: list[dict[str, Any]]) -> dict[str, Any]:
     """Every setting's outputs, then the suite's: ``trials.csv``, ``trials.json``, the
     leaderboards (``leaderboard.png``) and ``report.md``. Returns what ``trials.json`` holds."""
-    from layerprune.bench.width import WIDTH
+    from layerprune.bench.width import is_channel_row
 
     records = [write_setting_outputs(b, [t for t in trials if t["setting"] == b.name]) for b in benches]
     reference = suite.reference
     criteria = list(dict.fromkeys(c for b in benches for c in b.cfg.criteria))
-    depth = [t for t in trials if t["criterion"] != WIDTH]
+    depth = [t for t in trials if not is_channel_row(t["criterion"])]
     boards = {metric: leaderboard(depth, reference, metric, criteria) for metric, _ in METRICS}
     times = time_rows(benches, records)
     report = {"suite": suite.name, "reference": reference, "leaderboards": boards, "time": times,
@@ -312,8 +342,8 @@ def write_suite_outputs(path: Path, suite: "Suite", benches: list["SettingBench"
     lines = [f"# bench {suite.name}", "",
              f"{len(benches)} setting{'s' * (len(benches) > 1)}, {len(trials)} trials; budgets {', '.join(budgets)}; "
              f"seeds {seeds}. A cell is one setting, budget and seed; ranks are within a cell (1 = most accurate); "
-             f"intervals are {int(100 * LEVEL)}% bootstrap intervals over settings, then seeds. The width row is "
-             "not ranked (it is not a block criterion).", ""]
+             f"intervals are {int(100 * LEVEL)}% bootstrap intervals over settings, then seeds. The width and "
+             "depth+width rows are not ranked (they are not block criteria).", ""]
     for metric, label in METRICS:
         lines += [f"## Leaderboard: accuracy {label}", "",
                   leaderboard_markdown(boards[metric], reference, _extras(records, depth, metric)), ""]

@@ -1,10 +1,24 @@
-"""The width-pruning reference row of the bench: Torch-Pruning's channel pruner at a MACs (or
-params) target, with L1 magnitude importance (the pruner itself: :mod:`layerprune.surgery.width`)."""
+"""The channel-pruning rows of the bench: Torch-Pruning's channel pruner (L1 magnitude) at a MACs
+(or params) target, alone (``width``) and after blocks chosen by a criterion to half the target
+(``depth+width``). The pruner itself: :mod:`layerprune.surgery.width`."""
 
 from __future__ import annotations
 
 from layerprune.surgery.width import prune_width
 
 WIDTH = "width (Torch-Pruning L1 channels)"  # the name of its rows in bench tables
+DEPTH_WIDTH = "depth+width"  # rows named "depth+width (CRITERION blocks + L1 channels)"
+DEPTH_SHARE = 0.5  # the share of a depth+width budget that blocks take; channels take the rest
 
-__all__ = ["WIDTH", "prune_width"]
+
+def depth_width_name(criterion: str) -> str:
+    return f"{DEPTH_WIDTH} ({criterion} blocks + L1 channels)"
+
+
+def is_channel_row(criterion: str) -> bool:
+    """Whether a bench row prunes channels (width, depth+width): reported per setting, not ranked
+    among the block criteria."""
+    return criterion == WIDTH or criterion.startswith(DEPTH_WIDTH)
+
+
+__all__ = ["DEPTH_SHARE", "DEPTH_WIDTH", "WIDTH", "depth_width_name", "is_channel_row", "prune_width"]

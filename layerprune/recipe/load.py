@@ -182,7 +182,7 @@ def semantic_problems(raw: dict[str, Any]) -> list[str]:
 
     bench = _section(raw, "bench")
     named = [(f"bench.criteria.{i}", n) for i, n in enumerate(bench.get("criteria") or [])]
-    named += [(f"bench.{key}", bench[key]) for key in ("oracle", "reference") if key in bench]
+    named += [(f"bench.{key}", bench[key]) for key in ("oracle", "reference", "depth_width") if bench.get(key) is not None]
     for where, name in named:
         if isinstance(name, str) and name not in CRITERIA:
             problems.append(f"{where}: {did_you_mean(name, CRITERIA.names(), 'criterion')}")

@@ -179,6 +179,8 @@ class BenchSection(Section):
                              description="seeds: calibration and repair draws, random criteria, finetuning order")
     reference: str = Field("tail", description="criterion every other is compared with, seed by seed (paired differences, win rate)")
     width: bool = Field(True, description="add Torch-Pruning channel pruning at the same MACs (macs/params budgets)")
+    depth_width: Optional[str] = Field("tail", description="with width: also a depth+width row, blocks chosen by this "
+                                       "criterion to half the budget, then channels to all of it (null: no such row)")
     oracle: str = Field("ablation", description="criterion whose scores the others are rank-correlated with")
     finetune_epochs: Optional[int] = Field(None, ge=0, description="finetune epochs per trial (default: finetune.epochs)")
 

@@ -14,13 +14,14 @@ from typer.testing import CliRunner
 import layerprune
 from layerprune import find_blocks
 from layerprune.bench.harness import WIDTH
+from layerprune.bench.width import depth_width_name, is_channel_row
 from layerprune.cli import app
 from layerprune.recipe import load_recipe
 
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ROOT / "recipes/bench_small.yaml"
-FAST = ["bench.seeds=[0]", "bench.finetune_epochs=0", "pretrain.epochs=2"]
+FAST = ["bench.seeds=[0]", "bench.finetune_epochs=0", "pretrain.epochs=2", "eval.latency=true"]
 # The budgets of bench_small.yaml as select_blocks rules, written out here rather than taken
 # from the harness, so that a bench that turned a budget into the wrong rule fails.
 RULES = {"k2": {"rule": "count", "k": 2}, "macs0.3": {"rule": "budget", "macs": 0.3}}
@@ -63,7 +64,7 @@ def _trials(bench_dir):
 
 
 def _depth_trials(bench_dir):
-    return [t for t in _trials(bench_dir) if t["criterion"] != WIDTH]
+    return [t for t in _trials(bench_dir) if not is_channel_row(t["criterion"])]
 
 
 def _scores(bench_dir, criterion, seed=0):
@@ -77,7 +78,8 @@ def test_bench_recipes_validate():
 
 def test_every_criterion_and_budget_has_a_trial(bench_dir):
     seen = {(t["criterion"], t["budget"]) for t in _trials(bench_dir)}
-    expected = {(c, b) for c in load_recipe(SMALL).bench.criteria for b in ("macs0.3", "k2")} | {(WIDTH, "macs0.3")}
+    expected = {(c, b) for c in load_recipe(SMALL).bench.criteria for b in ("macs0.3", "k2")}
+    expected |= {(WIDTH, "macs0.3"), (depth_width_name("tail"), "macs0.3")}  # channel rows: MACs budgets only
     assert seen == expected
 
 
@@ -85,6 +87,10 @@ def test_every_plan_is_valid_and_within_budget(bench_dir, blocks):
     by_name = {b.name: b for b in blocks}
     for t in _trials(bench_dir):
         if t["criterion"] == WIDTH:
+            assert t["macs_reduction"] >= 0.3 - 0.01 and t["channel_ratio"] > 0
+            continue
+        if is_channel_row(t["criterion"]):  # depth+width: blocks to half the budget, channels the rest
+            assert 0.15 - 1e-9 <= sum(by_name[n].macs_share for n in t["removed"]) < 0.3
             assert t["macs_reduction"] >= 0.3 - 0.01 and t["channel_ratio"] > 0
             continue
         removed = t["removed"]
@@ -203,3 +209,17 @@ def test_rerun_resumes_without_recomputing(bench_dir):
 def test_a_recipe_without_bench_section_exits_2(tmp_path):
     result = runner.invoke(app, ["bench", str(ROOT / "recipes/quickstart.yaml"), "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and "nor a bench recipe (no bench:)" in result.output
+
+
+def test_the_depth_width_row_is_tails_blocks_then_channels(bench_dir, blocks):
+    """Its blocks are the ones tail removes at half the budget; the channels do the rest."""
+    (trial,) = [t for t in _trials(bench_dir) if t["criterion"] == depth_width_name("tail")]
+    tail = layerprune.select_blocks(_scores(bench_dir, "tail"), blocks, rule="budget", macs=0.15)
+    assert trial["removed"] == tail
+
+
+def test_the_frontier_plots_accuracy_against_measured_latency(bench_dir):
+    trials = _trials(bench_dir)
+    assert all(t["latency_ms"] > 0 for t in trials)
+    assert (bench_dir / "accuracy_vs_latency.png").stat().st_size > 10_000
+    assert "](accuracy_vs_latency.png)" in (bench_dir / "report.md").read_text()
