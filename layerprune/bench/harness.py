@@ -40,7 +40,7 @@ from layerprune.recipe.preflight import unreachable
 from layerprune.recipe.rundir import RunDir, is_empty, unused_beside
 from layerprune.recipe.runner import Runner
 from layerprune.recipe.schema import Recipe
-from layerprune.surgery import find_blocks, measure_latency, model_cost
+from layerprune.surgery import compare_latency, find_blocks, measure_latency, model_cost
 from layerprune.train import train
 
 Log = Callable[[str], None]
@@ -131,7 +131,7 @@ class SettingBench:
             base, x = runner.base_model(), runner.example_input()
             ev = runner.evaluate(base)
             self.run.write_json("base.json", {"accuracy": ev.accuracy, "loss": ev.loss, **model_cost(base, x).to_dict(),
-                                              "latency_ms": self._latency(base),
+                                              "latency_ms": self._base_latency(base),
                                               "blocks": len(self.blocks), "cache": runner.base_checkpoint})
 
     @property
@@ -140,10 +140,21 @@ class SettingBench:
             self._blocks = find_blocks(self.runner.base_model(), self.runner.example_input())
         return self._blocks
 
-    def _latency(self, model: nn.Module) -> float | None:
+    def _base_latency(self, base: nn.Module) -> float | None:
         if not self.recipe.eval.latency:
             return None
-        return measure_latency(model, tuple(self.runner.example_input().shape[1:]), repeats=10).median_ms
+        return measure_latency(base, tuple(self.runner.example_input().shape[1:]), repeats=10).median_ms
+
+    def _latency(self, model: nn.Module) -> dict[str, float | None]:
+        """A pruned model's speed-up over the base, timed side by side (passes interleaved), and
+        its latency on the scale of the base's in base.json: trials timed minutes apart on a
+        shared machine stay comparable."""
+        if not self.recipe.eval.latency:
+            return {"latency_ms": None, "speedup": None}
+        base, pruned = compare_latency([self.runner.base_model(), model], tuple(self.runner.example_input().shape[1:]),
+                                       repeats=10)
+        speedup = base.median_ms / pruned.median_ms
+        return {"latency_ms": self.run.read_json("base.json")["latency_ms"] / speedup, "speedup": speedup}
 
     # -- units and trials ---------------------------------------------------------------------
     def plan(self) -> list[tuple[str, dict[str, float], int]]:
@@ -220,7 +231,7 @@ class SettingBench:
         base, cost = self.run.read_json("base.json"), model_cost(model, x)
         record.update(after_finetune=after.accuracy, loss=after.loss, params=cost.params, macs=cost.macs,
                       params_reduction=1 - cost.params / base["params"], macs_reduction=1 - cost.macs / base["macs"],
-                      latency_ms=self._latency(model))
+                      **self._latency(model))
         return record
 
     def depth_trial(self, criterion: str, budget: dict[str, float], seed: int) -> dict[str, Any]:

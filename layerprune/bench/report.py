@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 ScoresOf = Callable[[str, int], dict[str, Any]]
 
 CSV_FIELDS = ["setting", "criterion", "budget", "seed", "after_surgery", "before_finetune", "after_finetune", "loss",
-              "params", "macs", "params_reduction", "macs_reduction", "latency_ms", "seconds", "removed"]
+              "params", "macs", "params_reduction", "macs_reduction", "latency_ms", "speedup", "seconds", "removed"]
 METRICS = (("after_finetune", "after finetune"), ("before_finetune", "after repair, before finetune"))
 
 

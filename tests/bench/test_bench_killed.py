@@ -18,7 +18,7 @@ RECIPE = ROOT / "recipes/bench_small.yaml"
 # tail and modularity at k=2, then width at MACs −30%: three trials in one setting, one seed.
 TINY = ["bench.criteria=[tail, modularity]", "bench.budgets=[{k: 2}, {macs: 0.3}]", "bench.seeds=[0]",
         "pretrain.epochs=2", "data.options={val_fraction: 0.2, test_fraction: 0.5}", "bench.width=true"]
-TIMED = ("seconds", "latency_ms")
+TIMED = ("seconds", "latency_ms", "speedup")
 # In the order a bench meets them (tail's two trials, modularity's two, then width); trials are
 # counted from the start of each process.
 POINTS = [

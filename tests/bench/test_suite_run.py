@@ -25,7 +25,7 @@ SMALL = ROOT / "recipes/suites/small.yaml"
 TINY = ["bench.criteria=[tail, random, modularity]", "bench.budgets=[{k: 1}]", "bench.seeds=[0, 1]",
         "bench.width=false"]
 # Fields that are measured, not computed: they differ between any two runs.
-TIMED = ("seconds", "latency_ms")
+TIMED = ("seconds", "latency_ms", "speedup")
 runner = CliRunner()
 
 
