@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("bench_dir", type=Path)
     parser.add_argument("--suite", required=True, help="the suite file the bench ran (its settings build the models)")
     parser.add_argument("--rounds", type=int, default=30, help="timed rounds (each: one pass of every model)")
+    parser.add_argument("--setting", action="append", default=[], help="only these settings (repeatable)")
+    parser.add_argument("--rows", action="store_true", help="also list every channel-pruning configuration")
     parser.add_argument("--plots", type=Path, help="also draw accuracy vs the re-timed latency: DIR/frontier_SETTING.png")
     parser.add_argument("--within", type=float, nargs="+", default=[1.0, 3.0, 5.0],
                         help="accuracy floors: points below the base model's accuracy")
@@ -90,7 +92,10 @@ def main() -> None:
 
     print("| setting | base | accuracy floor | fastest of all | fastest depth | fastest width | fastest depth+width |")
     print("|---|---|---|---|---|---|---|")
+    extra = []
     for setting in report["settings"]:
+        if args.setting and setting["setting"] not in args.setting:
+            continue
         base = setting["base"]
         trials = [t for t in report["trials"] if t["setting"] == setting["setting"]]
         base_ms, speedups = retime(recipes[setting["setting"]], trials, args.rounds)
@@ -111,6 +116,12 @@ def main() -> None:
                   f"| ≥ {100 * floor:.1f}% (−{within:g}) | {cell(fastest(configs, floor))} "
                   f"| {cell(fastest(configs, floor, depth))} | {cell(fastest(configs, floor, width))} "
                   f"| {cell(fastest(configs, floor, both))} |", flush=True)
+        extra += [f"| {setting['setting']} | {c['criterion'].split(' (')[0]} | {c['budget']} | "
+                  f"{100 * c['macs_reduction']:.1f}% | {c['speedup']:.2f}× | {100 * c['accuracy']:.1f}% |"
+                  for c in configs if not depth(c["criterion"]) or c["criterion"] == "tail"]
+    if args.rows:
+        print("\n| setting | method | budget | MACs cut | speed-up | accuracy |\n|---|---|---|---|---|---|")
+        print("\n".join(extra))
 
 
 if __name__ == "__main__":

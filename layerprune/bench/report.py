@@ -151,7 +151,7 @@ def plot_frontier(rows: list[dict[str, Any]], base: dict[str, Any], path, title:
                     color=colors[(2 * i) % 20 + (i // 10) % 2], label=criterion,
                     ls="--" if is_channel_row(criterion) else "-", lw=2 if is_channel_row(criterion) else 1)
     ax.scatter([base["latency_ms"]], [100 * base["accuracy"]], marker="*", s=120, color="black", label="base", zorder=5)
-    ax.set_xlabel("latency, ms per image (batch 1, median, measured in the bench)")
+    ax.set_xlabel("latency, ms per image (batch 1, median, timed side by side with the base model)")
     ax.set_ylabel("test accuracy % after finetune")
     ax.set_title(f"{title}: accuracy vs measured latency" if title else "accuracy vs measured latency", fontsize=9)
     ax.grid(alpha=0.3)
