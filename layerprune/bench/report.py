@@ -114,6 +114,8 @@ def setting_markdown(rows, corr, cost, diffs, reference: str) -> str:
 
 
 def plot_accuracy(rows: list[dict[str, Any]], base: dict[str, Any], path, title: str = "") -> None:
+    from layerprune.bench.width import is_channel_row
+
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     colors = plt.get_cmap("tab20").colors
@@ -124,7 +126,7 @@ def plot_accuracy(rows: list[dict[str, Any]], base: dict[str, Any], path, title:
             ax.errorbar([100 * r["macs_reduction"] for r in rs], [100 * r[key] for r in rs],
                         yerr=[100 * r[key + "_std"] for r in rs], marker="osD^v<>ph*X"[i % 11], ms=5, capsize=3,
                         color=colors[(2 * i) % 20 + (i // 10) % 2], label=criterion,
-                        ls="--" if criterion.startswith("width") else "-")
+                        ls="--" if is_channel_row(criterion) else "-")
         ax.axhline(100 * base["accuracy"], color="black", lw=0.8, ls=":", label="base")
         ax.set_xlabel("MACs reduction %")
         ax.set_ylabel("test accuracy %")

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from layerprune.bench.cache import CACHE_ENV, BaseCache, cache_root
 from layerprune.bench.stats import leaderboard
 from layerprune.bench.suite import load_suite
+from layerprune.bench.width import is_channel_row
 from layerprune.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,8 +55,8 @@ def _bench(*args: str, torchrun: bool = False, wait: bool = True, **kwargs):
 
 
 # -- the small suite through the CLI ----------------------------------------------------------
-# The shipped small suite with fewer criteria and one budget (14 trials instead of 44): every
-# setting, both seeds and the width row stay.
+# The shipped small suite with fewer criteria and one budget (16 trials instead of 48): every
+# setting, both seeds and the width and depth+width rows stay.
 SMALLER = ["bench.criteria=[modularity, random, tail]", "bench.budgets=[{macs: 0.3}]"]
 
 
@@ -75,7 +76,8 @@ def test_small_suite_runs_every_trial_of_every_setting(small_dir):
         expected |= {(r.name, c, f"{k}{v:g}" if k != "k" else f"k{int(v)}", s)
                      for c in b.criteria for budget in b.budgets for k, v in budget.items() for s in b.seeds}
         if b.width:
-            expected |= {(r.name, "width (Torch-Pruning L1 channels)", f"{k}{v:g}", s)
+            expected |= {(r.name, row, f"{k}{v:g}", s)
+                         for row in ("width (Torch-Pruning L1 channels)", "depth+width (tail blocks + L1 channels)")
                          for budget in b.budgets for k, v in budget.items() if k != "k" for s in b.seeds}
     got = [(t["setting"], t["criterion"], t["budget"], t["seed"]) for t in _trials(small_dir)]
     assert len(got) == len(set(got)) and set(got) == expected
@@ -96,12 +98,12 @@ def test_small_suite_writes_the_leaderboard_and_every_setting(small_dir):
 
 def test_the_stored_leaderboard_is_the_one_the_trials_give(small_dir):
     stored = json.loads((small_dir / "trials.json").read_text())
-    depth = [t for t in stored["trials"] if not t["criterion"].startswith("width")]
+    depth = [t for t in stored["trials"] if not is_channel_row(t["criterion"])]
     criteria = list(dict.fromkeys(c for r in load_suite(SMALL, SMALLER).recipes for c in r.bench.criteria))
     again = leaderboard(depth, "tail", "after_finetune", criteria)
     assert json.dumps(again, sort_keys=True) == json.dumps(stored["leaderboards"]["after_finetune"], sort_keys=True)
     ranked = [r["criterion"] for r in stored["leaderboards"]["after_finetune"]]
-    assert sorted(ranked) == sorted(criteria)  # the width row is reported per setting, not ranked
+    assert sorted(ranked) == sorted(criteria)  # the channel rows are reported per setting, not ranked
 
 
 def test_seeds_score_different_calibration_samples(small_dir):
