@@ -20,7 +20,7 @@ QUICKSTART = ROOT / "recipes/quickstart.yaml"
 TINY = ["pretrain.epochs=1", "finetune.epochs=1", "data.options={val_fraction: 0.1, test_fraction: 0.6}",
         "data.calibration.samples=64", "data.calibration.batches=1", "prune.repair_batches=2", "eval.latency=false"]
 runner = CliRunner()
-EXAMPLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+EXAMPLES = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 # Keys whose value is a name from a fixed set (a registry, an enum): any other word is wrong.
 NAMES = ["model.name", "data.dataset", "criterion.name", "select.rule", "eval.split", "data.calibration.split",
