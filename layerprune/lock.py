@@ -46,9 +46,9 @@ class DirectoryLock:
         self.taken_over = taken_over  # the holder recorded by a process that died holding it
 
     @classmethod
-    def acquire(cls, directory: str | Path) -> "DirectoryLock":
+    def acquire(cls, directory: str | Path, *, wait: bool = False) -> "DirectoryLock":
         """Lock ``directory`` (created if missing) or raise :class:`DirectoryInUseError` naming the
-        process that holds it."""
+        process that holds it; with ``wait``, block until that process lets go."""
         directory = make_dir(directory)
         path = directory / LOCK_FILE
         if fcntl is None:  # pragma: no cover
@@ -56,7 +56,7 @@ class DirectoryLock:
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
                 raise DirectoryInUseError(_in_use(directory, holder(directory))) from None

@@ -61,6 +61,10 @@ class BaseCache:
     def has(self, recipe: Recipe) -> bool:
         return self.weights(recipe).is_file()
 
+    def lock_dir(self, recipe: Recipe) -> Path:
+        """The folder whose lock a process holds while it trains this base (never moved)."""
+        return self.root.parent / "locks" / self.entry(recipe).name
+
     def partial(self, recipe: Recipe) -> Path:
         """Where the base is trained; its ``key.json`` says what it is."""
         work = self.entry(recipe).with_name(self.entry(recipe).name + ".partial")

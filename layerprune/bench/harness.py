@@ -18,6 +18,7 @@ atomically: a killed bench, rerun, computes only what is missing. Base models co
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from layerprune.criteria.base import CriterionResult
 from layerprune.criteria.catalog import criterion_parameters
 from layerprune.errors import LayerpruneError
 from layerprune.io import make_dir, remove_partial, write_json, write_text
-from layerprune.lock import DirectoryLock
+from layerprune.lock import DirectoryLock, holder
 from layerprune.recipe.load import RecipeError
 from layerprune.recipe.preflight import unreachable
 from layerprune.recipe.rundir import RunDir, is_empty, unused_beside
@@ -116,15 +117,22 @@ class SettingBench:
         r, runner = self.recipe, self.runner
         if runner.base_checkpoint is not None and not self.cache.has(r):
             self.log(f"[bold]▶ {self.name}: pretrain[/] (base model cached in {self.cache.entry(r)})")
-            # A killed pretraining resumes from there; two benches never train into it at once.
-            with DirectoryLock.acquire(self.cache.partial(r)) as held:
-                remove_partial(held.directory)
-                runner.run = RunDir(held.directory, r)
-                try:
-                    runner.stage_pretrain()
-                finally:
-                    runner.run = self.run
-            self.cache.commit(r)
+            # Two processes (benches sharing a cache, or ranks whose settings share a base) never
+            # train the same base at once: the second waits, then finds it in the cache. A killed
+            # pretraining resumes from the partial folder.
+            lock = self.cache.lock_dir(r)
+            if (other := holder(lock)) and other.get("pid") != os.getpid():
+                self.log(f"{self.name}: waiting for process {other.get('pid')}, which may be training this base model")
+            with DirectoryLock.acquire(lock, wait=True):
+                if not self.cache.has(r):
+                    partial = self.cache.partial(r)
+                    remove_partial(partial)
+                    runner.run = RunDir(partial, r)
+                    try:
+                        runner.stage_pretrain()
+                    finally:
+                        runner.run = self.run
+                    self.cache.commit(r)
             write_json(self.run.file("pretrain.json"),
                        {"cache": str(self.cache.entry(r)), **RunDir(self.cache.entry(r), r).read_json("pretrain.json")})
         if not self.run.file("base.json").is_file():

@@ -192,3 +192,19 @@ def test_the_cache_key_ignores_what_does_not_change_the_base(tmp_path):
     other = base.model_copy(update={"seed": base.seed + 1})
     assert cache.entry(same) == cache.entry(base)
     assert cache.entry(other) != cache.entry(base)
+
+
+@pytest.mark.slow  # two benches in fresh processes at once (about 1 minute on 2 cores)
+def test_two_benches_sharing_a_cache_train_the_base_once(tmp_path):
+    """Started together, one trains the shared base while the other waits, then finds it cached."""
+    cache = tmp_path / "cache"
+    quick = ["--setting", "digits_resnet20", *_sets(TINY + ["bench.seeds=[0]", "bench.criteria=[tail]",
+                                                            "bench.finetune_epochs=0", "pretrain.epochs=2",
+                                                            f"cache_dir={cache}"])]
+    procs = [_bench(str(SMALL), "--out", str(tmp_path / name), *quick, wait=False) for name in ("a", "b")]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert sum("pretrain epoch 2/2" in out for out in outputs) == 1, outputs  # trained once
+    assert len(list((cache / "bases").iterdir())) == 1
+    bases = {json.loads((tmp_path / n / "settings/digits_resnet20/base.json").read_text())["cache"] for n in "ab"}
+    assert len(bases) == 1
