@@ -19,7 +19,6 @@ atomically: a killed bench, rerun, computes only what is missing. Base models co
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from layerprune.io import make_dir, remove_partial, write_json, write_text
 from layerprune.lock import DirectoryLock, holder
 from layerprune.recipe.load import RecipeError
 from layerprune.recipe.preflight import unreachable
-from layerprune.recipe.rundir import RunDir, is_empty, unused_beside
+from layerprune.recipe.rundir import RunDir, claimed, is_empty, unused_beside
 from layerprune.recipe.runner import Runner
 from layerprune.recipe.schema import Recipe
 from layerprune.surgery import compare_latency, find_blocks, measure_latency, model_cost
@@ -306,20 +305,12 @@ def _open_suite_dir(suite: Suite, out: str | None, fresh: bool) -> tuple[Path, D
     path = Path(out or suite.output_dir or f"runs/{suite.name}")
     if fresh:
         path = unused_beside(path)
-    created = not path.exists()
-    lock = DirectoryLock.acquire(path)
-    try:
-        remove_partial(path)
+    with claimed(path) as lock:
         if not is_empty(path) and not (path / SUITE_FILE).is_file():
             raise LayerpruneError(f"{path} exists and is not a layerprune bench directory; choose another --out")
         write_text(path / SUITE_FILE, yaml.safe_dump({"name": suite.name, "cache_dir": suite.cache_dir,
                                                       "settings": [r.model_dump(mode="json") for r in suite.recipes]},
                                                      sort_keys=False))
-    except BaseException:
-        lock.release()
-        if created and is_empty(path):
-            shutil.rmtree(path, ignore_errors=True)
-        raise
     return path, lock
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -60,6 +61,25 @@ def unused_beside(base: Path) -> Path:
     return path
 
 
+@contextmanager
+def claimed(path: Path, *, lock: bool = True) -> Iterator[DirectoryLock | None]:
+    """``path`` locked for this process (created if missing), with what killed writes left there
+    swept away. When the body fails, the lock is released and a folder this call created is
+    removed again if it is still empty. ``lock=False``: a caller above holds the lock."""
+    created = not path.exists()
+    held = DirectoryLock.acquire(path) if lock else None
+    try:
+        if held is not None:
+            remove_partial(path)
+        yield held
+    except BaseException:
+        if held is not None:
+            held.release()
+        if created and is_empty(path):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
 class RunDir:
     def __init__(self, path: Path, recipe: Recipe, lock: DirectoryLock | None = None) -> None:
         self.path = path
@@ -75,11 +95,7 @@ class RunDir:
         base = Path(out or recipe.output_dir or f"runs/{recipe.name}")
         resolved = recipe.model_dump(mode="json")
         path = unused_beside(base) if fresh else base
-        created = not path.exists()
-        held = DirectoryLock.acquire(path) if lock else None
-        try:
-            if lock:
-                remove_partial(path)
+        with claimed(path, lock=lock) as held:
             if not fresh and not is_empty(path):
                 saved_file = path / RECIPE_FILE
                 if not saved_file.is_file():
@@ -97,12 +113,6 @@ class RunDir:
             path.mkdir(parents=True, exist_ok=True)
             if ignore or not (path / RECIPE_FILE).is_file():  # the lists that may change: as last run
                 write_text(path / RECIPE_FILE, yaml.safe_dump(resolved, sort_keys=False))
-        except BaseException:
-            if held is not None:
-                held.release()
-            if created and is_empty(path):
-                shutil.rmtree(path, ignore_errors=True)
-            raise
         return cls(path, recipe, held)
 
     def close(self) -> None:
