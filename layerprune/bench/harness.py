@@ -40,7 +40,7 @@ from layerprune.recipe.preflight import unreachable
 from layerprune.recipe.rundir import RunDir, claimed, is_empty, unused_beside
 from layerprune.recipe.runner import Runner
 from layerprune.recipe.schema import Recipe
-from layerprune.surgery import compare_latency, find_blocks, measure_latency, model_cost
+from layerprune.surgery import compare_latency, find_blocks, measure_latency, model_cost, remove_blocks
 from layerprune.train import train
 
 Log = Callable[[str], None]
@@ -256,35 +256,34 @@ class SettingBench:
     def depth_width_trial(self, budget: dict[str, float], seed: int) -> dict[str, Any]:
         """Blocks chosen by ``bench.depth_width`` until they carry half the budget, then channels
         cut (L1) until the whole budget is met, measured against the unpruned model."""
-        from layerprune.surgery.width import prune_width
-
         runner, criterion = self.runner, self.cfg.depth_width
         key, value = next(iter(budget.items()))
         stored = self.scores(criterion, seed)
         pruner = runner.pruner(criterion=criterion, rule=budget_rule({key: DEPTH_SHARE * value}), seed=seed)
         removed = pruner.plan(CriterionResult(criterion, stored["scores"], diagnostics=stored["diagnostics"]),
                               self.blocks)
-        base, x = runner.base_model(), runner.example_input()
-        deeper, _ = pruner.remove(base, removed, runner.build_data(), blocks=self.blocks, example_input=x,
-                                  evaluate_with=runner.evaluate)
-        pruned, ratio = prune_width(deeper, x, reference=base, **{key: value})
-        after_surgery = runner.evaluate(pruned).accuracy
-        pruner.repair_model(pruned, runner.build_data())
-        return self._finish(pruned, seed, {"criterion": depth_width_name(criterion), "budget": budget_name(budget),
-                                           "seed": seed, "removed": removed, "channel_ratio": ratio,
-                                           "after_surgery": after_surgery,
-                                           "before_finetune": runner.evaluate(pruned).accuracy})
+        # Pruner.remove without its two evaluations: nobody reads the accuracy between the two cuts.
+        deeper = remove_blocks(runner.base_model(), removed, runner.example_input(), collapse=pruner.collapse,
+                               blocks=self.blocks)
+        pruner.repair_model(deeper, runner.build_data())
+        return self._channels(deeper, pruner, seed, {"criterion": depth_width_name(criterion), "budget":
+                                                     budget_name(budget), "seed": seed, "removed": removed}, budget)
 
     def width_trial(self, budget: dict[str, float], seed: int) -> dict[str, Any]:
+        return self._channels(self.runner.base_model(), self.runner.pruner(seed=seed), seed,
+                              {"criterion": WIDTH, "budget": budget_name(budget), "seed": seed, "removed": []}, budget)
+
+    def _channels(self, model: nn.Module, pruner, seed: int, record: dict[str, Any],
+                  budget: dict[str, float]) -> dict[str, Any]:
+        """Channels cut from ``model`` until the budget is met against the base model, BatchNorm
+        repaired (the depth trials' repair), then finetuned and measured."""
         from layerprune.surgery.width import prune_width
 
         runner = self.runner
-        key, value = next(iter(budget.items()))
-        pruned, ratio = prune_width(runner.base_model(), runner.example_input(), **{key: value})
+        pruned, ratio = prune_width(model, runner.example_input(), reference=runner.base_model(), **budget)
         after_surgery = runner.evaluate(pruned).accuracy
-        runner.pruner(seed=seed).repair_model(pruned, runner.build_data())  # the depth trials' repair
-        return self._finish(pruned, seed, {"criterion": WIDTH, "budget": budget_name(budget), "seed": seed,
-                                           "removed": [], "channel_ratio": ratio, "after_surgery": after_surgery,
+        pruner.repair_model(pruned, runner.build_data())
+        return self._finish(pruned, seed, {**record, "channel_ratio": ratio, "after_surgery": after_surgery,
                                            "before_finetune": runner.evaluate(pruned).accuracy})
 
 
