@@ -85,6 +85,6 @@ def score_model(
     model = create_model_for(model_name, bundle, checkpoint=checkpoint, seed=calibration.seed, **(model_args or {}))
     model.to(resolve_device(device))
     scored = pruner.score(model, bundle)
-    removed = pruner.plan(scored.result, scored.blocks)
-    return ScoreReport(model_name, data, scored.result, scored.blocks, dict(pruner.rule), removed,
-                       scored.calibration)
+    blocks = pruner.blocks(model, scored.example_input, scored.blocks)  # timed, under a latency budget
+    removed = pruner.plan(scored.result, blocks)
+    return ScoreReport(model_name, data, scored.result, blocks, dict(pruner.rule), removed, scored.calibration)

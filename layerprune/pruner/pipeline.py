@@ -164,8 +164,7 @@ class Pruner:
         """The criterion's scores for ``model``'s blocks (``model`` is not changed)."""
         ctx = self.context(model, data)
         drawn = {**self.calibration.to_dict(), "samples": ctx.samples, "batches": ctx.num_batches}
-        result = self.criterion(ctx)
-        return Scored(result, self.blocks(model, ctx.example_input, ctx.blocks), ctx.example_input, drawn)
+        return Scored(self.criterion(ctx), ctx.blocks, ctx.example_input, drawn)
 
     def plan(self, scores: Mapping[str, float] | CriterionResult, blocks: list[Block], *,
              count: int | None = None) -> list[str]:
@@ -240,13 +239,14 @@ class Pruner:
             i += 1
             scored = self.score(current, data)
             scores = scored.scores
-            if i == 1:
-                first_blocks = scored.blocks
+            blocks = scored.blocks
+            if i == 1:  # later steps plan by count against these (and _budget_met reads them)
+                blocks = first_blocks = self.blocks(current, scored.example_input, blocks)  # timed, under a latency budget
             if self.steps == 1:
-                chosen = self.plan(scored.result, scored.blocks)
+                chosen = self.plan(scored.result, blocks)
             elif rule == "threshold":
                 # The blocks still below the threshold, re-scored; this step takes its share of them.
-                below = self.plan(scores, scored.blocks)
+                below = self.plan(scores, blocks)
                 share = 1 if each else math.ceil(len(below) / (self.steps - i + 1))
                 chosen = sorted(below, key=lambda n: scores[n])[:share]
             else:
@@ -254,17 +254,17 @@ class Pruner:
                 # shares of it, re-scored each time; one by one with steps="each" (the loop stops
                 # once a step reaches k or the budget).
                 if total is None:
-                    total = len(self.plan(scores, scored.blocks))
+                    total = len(self.plan(scores, blocks))
                 k = 1 if each else round(total * i / self.steps) - round(total * (i - 1) / self.steps)
                 try:
-                    chosen = self.plan(scores, scored.blocks, count=k)
+                    chosen = self.plan(scores, blocks, count=k)
                 except LayerpruneError:
                     chosen = []  # nothing left that may go
             if each and not chosen and records:
                 records[-1].last = True
                 break
             chosen = sorted(chosen, key=lambda n: scores[n])  # removal order: least important first
-            current, record = self.remove(current, chosen, data, blocks=scored.blocks,
+            current, record = self.remove(current, chosen, data, blocks=blocks,
                                           example_input=scored.example_input, evaluate_with=measure, step=i)
             record.scores, record.result = dict(scores), scored.result
             removed.extend(chosen)
