@@ -113,20 +113,25 @@ def setting_markdown(rows, corr, cost, diffs, reference: str) -> str:
     return "\n".join(lines)
 
 
-def plot_accuracy(rows: list[dict[str, Any]], base: dict[str, Any], path, title: str = "") -> None:
+def _plot_rows(ax, rows: list[dict[str, Any]], x: Callable[[dict[str, Any]], float], key: str, **style: Any) -> None:
+    """One line per criterion (dashed: the channel rows) through its budgets: ``key`` (mean ± std
+    over seeds, in %) against ``x``."""
     from layerprune.bench.width import is_channel_row
 
+    colors = pyplot().get_cmap("tab20").colors
+    for i, criterion in enumerate(dict.fromkeys(r["criterion"] for r in rows)):
+        rs = sorted((r for r in rows if r["criterion"] == criterion), key=x)
+        channels = is_channel_row(criterion)
+        ax.errorbar([x(r) for r in rs], [100 * r[key] for r in rs], yerr=[100 * r[key + "_std"] for r in rs],
+                    marker="osD^v<>ph*X"[i % 11], ms=5, capsize=3, color=colors[(2 * i) % 20 + (i // 10) % 2],
+                    label=criterion, ls="--" if channels else "-", **(style if channels else {}))
+
+
+def plot_accuracy(rows: list[dict[str, Any]], base: dict[str, Any], path, title: str = "") -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
-    colors = plt.get_cmap("tab20").colors
-    criteria = list(dict.fromkeys(r["criterion"] for r in rows))
     for ax, (key, label) in zip(axes, METRICS[::-1]):
-        for i, criterion in enumerate(criteria):
-            rs = sorted((r for r in rows if r["criterion"] == criterion), key=lambda r: r["macs_reduction"])
-            ax.errorbar([100 * r["macs_reduction"] for r in rs], [100 * r[key] for r in rs],
-                        yerr=[100 * r[key + "_std"] for r in rs], marker="osD^v<>ph*X"[i % 11], ms=5, capsize=3,
-                        color=colors[(2 * i) % 20 + (i // 10) % 2], label=criterion,
-                        ls="--" if is_channel_row(criterion) else "-")
+        _plot_rows(ax, rows, lambda r: 100 * r["macs_reduction"], key)
         ax.axhline(100 * base["accuracy"], color="black", lw=0.8, ls=":", label="base")
         ax.set_xlabel("MACs reduction %")
         ax.set_ylabel("test accuracy %")
@@ -141,17 +146,9 @@ def plot_frontier(rows: list[dict[str, Any]], base: dict[str, Any], path, title:
     depth+width rows) through its budgets; ``False`` when the bench measured no latency."""
     if base.get("latency_ms") is None or any(math.isnan(r["latency_ms"]) for r in rows):
         return False
-    from layerprune.bench.width import is_channel_row
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    colors = plt.get_cmap("tab20").colors
-    for i, criterion in enumerate(dict.fromkeys(r["criterion"] for r in rows)):
-        rs = sorted((r for r in rows if r["criterion"] == criterion), key=lambda r: r["latency_ms"])
-        ax.errorbar([r["latency_ms"] for r in rs], [100 * r["after_finetune"] for r in rs],
-                    yerr=[100 * r["after_finetune_std"] for r in rs], marker="osD^v<>ph*X"[i % 11], ms=5, capsize=3,
-                    color=colors[(2 * i) % 20 + (i // 10) % 2], label=criterion,
-                    ls="--" if is_channel_row(criterion) else "-", lw=2 if is_channel_row(criterion) else 1)
+    _plot_rows(ax, rows, lambda r: r["latency_ms"], "after_finetune", lw=2)
     ax.scatter([base["latency_ms"]], [100 * base["accuracy"]], marker="*", s=120, color="black", label="base", zorder=5)
     ax.set_xlabel("latency, ms per image (batch 1, median, timed side by side with the base model)")
     ax.set_ylabel("test accuracy % after finetune")
