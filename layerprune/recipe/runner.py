@@ -157,17 +157,17 @@ class Runner(Resources):
     def stage_eval(self) -> None:
         rc = self.recipe
         base, final = self.base_model(), self.pruned_model("finetuned")
-        x = self.example_input()
+        x, prune_record = self.example_input(), self.run.read_json("prune.json")
         base_cost, final_cost = model_cost(base, x), model_cost(final, x)
         metrics: dict[str, Any] = {
             "split": rc.eval.split,
             "base": {**self.evaluate(base).__dict__, **base_cost.to_dict()},
             "pruned": {**self.evaluate(final).__dict__, **final_cost.to_dict()},
             "removed": PruneSpec.load(self.run.file("finetuned")).removed,
-            "prune_steps": self.run.read_json("prune.json")["steps"],
+            "prune_steps": prune_record["steps"],
         }
-        if width := self.run.read_json("prune.json").get("width"):
-            metrics["width"] = width
+        if "width" in prune_record:
+            metrics["width"] = prune_record["width"]
         metrics["params_reduction"] = 1 - final_cost.params / base_cost.params
         metrics["macs_reduction"] = 1 - final_cost.macs / base_cost.macs
         if rc.eval.latency:
