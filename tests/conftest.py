@@ -2,6 +2,8 @@
 criterion catalog."""
 
 import copy
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,3 +71,45 @@ def fresh_catalog(monkeypatch):
     monkeypatch.setattr(catalog, "_entry_points_loaded", False)
     with catalog.CRITERIA.restored():
         yield catalog
+
+
+SHARED_DATA_ENV = "LAYERPRUNE_DATA"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``$LAYERPRUNE_DATA``, the folder holding ``cifar10-jpeg/`` and ``cifar10-resnet/`` (``.ci/run``
+    points it at ``../shared/data``); tests that need it skip where it is absent."""
+    root = os.environ.get(SHARED_DATA_ENV)
+    if not root:
+        pytest.skip(f"needs CIFAR-10 and the pretrained CIFAR ResNets: set {SHARED_DATA_ENV} to the folder "
+                    "holding cifar10-jpeg/ and cifar10-resnet/ (e.g. ../shared/data)")
+    missing = [name for name in ("cifar10-jpeg/train", "cifar10-jpeg/test", "cifar10-resnet") if not (Path(root) / name).is_dir()]
+    if missing:
+        pytest.skip(f"{SHARED_DATA_ENV}={root} lacks {', '.join(missing)}")
+    return Path(root)
+
+
+@pytest.fixture
+def skip_without_shared_data(request):
+    """``fn(path)``: skip the test (as :func:`shared_data` does) when the recipe or suite at ``path``
+    reads its data or checkpoints from ``$LAYERPRUNE_DATA`` and that folder is absent."""
+
+    def check(path: Path) -> None:
+        if SHARED_DATA_ENV in Path(path).read_text():
+            request.getfixturevalue("shared_data")
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def cifar_jpeg_subset(shared_data, tmp_path_factory) -> Path:
+    """A few hundred CIFAR-10 JPEG files as an image folder (links to ``$LAYERPRUNE_DATA``):
+    20 training and 30 test images per class."""
+    root = tmp_path_factory.mktemp("cifar10-subset")
+    for split, count in (("train", 20), ("test", 30)):
+        for folder in sorted((shared_data / "cifar10-jpeg" / split).iterdir()):
+            (root / split / folder.name).mkdir(parents=True)
+            for image in sorted(folder.iterdir())[:count]:
+                (root / split / folder.name / image.name).symlink_to(image.resolve())
+    return root

@@ -213,6 +213,26 @@ def check_fractions(name: str, **fractions: float) -> None:
         raise DatasetError(f"{name}: {' + '.join(fractions)} must be < 1, got {sum(fractions.values())}")
 
 
+def check_stats(name: str, mean: Sequence[float], std: Sequence[float],
+                channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``mean`` and ``std`` as tuples of floats, one per channel (std > 0); else a one-line error
+    naming the option and the number of channels."""
+    checked = []
+    for key, values in (("mean", mean), ("std", std)):
+        try:
+            values = tuple(float(v) for v in values)
+        except (TypeError, ValueError):
+            raise DatasetError(f"{name}: {key} must be a list of {channels} numbers (one per channel), "
+                               f"got {values!r}") from None
+        if len(values) != channels:
+            raise DatasetError(f"{name}: {key} has {len(values)} value{'s' * (len(values) != 1)}, but the images "
+                               f"have {channels} channels: give one per channel")
+        if key == "std" and any(v <= 0 for v in values):
+            raise DatasetError(f"{name}: std must be > 0 for every channel, got {list(values)}")
+        checked.append(values)
+    return checked[0], checked[1]
+
+
 def normalisation_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images, on the [0, 1] scale."""
     x = images.float().div_(255.0)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from layerprune.data.base import CropFlip, DatasetBundle, TensorImageDataset, check_fractions, stratified_split
+from layerprune.data.base import (
+    CropFlip, DatasetBundle, TensorImageDataset, check_fractions, check_stats, stratified_split,
+)
 from layerprune.errors import DatasetError
 
 # Channel statistics of the training sets, on the [0, 1] scale.
@@ -59,8 +62,12 @@ def _load(name: str, root: Path, train: bool, download: bool):
 
 def _build_cifar(
     name: str, *, root: str | Path | None, download: bool, seed: int, val_fraction: float, augment: bool,
+    mean: Sequence[float] | None, std: Sequence[float] | None,
 ) -> DatasetBundle:
     check_fractions(name, val_fraction=val_fraction)
+    # A checkpoint trained with other statistics (the community CIFAR ResNets use ImageNet's) needs them.
+    mean, std = check_stats(name, mean if mean is not None else CIFAR_STATS[name][0],
+                            std if std is not None else CIFAR_STATS[name][1], 3)
     root = Path(root) if root is not None else default_root()
     train_raw = _load(name, root, True, download)
     test_raw = _load(name, root, False, download)
@@ -69,7 +76,6 @@ def _build_cifar(
         images = torch.from_numpy(np.ascontiguousarray(raw.data)).permute(0, 3, 1, 2).contiguous()
         return images, torch.as_tensor(raw.targets, dtype=torch.long)
 
-    mean, std = CIFAR_STATS[name]
     train_all = TensorImageDataset(*to_tensors(train_raw), mean, std)
     test = TensorImageDataset(*to_tensors(test_raw), mean, std)
     val_idx, train_idx = stratified_split(train_all.targets.numpy(), [val_fraction], seed)
@@ -88,17 +94,23 @@ def _build_cifar(
 
 def build_cifar10(
     *, root: str | Path | None = None, download: bool = False, seed: int = 0, val_fraction: float = 0.1,
-    augment: bool = True,
+    augment: bool = True, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
 ) -> DatasetBundle:
-    """CIFAR-10 (50,000 train / 10,000 test, 32×32, 10 classes) through torchvision."""
+    """CIFAR-10 (50,000 train / 10,000 test, 32×32, 10 classes) through torchvision.
+
+    ``mean``/``std``: the normalisation (default: this training set's statistics, ``CIFAR_STATS``).
+    """
     return _build_cifar("cifar10", root=root, download=download, seed=seed, val_fraction=val_fraction,
-                        augment=augment)
+                        augment=augment, mean=mean, std=std)
 
 
 def build_cifar100(
     *, root: str | Path | None = None, download: bool = False, seed: int = 0, val_fraction: float = 0.1,
-    augment: bool = True,
+    augment: bool = True, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
 ) -> DatasetBundle:
-    """CIFAR-100 (50,000 train / 10,000 test, 32×32, 100 classes) through torchvision."""
+    """CIFAR-100 (50,000 train / 10,000 test, 32×32, 100 classes) through torchvision.
+
+    ``mean``/``std``: the normalisation (default: this training set's statistics, ``CIFAR_STATS``).
+    """
     return _build_cifar("cifar100", root=root, download=download, seed=seed, val_fraction=val_fraction,
-                        augment=augment)
+                        augment=augment, mean=mean, std=std)
