@@ -12,7 +12,7 @@ adds the distillation weights.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Optional, get_args
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -27,7 +27,8 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 # Settings that change speed, not the result: a checkpoint written with other values resumes.
 SPEED_ONLY = ("channels_last", "compile")
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
-WARMUP_START = 0.1  # warm-up starts at lr * WARMUP_START
+WARMUP_START = 0.1
+NUMBERS = (int, float, Optional[int], Optional[float])  # warm-up starts at lr * WARMUP_START
 
 
 class _Invalid(ValueError):
@@ -60,6 +61,8 @@ class TrainConfig(BaseModel):
                                           description="step schedule: fractions of the epochs where lr is multiplied by gamma")
     gamma: float = Field(0.1, gt=0, le=1, description="step schedule: lr factor at each milestone")
     warmup_epochs: int = Field(0, ge=0, description="linear warm-up epochs before the schedule")
+    batches_per_epoch: Optional[int] = Field(None, gt=0, description="end each epoch after this many batches, a "
+                                             "fresh random part of the training split each epoch (default: all of it)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy")
     precision: Precision = Field("32", description="32: full precision; bf16/fp16: mixed precision (autocast; fp16 with loss scaling)")
     channels_last: bool = Field(False, description="NHWC memory layout for model and images (faster convolutions on GPUs)")
@@ -70,7 +73,7 @@ class TrainConfig(BaseModel):
     @classmethod
     def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         # pydantic's lax mode would read true as 1
-        if isinstance(value, bool) and info.field_name and cls.model_fields[info.field_name].annotation in (int, float):
+        if isinstance(value, bool) and info.field_name and cls.model_fields[info.field_name].annotation in NUMBERS:
             raise ValueError("must be a number, not true or false")
         return value
 

@@ -107,7 +107,10 @@ def train(
     try:
         if teacher is not None:
             teacher.eval()
-        with _Bars(progress and distributed.is_main(), description, settings.epochs, len(history), _length(train_loader)) as bars:
+        batches = _length(train_loader)
+        if settings.batches_per_epoch is not None and batches is not None:
+            batches = min(batches, settings.batches_per_epoch)
+        with _Bars(progress and distributed.is_main(), description, settings.epochs, len(history), batches) as bars:
             for epoch in range(len(history), settings.epochs):
                 record = _run_epoch(step, train_loader, epoch, seed, bars)
                 distributed.broadcast_buffers(model)
@@ -203,7 +206,10 @@ def _run_epoch(step: _Step, loader, epoch, seed, bars) -> EpochRecord:
     loss_sum = correct = torch.zeros((), dtype=torch.float64, device=step.device)
     seen = 0
     bars.epoch_started(epoch)
-    for x, y in loader:
+    limit = step.settings.batches_per_epoch
+    for i, (x, y) in enumerate(loader):
+        if limit is not None and i == limit:
+            break
         loss, right = step(x, y)
         loss_sum = loss_sum + loss * len(y)
         correct = correct + right

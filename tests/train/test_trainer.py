@@ -118,3 +118,18 @@ def test_progress_bars_do_not_change_the_result(make_mlp, train_loader):
     train(quiet, train_loader(128), TrainSettings(epochs=2))
     train(shown, train_loader(128), TrainSettings(epochs=2), progress=True)
     assert _same_state(quiet.state_dict(), shown.state_dict())
+
+
+def test_batches_per_epoch_ends_each_epoch_early_on_other_batches(make_mlp, train_loader):
+    model, seen = make_mlp(), []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].sum().item()))
+    loader = train_loader(512, batch_size=32)
+    assert len(loader) == 16
+    history = train(model, loader, TrainSettings(epochs=2, lr=0.05, batches_per_epoch=3))
+    assert len(history) == 2 and len(seen) == 6
+    assert seen[:3] != seen[3:]  # each epoch draws its own shuffled batches
+
+
+def test_batches_per_epoch_must_be_a_positive_count():
+    with pytest.raises(LayerpruneError, match="batches_per_epoch"):
+        TrainSettings(epochs=1, batches_per_epoch=0)
