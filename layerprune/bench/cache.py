@@ -38,12 +38,27 @@ def cache_root(configured: str | None = None) -> Path:
 
 
 def base_key(recipe: Recipe) -> dict[str, Any]:
-    """Everything that determines a setting's trained base model."""
+    """Everything that determines a setting's trained base model: with ``model.checkpoint``, the
+    checkpoint's content (its SHA-256), not its path."""
     d = recipe.data
-    return {"model": recipe.model.name, "kwargs": recipe.model.kwargs,
-            "data": {"dataset": d.dataset, "options": d.options, "batch_size": d.batch_size},
-            "pretrain": recipe.pretrain.model_dump(mode="json") if recipe.pretrain else None,
-            "seed": recipe.seed}
+    key = {"model": recipe.model.name, "kwargs": recipe.model.kwargs,
+           "data": {"dataset": d.dataset, "options": d.options, "batch_size": d.batch_size},
+           "pretrain": recipe.pretrain.model_dump(mode="json") if recipe.pretrain else None,
+           "seed": recipe.seed}
+    if d.root is not None:  # another folder may hold other images
+        key["data"]["root"] = str(Path(d.root).expanduser().resolve())
+    if recipe.model.checkpoint is not None:
+        key["checkpoint"] = file_digest(recipe.model.checkpoint)
+    return key
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class BaseCache:

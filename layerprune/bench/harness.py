@@ -86,7 +86,7 @@ class SettingBench:
         self.recipe, self.run, self.cache, self.log = recipe, run, cache, log
         self.name, self.cfg = recipe.name, recipe.bench
         self.runner = Runner(recipe, run, progress=progress, log=log)
-        if recipe.model.checkpoint is None and recipe.pretrain is not None:
+        if recipe.pretrain is not None:
             self.runner.base_checkpoint = str(cache.weights(recipe))
         self._blocks: list | None = None
 

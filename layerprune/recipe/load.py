@@ -136,7 +136,7 @@ def semantic_problems(raw: dict[str, Any]) -> list[str]:
     name, checkpoint = model.get("name"), model.get("checkpoint")
     if isinstance(name, str) and not timm.is_model(name):
         problems.append(f"model.name: {unknown_model_message(name)}")
-    if isinstance(checkpoint, str) and not Path(checkpoint).is_file():
+    if isinstance(checkpoint, str) and "$" not in checkpoint and not Path(checkpoint).is_file():
         problems.append(f"model.checkpoint: no such file: {checkpoint}")
 
     data = _section(raw, "data")
@@ -199,16 +199,46 @@ def semantic_problems(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
+# Keys that hold paths: ``$VAR`` and ``${VAR}`` in them are replaced by the environment's values, so
+# one recipe serves every machine that sets, e.g., LAYERPRUNE_DATA to its own data folder.
+PATH_KEYS = (("model", "checkpoint"), ("data", "root"), ("output_dir",))
+
+
+def expand_paths(raw: dict[str, Any]) -> list[str]:
+    """Expand environment variables in the path keys of ``raw`` (in place); one problem per
+    variable that is not set, naming the key."""
+    import os
+    import re
+
+    problems = []
+    for keys in PATH_KEYS:
+        node = raw
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        value = node.get(keys[-1]) if isinstance(node, dict) else None
+        if not isinstance(value, str) or "$" not in value:
+            continue
+        names = [a or b for a, b in re.findall(r"\$\{(\w+)\}|\$(\w+)", value)]
+        unset = [name for name in names if name not in os.environ]
+        if unset:
+            problems += [f"{'.'.join(keys)}: environment variable {name} is not set (it is used in {value!r}); "
+                         f"set it, or give the path with --set {'.'.join(keys)}=PATH" for name in unset]
+        else:
+            node[keys[-1]] = os.path.expandvars(value)
+    return problems
+
+
 def validate_recipe(raw: dict[str, Any], *, strict_plugins: bool = False) -> tuple[Recipe | None, list[str]]:
     """``raw`` (a recipe's mapping, overrides applied) as a :class:`Recipe`, with every problem
     found: schema and registries. Plugins it names are loaded first (their criteria become valid
-    names). The recipe is ``None`` when the schema refused it."""
+    names); environment variables in path keys are expanded (:data:`PATH_KEYS`). The recipe is
+    ``None`` when the schema refused it."""
     from layerprune.criteria.catalog import load_plugins
 
     plugins = raw.get("plugins") or []
     if isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):
         load_plugins(plugins, strict=strict_plugins)
-    problems: list[str] = []
+    problems: list[str] = expand_paths(raw)
     recipe = None
     try:
         recipe = Recipe.model_validate(raw)

@@ -76,10 +76,11 @@ class Resources:
         return model.to(self.device)
 
     def base_model(self) -> nn.Module:
-        """The unpruned, trained model (from the checkpoint or the pretrain stage)."""
+        """The unpruned, trained model: the pretrain stage's (which starts from ``model.checkpoint``
+        when there is one), else the checkpoint's."""
         if self._base is None:
             checkpoint = self.recipe.model.checkpoint
-            if checkpoint is None and self.recipe.pretrain is not None:
+            if self.recipe.pretrain is not None:
                 checkpoint = self.base_checkpoint or str(self.run.file("pretrained.pth"))
             self._base = self.new_model(checkpoint)
         return self._base

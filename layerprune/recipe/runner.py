@@ -50,9 +50,10 @@ class Runner(Resources):
 
     # -- stages -------------------------------------------------------------------------------
     def stage_pretrain(self) -> None:
-        if self.recipe.model.checkpoint is not None or self.recipe.pretrain is None:
+        if self.recipe.pretrain is None:
             return
-        model = self.new_model()
+        # With a checkpoint, training starts from it: the checkpoint adapted to this data.
+        model = self.new_model(self.recipe.model.checkpoint)
         history = self.fit(model, self.settings(self.recipe.pretrain), "pretrain")
         ranks = distributed.world_size()
 

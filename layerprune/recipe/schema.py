@@ -28,7 +28,8 @@ class ModelSection(Section):
     name: str = Field(description="timm model name, e.g. cifar_resnet56 or resnet50")
     kwargs: dict[str, Any] = Field(default_factory=dict,
                                    description="keyword arguments for timm.create_model (num_classes and in_chans default to the data set's)")
-    checkpoint: Optional[str] = Field(None, description="weights to start from; without it, the pretrain stage trains the model first")
+    checkpoint: Optional[str] = Field(None, description="weights to start from (with a pretrain section, "
+                                      "pretraining starts from them); without it, the pretrain stage trains the model first")
 
 
 class CalibrationSection(Section):
@@ -214,7 +215,8 @@ class Recipe(Section):
     plugins: list[str] = Field(default_factory=list, description="criterion plugins: .py files, modules or module:attr")
     model: ModelSection = Field(description="the network")
     data: DataSection = Field(description="the data set")
-    pretrain: Optional[TrainSection] = Field(None, description="train from scratch first (used only when model.checkpoint is not given)")
+    pretrain: Optional[TrainSection] = Field(None, description="train the base model first: from scratch, or from "
+                                             "model.checkpoint to adapt it to this data")
     criterion: CriterionSection = Field(default_factory=CriterionSection, description="block scoring")
     select: SelectSection = Field(default_factory=SelectSection, description="block selection")
     prune: PruneSection = Field(default_factory=PruneSection, description="surgery")

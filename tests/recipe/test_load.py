@@ -19,7 +19,8 @@ def test_there_are_shipped_recipes():
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
-def test_every_shipped_recipe_validates(path):
+def test_every_shipped_recipe_validates(path, skip_without_shared_data):
+    skip_without_shared_data(path)
     recipe = load_recipe(path)
     assert recipe.name == path.stem
 
@@ -154,3 +155,16 @@ def test_bench_criteria_names_are_checked(tmp_path):
     assert len(problems) == 2
     assert problems[0].startswith("bench.criteria.2: unknown criterion 'cak'; did you mean 'cka'")
     assert problems[1].startswith("bench.oracle: unknown criterion 'ablaton'; did you mean 'ablation'")
+
+
+def test_pretrained_paper_recipe_adapts_the_checkpoint_then_scores_like_the_paper(skip_without_shared_data):
+    path = ROOT / "recipes/resnet56_cifar10_pretrained.yaml"
+    skip_without_shared_data(path)
+    r = load_recipe(path)
+    assert r.model.name == "cifar_resnet56" and Path(r.model.checkpoint).is_file()
+    assert r.pretrain is not None and r.pretrain.epochs > 0  # trained from the checkpoint on these images
+    assert (r.data.dataset, r.data.options["augment"], r.data.options["in_memory"]) == ("imagefolder", "crop_flip", True)
+    assert (r.data.options["mean"], r.data.options["std"]) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert (r.criterion.name, r.criterion.params) == ("modularity", {"k": 3})
+    assert (r.data.calibration.samples, r.data.calibration.batches) == (500, 5)
+    assert (r.select.rule, r.select.params) == ("threshold", {"threshold": 0.03})
