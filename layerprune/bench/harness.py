@@ -18,6 +18,7 @@ atomically: a killed bench, rerun, computes only what is missing. Base models co
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -44,13 +45,17 @@ from layerprune.surgery import compare_latency, find_blocks, measure_latency, mo
 from layerprune.train import train
 
 Log = Callable[[str], None]
-from layerprune.bench.width import DEPTH_SHARE, DEPTH_WIDTH, WIDTH, depth_width_name  # noqa: E402 - WIDTH re-exported
+from layerprune.bench.width import (  # noqa: E402 - WIDTH re-exported
+    DEPTH_SHARE, DEPTH_WIDTH, NO_BUDGET, UNPRUNED, WIDTH, depth_width_name,
+)
 SUITE_FILE = "suite.yaml"
 # The bench's lists may grow between runs in one directory: each trial is a file of its own.
-GROWABLE = ("bench.criteria", "bench.budgets", "bench.seeds", "bench.width", "bench.depth_width")
+GROWABLE = ("bench.criteria", "bench.budgets", "bench.seeds", "bench.width", "bench.depth_width", "bench.finetune_base")
 
 
 def budget_name(budget: dict[str, float]) -> str:
+    if not budget:
+        return "none"
     key, value = next(iter(budget.items()))
     return f"k{int(value)}" if key == "k" else f"{key}{value:g}"
 
@@ -172,6 +177,8 @@ class SettingBench:
             if self.cfg.depth_width:
                 name = depth_width_name(self.cfg.depth_width)
                 trials += [(name, b, s) for s in self.cfg.seeds for b in self.cfg.budgets if "k" not in b]
+        if self.cfg.finetune_base:
+            trials += [(UNPRUNED, NO_BUDGET, s) for s in self.cfg.seeds]
         return trials
 
     @staticmethod
@@ -192,6 +199,8 @@ class SettingBench:
             start = time.perf_counter()
             if criterion == WIDTH:
                 record = self.width_trial(budget, seed)
+            elif criterion == UNPRUNED:
+                record = self.unpruned_trial(seed)
             elif criterion.startswith(DEPTH_WIDTH):
                 record = self.depth_width_trial(budget, seed)
             else:
@@ -268,6 +277,14 @@ class SettingBench:
         pruner.repair_model(deeper, runner.build_data())
         return self._channels(deeper, pruner, seed, {"criterion": depth_width_name(criterion), "budget":
                                                      budget_name(budget), "seed": seed, "removed": removed}, budget)
+
+    def unpruned_trial(self, seed: int) -> dict[str, Any]:
+        """The base model, nothing removed, finetuned as every trial is: what the same extra
+        training alone gives."""
+        model = copy.deepcopy(self.runner.base_model())
+        before = self.run.read_json("base.json")["accuracy"]
+        return self._finish(model, seed, {"criterion": UNPRUNED, "budget": budget_name(NO_BUDGET), "seed": seed,
+                                          "removed": [], "after_surgery": before, "before_finetune": before})
 
     def width_trial(self, budget: dict[str, float], seed: int) -> dict[str, Any]:
         return self._channels(self.runner.base_model(), self.runner.pruner(seed=seed), seed,

@@ -322,12 +322,12 @@ def write_suite_outputs(path: Path, suite: "Suite", benches: list["SettingBench"
                         trials: list[dict[str, Any]]) -> dict[str, Any]:
     """Every setting's outputs, then the suite's: ``trials.csv``, ``trials.json``, the
     leaderboards (``leaderboard.png``) and ``report.md``. Returns what ``trials.json`` holds."""
-    from layerprune.bench.width import is_channel_row
+    from layerprune.bench.width import is_ranked
 
     records = [write_setting_outputs(b, [t for t in trials if t["setting"] == b.name]) for b in benches]
     reference = suite.reference
     criteria = list(dict.fromkeys(c for b in benches for c in b.cfg.criteria))
-    depth = [t for t in trials if not is_channel_row(t["criterion"])]
+    depth = [t for t in trials if is_ranked(t["criterion"])]
     boards = {metric: leaderboard(depth, reference, metric, criteria) for metric, _ in METRICS}
     times = time_rows(benches, records)
     report = {"suite": suite.name, "reference": reference, "leaderboards": boards, "time": times,
@@ -341,8 +341,8 @@ def write_suite_outputs(path: Path, suite: "Suite", benches: list["SettingBench"
     lines = [f"# bench {suite.name}", "",
              f"{len(benches)} setting{'s' * (len(benches) > 1)}, {len(trials)} trials; budgets {', '.join(budgets)}; "
              f"seeds {seeds}. A cell is one setting, budget and seed; ranks are within a cell (1 = most accurate); "
-             f"intervals are {int(100 * LEVEL)}% bootstrap intervals over settings, then seeds. The width and "
-             "depth+width rows are not ranked (they are not block criteria).", ""]
+             f"intervals are {int(100 * LEVEL)}% bootstrap intervals over settings, then seeds. The width, "
+             "depth+width and unpruned rows are not ranked (they are not block criteria).", ""]
     for metric, label in METRICS:
         lines += [f"## Leaderboard: accuracy {label}", "",
                   leaderboard_markdown(boards[metric], reference, _extras(records, depth, metric)), ""]

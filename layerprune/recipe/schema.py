@@ -184,6 +184,8 @@ class BenchSection(Section):
                                        "criterion to half the budget, then channels to all of it (null: no such row)")
     oracle: str = Field("ablation", description="criterion whose scores the others are rank-correlated with")
     finetune_epochs: Optional[int] = Field(None, ge=0, description="finetune epochs per trial (default: finetune.epochs)")
+    finetune_base: bool = Field(False, description="also finetune the unpruned base model as every trial is, once per "
+                                "seed (the `unpruned` row): what the extra training alone gives")
 
     @model_validator(mode="after")
     def _budgets(self) -> "BenchSection":

@@ -14,14 +14,15 @@ from typer.testing import CliRunner
 import layerprune
 from layerprune import find_blocks
 from layerprune.bench.harness import WIDTH
-from layerprune.bench.width import depth_width_name, is_channel_row
+from layerprune.bench.width import UNPRUNED, depth_width_name, is_channel_row, is_ranked
 from layerprune.cli import app
 from layerprune.recipe import load_recipe
 
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ROOT / "recipes/bench_small.yaml"
-FAST = ["bench.seeds=[0]", "bench.finetune_epochs=0", "pretrain.epochs=2", "eval.latency=true"]
+FAST = ["bench.seeds=[0]", "bench.finetune_epochs=0", "pretrain.epochs=2", "eval.latency=true",
+        "bench.finetune_base=true"]
 # The budgets of bench_small.yaml as select_blocks rules, written out here rather than taken
 # from the harness, so that a bench that turned a budget into the wrong rule fails.
 RULES = {"k2": {"rule": "count", "k": 2}, "macs0.3": {"rule": "budget", "macs": 0.3}}
@@ -64,7 +65,7 @@ def _trials(bench_dir):
 
 
 def _depth_trials(bench_dir):
-    return [t for t in _trials(bench_dir) if not is_channel_row(t["criterion"])]
+    return [t for t in _trials(bench_dir) if is_ranked(t["criterion"])]
 
 
 def _scores(bench_dir, criterion, seed=0):
@@ -80,7 +81,18 @@ def test_every_criterion_and_budget_has_a_trial(bench_dir):
     seen = {(t["criterion"], t["budget"]) for t in _trials(bench_dir)}
     expected = {(c, b) for c in load_recipe(SMALL).bench.criteria for b in ("macs0.3", "k2")}
     expected |= {(WIDTH, "macs0.3"), (depth_width_name("tail"), "macs0.3")}  # channel rows: MACs budgets only
+    expected |= {(UNPRUNED, "none")}  # once per seed, whatever the budgets
     assert seen == expected
+
+
+def test_the_unpruned_row_is_the_base_model_finetuned_and_never_ranked(bench_dir):
+    (trial,) = [t for t in _trials(bench_dir) if t["criterion"] == UNPRUNED]
+    base = json.loads((bench_dir / "base.json").read_text())
+    assert trial["removed"] == [] and trial["macs_reduction"] == 0 and trial["params_reduction"] == 0
+    assert trial["before_finetune"] == trial["after_finetune"] == pytest.approx(base["accuracy"])  # 0 epochs here
+    suite = json.loads((bench_dir.parents[1] / "trials.json").read_text())
+    assert all(r["criterion"] != UNPRUNED for board in suite["leaderboards"].values() for r in board)
+    assert "| unpruned | none |" in (bench_dir / "report.md").read_text()
 
 
 def test_every_plan_is_valid_and_within_budget(bench_dir, blocks):
@@ -89,6 +101,8 @@ def test_every_plan_is_valid_and_within_budget(bench_dir, blocks):
         if t["criterion"] == WIDTH:
             assert t["macs_reduction"] >= 0.3 - 0.01 and t["channel_ratio"] > 0
             continue
+        if t["criterion"] == UNPRUNED:
+            continue  # checked on its own below
         if is_channel_row(t["criterion"]):  # depth+width: blocks to half the budget, channels the rest
             assert 0.15 - 1e-9 <= sum(by_name[n].macs_share for n in t["removed"]) < 0.3
             assert t["macs_reduction"] >= 0.3 - 0.01 and t["channel_ratio"] > 0

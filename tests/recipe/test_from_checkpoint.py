@@ -95,7 +95,8 @@ def test_a_bench_adapts_a_checkpoint_once_into_the_cache(tmp_path, checkpoint, m
     from layerprune.bench import load_suite, run_suite
 
     overrides = [f"model.checkpoint={checkpoint}", "pretrain.epochs=1", "pretrain.lr=1.0e-9", "bench.criteria=[tail]", "bench.seeds=[0]",
-                 "bench.budgets=[{k: 1}]", "bench.width=false", "bench.finetune_epochs=0", "eval.latency=false",
+                 "bench.budgets=[{k: 1}]", "bench.width=false", "bench.finetune_epochs=1", "bench.finetune_base=true",
+                 "eval.latency=false",
                  "data.calibration.samples=32", "data.calibration.batches=1", "prune.repair_batches=2"]
     monkeypatch.setenv("LAYERPRUNE_CACHE", str(tmp_path / "cache"))
     suite = load_suite(ROOT / "recipes/bench_small.yaml", overrides)
@@ -106,4 +107,7 @@ def test_a_bench_adapts_a_checkpoint_once_into_the_cache(tmp_path, checkpoint, m
     assert key["checkpoint"] == base_key(suite.recipes[0])["checkpoint"] and key["pretrain"]["epochs"] == 1
     base = json.loads((tmp_path / "bench" / "settings" / "bench_small" / "base.json").read_text())
     assert base["accuracy"] > 0.6 and base["cache"] == str(bases[0] / "pretrained.pth")
-    assert len(result.trials) == 1
+    tail, unpruned = result.trials
+    assert (tail["criterion"], unpruned["criterion"]) == ("tail", "unpruned")
+    # the unpruned base got the trials' finetuning (one epoch at finetune.lr): it changed
+    assert unpruned["before_finetune"] == base["accuracy"] and unpruned["loss"] != base["loss"]
