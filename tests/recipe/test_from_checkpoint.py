@@ -111,3 +111,23 @@ def test_a_bench_adapts_a_checkpoint_once_into_the_cache(tmp_path, checkpoint, m
     assert (tail["criterion"], unpruned["criterion"]) == ("tail", "unpruned")
     # the unpruned base got the trials' finetuning (one epoch at finetune.lr): it changed
     assert unpruned["before_finetune"] == base["accuracy"] and unpruned["loss"] != base["loss"]
+
+
+def test_the_paper_recipe_runs_to_its_report_on_real_images(tmp_path, cifar_jpeg_subset, skip_without_shared_data):
+    """recipes/resnet56_cifar10_pretrained.yaml end to end, on a few hundred of the CIFAR-10 JPEGs
+    (shortened: one epoch of each training stage, small calibration draws)."""
+    path = ROOT / "recipes/resnet56_cifar10_pretrained.yaml"
+    skip_without_shared_data(path)
+    out = tmp_path / "run"
+    short = [f"data.root={cifar_jpeg_subset}", "pretrain.epochs=1", "finetune.epochs=1",
+             "data.calibration.samples=10", "data.calibration.batches=2", "prune.repair_batches=1",
+             "eval.latency=false"]
+    result = runner.invoke(app, ["run", str(path), "--out", str(out), *_sets(short)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["rule"] == {"rule": "threshold", "threshold": 0.03} and metrics["removed"] == plan["removed"]
+    assert json.loads((out / "pretrain.json").read_text())["history"]  # adapted from the checkpoint first
+    assert metrics["base"]["accuracy"] > 0.6  # the pretrained ResNet-56, not a model trained on 180 images
+    for name in ("report.md", "modularity_curve.png", "model/model.safetensors"):
+        assert (out / name).is_file(), name
