@@ -50,6 +50,7 @@ import layerprune  # registers the CIFAR models with timm
 from layerprune import find_blocks, remove_blocks
 from layerprune.hooks import eval_mode
 from layerprune.io import write_json, write_text
+from layerprune.surgery.named import coverage, named_blocks
 
 CHOICES = Path(__file__).resolve().parent / "zoo_models.json"
 DEFAULT_INPUT = (3, 224, 224)
@@ -353,6 +354,11 @@ def check_model(family: str, name: str, limit: int, report=lambda step: step) ->
             rec["not_offered"] = dict(Counter(short_reason(b.reason) for b in candidates if not b.removable)
                                       .most_common())
             removable = [b.name for b in candidates if b.removable]
+            named = named_blocks(model, [n for n, _ in model.named_modules() if n])
+            cov = coverage(blocks, named, short_reason)
+            rec["granularity"] = {"pattern": cov.pattern, "source": named.source, "named": cov.named,
+                                  "listed": cov.listed, "offered": cov.removable, "expected": cov.expected,
+                                  "complete": cov.complete, "short": cov.short}
 
             if removable:
                 step, t = report("every-other removal"), time.perf_counter()
@@ -457,19 +463,27 @@ def line(rec: dict[str, Any]) -> str:
 
 def markdown(records: list[dict[str, Any]]) -> str:
     """One table row per model, with the main reasons candidates are not offered."""
-    rows = ["| family | model | input | candidates | removable | collapsible | single removal | every other "
-            "| jit.trace | torch.export | untouched | find / forward | not offered, mainly |",
-            "|---|---|---|--:|--:|--:|--:|:-:|:-:|:-:|:-:|--:|---|"]
+    rows = ["| family | model | input | timm's blocks | offered / listed / named | candidates | removable "
+            "| collapsible | single removal | every other | jit.trace | torch.export | untouched | find / forward "
+            "| not offered, mainly |",
+            "|---|---|---|---|--:|--:|--:|--:|--:|:-:|:-:|:-:|:-:|--:|---|"]
     for r in records:
         if "candidates" not in r:
             rows.append(f"| {r['family']} | {r['model']} | {'×'.join(map(str, r.get('input_size', [])))} "
-                        f"| | | | | | | | {mark(r['untouched'])} | | **{r['status']}**: {cell(r['error'])} |")
+                        f"| | | | | | | | | | {mark(r['untouched'])} | | **{r['status']}**: {cell(r['error'])} |")
             continue
         reasons = "; ".join(f"{k} ×{v}" for k, v in list(r["not_offered"].items())[:3])
         if r["error"]:
             reasons = f"**{r['status']}**: {r['error']}" + (f"; {reasons}" if reasons else "")
         single = r["single"] or {"ok": 0, "total": 0}
-        rows.append(f"| {r['family']} | {r['model']} | {'×'.join(map(str, r['input_size']))} | {r['candidates']} "
+        g = r["granularity"]
+        if g["short"]:
+            reasons = "timm's blocks not offered: " + "; ".join(f"{k} ×{v}" for k, v in g["short"].items()) \
+                + (f"; {reasons}" if reasons else "")
+        pattern = "none" if g["source"] == "none" else f"`{g['pattern']}`"
+        counts = f"{g['offered']}/{g['listed']}/{g['named']}" if g["named"] else ""
+        rows.append(f"| {r['family']} | {r['model']} | {'×'.join(map(str, r['input_size']))} | {cell(pattern)} "
+                    f"| {counts} | {r['candidates']} "
                     f"| {r['removable']} | {r['collapsible']} | {single['ok']}/{single['total']} "
                     f"| {mark(r['every_other'])} | {mark(r['jit_trace'])} | {mark(r['export'])} "
                     f"| {mark(r['untouched'])} | {r['find_over_forward']:.1f}× | {cell(reasons)} |")
@@ -499,6 +513,9 @@ def summary_lines(s: dict[str, Any], args) -> str:
             f"Refused single removals: {s['single_failures']}; failed every-other removals: "
             f"{s['every_other_failures']}; `torch.jit.trace` failures: {s['jit_failures']}; `torch.export` "
             f"failures: {s['export_failures']}; originals modified: {s['untouched_failures']}. "
+            f"Families that name their blocks (timm's group_matcher or the stages.N.blocks.M layout): "
+            f"{s['naming']}; of those, with a named block not offered beyond one per stage: "
+            f"{len(s['naming_short'])}{' (' + ', '.join(s['naming_short']) + ')' if s['naming_short'] else ''}. "
             f"`find_blocks` / one forward pass: {ratio}. Wall time {s['wall_s'] / 60:.0f} min on "
             f"{torch.get_num_threads()} threads (timm {timm.__version__}, torch {torch.__version__}).\n")
 
@@ -521,6 +538,9 @@ def summarize(records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
         "jit_failures": sum(mark(r["jit_trace"]) == "✗" for r in records),
         "export_failures": sum(mark(r["export"]) == "✗" for r in records),
         "untouched_failures": sum((r["untouched"] or {}).get("ok") is False for r in records),
+        "naming": sum(bool(r.get("granularity", {}).get("named")) for r in records),
+        "naming_short": sorted(r["family"] for r in records
+                               if r.get("granularity", {}).get("named") and not r["granularity"]["complete"]),
         "find_over_forward_median": statistics.median(ratios) if ratios else None,
         "find_over_forward_max": max(ratios) if ratios else None,
         "wall_s": wall,

@@ -10,12 +10,18 @@ as a class token joining, splits it into two stages named ``blocks[0:10]`` and `
 or any other module that passes each unit's output to the next and returns the last one (timm's
 ``RegStage``). The model itself is never a stage.
 
-Each unit of a stage is, in this order:
+The model's own blocks come first (:mod:`layerprune.surgery.named`: timm's fine
+``group_matcher`` with a stage and a block index, or the ``stages.N.blocks.M`` layout): a named
+block is a block wherever it sits and is never searched inside; a module holding named blocks is
+always searched; its other parts (a downsample, a global-query block) are fixed.
+
+Each other unit of a stage is, in this order:
 
 * a stage itself (a ``Sequential`` of residual blocks inside ``ConvNeXtStage``) — searched inside;
 * a *block* when it is residual — with every parameter zeroed it returns its input, or equals
   its own shortcut — and never searched inside: its parallel paths, focal layers or cheap
-  operations are parts of it, not blocks;
+  operations are parts of it, not blocks; unless a chain of two or more residual units runs
+  inside it, which makes it a stage of them (searched);
 * otherwise, searched inside when it holds stages of its own (a whole stage of ``stages``);
 * otherwise a block of this stage (a VGG unit, a transition), classified below.
 
@@ -54,6 +60,7 @@ from layerprune.hooks import eval_mode, forward_hooks
 from layerprune.surgery.blocks import ACTIVATIONS, SHORTCUT_NAMES, WEIGHT_LAYERS, Block
 from layerprune.surgery.cost import count_macs, count_params
 from layerprune.surgery.edit import set_submodule, swap_blocks
+from layerprune.surgery.named import NONE, NamedBlocks, named_blocks
 from layerprune.surgery.verify import dependency_graph_check
 
 REMOVABLE_KINDS = ("identity", "plain")
@@ -245,8 +252,9 @@ class _Found:
 class _Discovery:
     """Walks the module tree with the calls of one forward pass (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, calls: dict[str, _Call]) -> None:
+    def __init__(self, model: nn.Module, calls: dict[str, _Call], named: NamedBlocks = NONE) -> None:
         self.model, self.calls = model, calls
+        self.named, self.holders, self.pattern, self.stem = named.names, named.ancestors, named.pattern, named.stem
         self.found: list[_Found] = []
         self._segments: dict[str, list[tuple[str, list[str]]]] = {}
         self._holds: dict[str, bool] = {}
@@ -342,13 +350,47 @@ class _Discovery:
                 self.place(prefix + child_name)
 
     def place(self, name: str) -> None:
-        """A module outside every stage: a stage, a holder of stages, or a fixed part."""
-        if self.segments(name):
+        """A module outside every stage: a named block (of the stage its parent is), a stage, a
+        holder of stages or of named blocks, or a fixed part."""
+        if name in self.named:
+            self.found.append(_Found(name, name.rpartition(".")[0], *self.classify(name)))
+        elif name in self.holders:
+            self.descend(name)
+        elif name in self.stem:
+            self.found.append(_Found(name, "", "fixed", "stem, not a block (timm's group_matcher)"))
+        elif self.beside_named(name):
+            self.found.append(self.not_named(name))
+        elif self.segments(name):
             self.visit_stage(name)
         elif self.holds_stage(name):
             self.walk(name)
         else:
             self.found.append(_Found(name, "", "fixed", ""))
+
+    def beside_named(self, name: str) -> bool:
+        """The module sits inside a module that holds named blocks (other than the model itself)
+        and is not one of them: a downsample or a global-query block of a stage, say."""
+        parent = name.rpartition(".")[0]
+        return bool(parent) and parent in self.holders
+
+    def not_named(self, name: str) -> _Found:
+        return _Found(name, "", "fixed", f"part of {name.rpartition('.')[0]!r}, not one of the model's own blocks "
+                                         f"({self.pattern})")
+
+    def residual_chain_inside(self, name: str) -> bool:
+        """A chain of two or more residual units runs inside the module (a stage of residual
+        blocks that is residual itself, as a whole stage of GCViT is): it is searched, not a block."""
+        for inner, _ in self.model.get_submodule(name).named_modules(prefix=name):
+            for _, units in self.segments(inner):
+                if sum(self.classify(u)[0] == "identity" for u in units if u in self.calls) >= 2:
+                    return True
+        return False
+
+    def descend(self, name: str) -> None:
+        if self.segments(name):
+            self.visit_stage(name)
+        else:
+            self.walk(name)
 
     def visit_stage(self, name: str) -> None:
         segments = self.segments(name)
@@ -362,12 +404,20 @@ class _Discovery:
             own: list[_Found] = []
             descended = False
             for unit in units:
-                if self.segments(unit) and not self.wrapper(unit):
-                    self.visit_stage(unit)
+                if unit in self.named:  # the model's own block: never searched inside
+                    own.append(_Found(unit, stage, *self.classify(unit)))
+                    continue
+                if unit in self.holders or (self.segments(unit) and not self.wrapper(unit)
+                                            and not self.beside_named(unit)):
+                    self.descend(unit)
                     descended = True
                     continue
+                if self.beside_named(unit):  # still a unit of the stage, which keeps it
+                    own.append(replace(self.not_named(unit), stage=stage))
+                    continue
                 kind, reason, collapse_to = self.classify(unit)
-                if self.holds_stage(unit) and (kind not in ("identity", "collapse") or self.returns_stage_output(unit)):
+                if self.holds_stage(unit) and (kind not in ("identity", "collapse") or self.returns_stage_output(unit)
+                                               or self.residual_chain_inside(unit)):
                     self.walk(unit)
                     descended = True
                     continue
@@ -378,9 +428,9 @@ class _Discovery:
                 self.found.append(found)
 
 
-def discover(model: nn.Module, calls: dict[str, _Call]) -> list[_Found]:
+def discover(model: nn.Module, calls: dict[str, _Call], named: NamedBlocks = NONE) -> list[_Found]:
     """Blocks (with their stage and kind) and the other parameterised parts, unordered."""
-    walker = _Discovery(model, calls)
+    walker = _Discovery(model, calls, named)
     walker.walk("")
     return walker.found
 
@@ -423,7 +473,7 @@ def _find_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block]:
         raise SurgeryError(
             f"{type(model).__name__}: forward pass failed on input {tuple(example_input.shape)}: {first}"
         ) from exc
-    found = discover(model, calls)
+    found = discover(model, calls, named_blocks(model, names))
     # What is left to do needs only orders and shapes: let the recorded activations go.
     orders = {n: c.order for n, c in calls.items()}
     shapes = {n: (c.in_shape, c.out_shape) for n, c in calls.items()}
@@ -443,7 +493,7 @@ def _find_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block]:
         reason = f.reason
         if not f.stage:
             role = "stem" if order(f) < first else "head" if order(f) > last else "transition between stages"
-            reason = f"{role}, not a block" if f.name in orders else "never called in the forward pass"
+            reason = f.reason or (f"{role}, not a block" if f.name in orders else "never called in the forward pass")
         blocks.append(_make_block(model, f, reason, shapes.get(f.name, ((), ())), macs, total_macs))
     return blocks
 

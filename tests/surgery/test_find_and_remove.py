@@ -8,6 +8,7 @@ import torch
 
 import layerprune  # noqa: F401  (registers the CIFAR models)
 from layerprune.surgery import PruneSpec, find_blocks, load_pruned, remove_blocks, save_pruned
+from layerprune.surgery.named import coverage, named_blocks
 
 # model, kwargs, input side, identity/plain-removable count, collapsible count
 MODELS = [
@@ -101,14 +102,20 @@ def test_removal_is_forward_correct_drops_exact_params_and_round_trips(tmp_path,
 
 
 def test_dense_concatenations_are_not_removable():
-    # A dense block feeds every layer the list of all earlier outputs: its layers are no chain, so
-    # they are not offered; the dense block itself grows the channels and has no shortcut.
+    # A dense block feeds every layer the list of all earlier outputs. timm names the dense layers
+    # as its blocks (features.denseblockN.denselayerM), so they are listed, each with the reason
+    # it stays; none can go.
     model = timm.create_model("densenet121").eval()
     blocks = find_blocks(model, torch.randn(1, 3, 64, 64))
     assert not any(b.can_remove(collapse=True) for b in blocks)
-    assert not any(".denselayer" in b.name for b in blocks)
-    dense = [b for b in blocks if b.name.startswith("features.denseblock")]
-    assert len(dense) == 4 and all(b.reason.startswith("changes shape") for b in dense)
+    layers = [b for b in blocks if ".denselayer" in b.name]
+    assert len(layers) == 6 + 12 + 24 + 16
+    assert all(b.stage == b.name.rpartition(".")[0] and "dense concatenation" in b.reason for b in layers)
+    # the zoo's granularity column: 58 named, 58 listed, none offered, and why
+    cov = coverage(blocks, named_blocks(model, [n for n, _ in model.named_modules() if n]),
+                   gist=lambda r: r.split(" (")[0])
+    assert (cov.named, cov.listed, cov.removable) == (58, 58, 0) and not cov.complete
+    assert cov.short == {"takes a list of earlier outputs": 58}
 
 
 def test_cifar_resnet56_block_facts():

@@ -78,7 +78,7 @@ def test_focalnet_offers_the_blocks_of_each_stage_not_their_focal_layers():
     assert all(b.removable and b.kind == "identity" for b in blocks if b.stage)
     assert not any("focal_layers" in b.name for b in blocks)
     downsample = {b.name: b for b in blocks}["layers.1.downsample"]
-    assert not downsample.stage and downsample.reason.startswith("transition")
+    assert not downsample.stage and downsample.reason.startswith("part of 'layers.1', not one of the model's own blocks")
 
 
 def test_ghostnet_offers_ghost_bottlenecks_not_their_cheap_operations():
@@ -150,9 +150,12 @@ def test_convit_class_token_splits_its_blocks_into_two_stages():
 
 # -- 5. DLA: its trees ------------------------------------------------------------------------------
 def test_dla_offers_its_second_subtrees_and_says_why_the_rest_stay():
+    # timm names levelN.treeM as DLA's blocks: the second tree of every level can go, the first
+    # (which changes the resolution, no shortcut) stays.
     model, x = _model("dla46x_c", 64)
     blocks = find_blocks(model, x)
-    assert [b.name for b in _removable(blocks)] == ["level3.tree2", "level4.tree2"]
+    assert [b.name for b in _removable(blocks)] == [f"level{n}.tree2" for n in (2, 3, 4, 5)]
+    assert [b.name for b in blocks if b.stage and not b.removable] == [f"level{n}.tree1" for n in (2, 3, 4, 5)]
     assert all(b.reason for b in blocks)
     remove_blocks(model, ["level3.tree2"], x, blocks=blocks)
 
