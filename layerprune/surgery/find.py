@@ -371,7 +371,11 @@ class _Discovery:
         """The module sits inside a module that holds named blocks (other than the model itself)
         and is not one of them: a downsample or a global-query block of a stage, say."""
         parent = name.rpartition(".")[0]
-        return bool(parent) and parent in self.holders
+        if not parent or parent not in self.holders:
+            return False
+        # a module holding the matcher's stem (a CIFAR VGG's stages.0, whose first conv is the
+        # stem) is searched as it always was
+        return not any(s == name or s.startswith(name + ".") for s in self.stem)
 
     def not_named(self, name: str) -> _Found:
         return _Found(name, "", "fixed", f"part of {name.rpartition('.')[0]!r}, not one of the model's own blocks "
