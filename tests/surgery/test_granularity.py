@@ -106,10 +106,10 @@ def test_efficientvit_blocks_are_whole_not_their_residual_pieces():
 def test_cifar_resnet_and_resnet_blocks_are_timm_blocks():
     for name, side, expected in (("cifar_resnet56", 32, 27), ("resnet50", 64, 16)):
         model, x = _model(name, side)
-        assert [b.name for b in _candidates(find_blocks(model, x))] == sorted(
-            named_blocks(model, [n for n, _ in model.named_modules()]).names,
-            key=lambda n: tuple(int(i) for i in n.removeprefix("layer").split(".")))
-        assert len(_candidates(find_blocks(model, x))) == expected
+        candidates = [b.name for b in _candidates(find_blocks(model, x))]
+        assert candidates == sorted(named_blocks(model, [n for n, _ in model.named_modules()]).names,
+                                    key=lambda n: tuple(int(i) for i in n.removeprefix("layer").split(".")))
+        assert len(candidates) == expected
 
 
 # -- the general rule, where nothing names the blocks ------------------------------------------------
