@@ -411,12 +411,12 @@ class _Discovery:
                 if unit in self.named:  # the model's own block: never searched inside
                     own.append(_Found(unit, stage, *self.classify(unit)))
                     continue
-                if unit in self.holders or (self.segments(unit) and not self.wrapper(unit)
-                                            and not self.beside_named(unit)):
+                beside = self.beside_named(unit)
+                if unit in self.holders or (self.segments(unit) and not self.wrapper(unit) and not beside):
                     self.descend(unit)
                     descended = True
                     continue
-                if self.beside_named(unit):  # still a unit of the stage, which keeps it
+                if beside:  # still a unit of the stage, which keeps it
                     own.append(replace(self.not_named(unit), stage=stage))
                     continue
                 kind, reason, collapse_to = self.classify(unit)
