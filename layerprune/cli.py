@@ -187,6 +187,9 @@ class _plugin_warnings:
         return False
 
 
+LEVEL_HELP = "block (the model's own blocks) or sublayer (the residual branches inside them: attn, mlp)."
+
+
 @app.command("inspect")
 @user_errors
 def inspect_cmd(
@@ -196,6 +199,7 @@ def inspect_cmd(
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Load these weights first."),
     model_arg: list[str] = typer.Option([], "--model-arg", "-a", metavar="KEY=VALUE",
                                         help="Model keyword argument, repeatable (e.g. -a shortcut=B)."),
+    level: str = typer.Option("block", "--level", help=LEVEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Show the blocks of MODEL: which can be removed, why or why not, and what each costs."""
@@ -206,10 +210,13 @@ def inspect_cmd(
     from layerprune.models import create_model
     from layerprune.surgery import find_blocks, model_cost
     from layerprune.surgery import default_input
+    from layerprune.surgery.find import check_level
+
+    check_level(level)
 
     model = create_model(model_name, checkpoint=checkpoint, **_parse_pairs(model_arg)).eval()
     x = torch.randn(1, *input_size) if input_size else default_input(model)
-    blocks = find_blocks(model, x)
+    blocks = find_blocks(model, x, level=level)
     cost = model_cost(model, x)
     if as_json:
         print(json.dumps({"model": model_name, "input_size": list(x.shape[1:]), **cost.to_dict(),
@@ -277,6 +284,7 @@ def score_cmd(
     rule_arg: list[str] = typer.Option([], "--rule-arg", "-r", metavar="KEY=VALUE", help="Rule parameter, e.g. threshold=0.03, k=8, macs=0.5."),
     protect: list[str] = typer.Option([], "--protect", help="Never remove this block (repeatable)."),
     collapse: bool = typer.Option(False, "--collapse", help="Allow collapsing downsampling blocks to their shortcut."),
+    level: str = typer.Option("block", "--level", help=LEVEL_HELP),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     plugin: list[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
@@ -287,13 +295,15 @@ def score_cmd(
     import json
 
     from layerprune.app import score_model
+    from layerprune.surgery.find import check_level
 
+    check_level(level)
     with _plugin_warnings():
         _load_plugins(plugin, strict)
         report = score_model(
             model_name, data, criterion, criterion_params=_parse_pairs(param, "--param"),
             checkpoint=checkpoint, model_args=_parse_pairs(model_arg), data_args=_parse_pairs(data_arg, "--data-arg"),
-            rule=rule, rule_params=_parse_pairs(rule_arg, "--rule-arg"), protect=protect, collapse=collapse,
+            rule=rule, rule_params=_parse_pairs(rule_arg, "--rule-arg"), protect=protect, collapse=collapse, level=level,
             device=device, progress=not as_json and sys.stderr.isatty(),
             calibration=Calibration(split=split, samples=samples, batches=batches, seed=seed),
         )

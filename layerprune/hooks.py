@@ -10,6 +10,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping
 
+import torch
 import torch.nn as nn
 
 Hook = Callable[..., Any]
@@ -40,6 +41,27 @@ def forward_hooks(
     finally:
         for handle in handles:
             handle.remove()
+
+
+def main_tensor(output: Any, batch: int | None = None) -> Any:
+    """The tensor a block passes on: its output, or the first tensor of a tuple or list it returns
+    (``x, feat_size = blk(x, feat_size)``: the stream is ``x``) — with ``batch``, the first one with
+    one row per sample (TNT's blocks return ``(pixel_embed, patch_embed)``, and only the patch
+    stream has a row per image)."""
+    if not isinstance(output, (tuple, list)):
+        return output
+    tensors, todo = [], list(output)
+    while todo:
+        item = todo.pop(0)
+        if isinstance(item, (tuple, list)):
+            todo[:0] = list(item)
+        elif isinstance(item, torch.Tensor):
+            tensors.append(item)
+    if batch is not None:
+        for t in tensors:
+            if t.dim() and t.shape[0] == batch:
+                return t
+    return tensors[0] if tensors else output
 
 
 @contextmanager

@@ -70,6 +70,7 @@ def score_model(
     rule_params: dict[str, Any] | None = None,
     protect: Sequence[str] = (),
     collapse: bool = False,
+    level: str = "block",
     device: str | None = None,
     progress: bool = False,
     calibration: Calibration = Calibration(),
@@ -80,7 +81,7 @@ def score_model(
     others: ``count`` with ``fraction`` 0.5). Scoring and planning are :class:`Pruner`'s.
     """
     pruner = Pruner(criterion, criterion_params=criterion_params, rule=rule, rule_params=rule_params,
-                    calibration=calibration, collapse=collapse, protect=protect, progress=progress)
+                    calibration=calibration, collapse=collapse, protect=protect, level=level, progress=progress)
     bundle = build_dataset(data, **(data_args or {}))
     model = create_model_for(model_name, bundle, checkpoint=checkpoint, seed=calibration.seed, **(model_args or {}))
     model.to(resolve_device(device))

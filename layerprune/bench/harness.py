@@ -149,7 +149,8 @@ class SettingBench:
     @property
     def blocks(self) -> list:
         if self._blocks is None:
-            self._blocks = find_blocks(self.runner.base_model(), self.runner.example_input())
+            self._blocks = find_blocks(self.runner.base_model(), self.runner.example_input(),
+                                       level=self.recipe.select.level)
         return self._blocks
 
     def _base_latency(self, base: nn.Module) -> float | None:

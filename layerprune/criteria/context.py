@@ -57,6 +57,7 @@ class ScoringContext:
         progress: bool = False,
         protect: Sequence[str] = (),
         collapse: bool = False,
+        level: str = "block",
     ) -> None:
         overrides = {k: v for k, v in (("samples", samples), ("batches", batches), ("split", split),
                                        ("seed", seed)) if v is not None}
@@ -79,7 +80,7 @@ class ScoringContext:
         self._block_cache: dict[str, dict[str, list[Any]]] = {}
         example = self.batch(0)[0][:2].to(self.device)
         self.example_input = example[:1]
-        self.blocks = blocks if blocks is not None else find_blocks(model, self.example_input)
+        self.blocks = blocks if blocks is not None else find_blocks(model, self.example_input, level=level)
         self.probes, self.block_probes = trace_probes(model, self.blocks, example, probes)
         self.stream = FeatureStream(model, self.probes, self.block_probes, example, micro_batch=micro_batch,
                                     memory_budget=memory_budget, progress=progress)

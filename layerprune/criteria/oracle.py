@@ -28,7 +28,7 @@ from layerprune.criteria.representation import linear_cka
 from layerprune.errors import LayerpruneError
 from layerprune.params import is_count
 from layerprune.evaluation import EvalResult, evaluate
-from layerprune.hooks import eval_mode, forward_hooks
+from layerprune.hooks import eval_mode, forward_hooks, main_tensor
 from layerprune.surgery.blocks import Block, StagePlan
 from layerprune.surgery.edit import replacement, swap_blocks
 
@@ -48,7 +48,7 @@ def removable(ctx: ScoringContext) -> list[Block]:
 
 def without(model: nn.Module, block: Block) -> nn.Module:
     """``model`` (changed in place) with ``block`` taken out: the identity, or its shortcut."""
-    return swap_blocks(model, {block.name: block.collapse_to})
+    return swap_blocks(model, {block.name: block.edit})
 
 
 class _Measured(Criterion):
@@ -163,11 +163,14 @@ class TaylorCriterion(Criterion):
                 outputs, changes = {}, {}
 
                 def hook(name: str):
-                    swap = replacement(model.get_submodule(name), next(b.collapse_to for b in blocks if b.name == name))
+                    swap = replacement(model.get_submodule(name), next(b.edit for b in blocks if b.name == name))
 
                     def fn(module, args, out):
+                        rows = len(x)  # the stream a tuple-passing block passes on: a row per sample
+                        out = main_tensor(out, rows)
                         with torch.no_grad():
-                            changes[name] = swap(args[0].detach()) - out.detach()
+                            kept = swap(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
+                            changes[name] = main_tensor(kept, rows) - out.detach()
                         outputs[name] = out
                     return fn
 

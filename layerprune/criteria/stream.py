@@ -34,7 +34,7 @@ import torch.nn as nn
 from layerprune.calibration import MICRO_BATCH
 from layerprune.errors import LayerpruneError
 from layerprune.evaluation import model_device
-from layerprune.hooks import eval_mode, forward_hooks
+from layerprune.hooks import eval_mode, forward_hooks, main_tensor
 from layerprune.surgery.blocks import Block
 
 ProbeStat = Callable[[torch.Tensor, torch.Tensor], Any]
@@ -98,32 +98,46 @@ def trace_probes(
     if sites is not None:
         return _trace_sites(model, example, list(sites)), {}
     stage_blocks = [b for b in blocks if b.stage and b.in_shape and b.out_shape]
+    rows = len(example)
+    # Where each block's stream is read: at its own input and output, or — a sub-layer written
+    # inline in its block — at the two sites recorded in Block.stream ("blocks.3.norm2:in").
+    sites = {b.name: tuple(_site(s) for s in b.stream) or ((b.name, "in"), (b.name, "out")) for b in stage_blocks}
     # Holding every traced tensor keeps them alive, so their ids stay unique.
-    records: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    read: dict[tuple[str, str], torch.Tensor] = {}
 
-    def hook(name: str):
-        def fn(module, args, output):
-            if args and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor):
-                records[name] = (args[0], output)
-        return fn
+    def keep(site: tuple[str, str], value: Any) -> None:
+        # a block returning (x, feat_size) passes x on; the stream has a row per sample
+        value = main_tensor(value, rows)
+        if isinstance(value, torch.Tensor) and site not in read:
+            read[site] = value
 
-    with forward_hooks(model, after={b.name: hook(b.name) for b in stage_blocks}), eval_mode(model), torch.no_grad():
+    every = {site for pair in sites.values() for site in pair}
+    after = {m: (lambda mod, args, out, m=m: keep((m, "out"), out)) for m, w in every if w == "out"}
+    before = {m: (lambda mod, args, m=m: keep((m, "in"), args)) for m, w in every if w == "in"}
+    with forward_hooks(model, after=after, before=before), eval_mode(model), torch.no_grad():
         model(example)
     probes: list[Probe] = []
     block_probes: dict[str, tuple[str, str]] = {}
     seen: dict[int, str] = {}
     for b in stage_blocks:
-        if b.name not in records:
+        (in_site, in_where), (out_site, out_where) = sites[b.name]
+        x, y = read.get((in_site, in_where)), read.get((out_site, out_where))
+        if x is None or y is None:
             continue
-        x, y = records[b.name]
         if id(x) not in seen:
             name = "input" if x is example else "stem" if not probes else f"{b.name}:in"
             seen[id(x)] = name
-            probes.append(Probe(name, b.name, "in", tuple(x.shape[1:])))
+            probes.append(Probe(name, in_site, in_where, tuple(x.shape[1:])))
         seen[id(y)] = b.name
-        probes.append(Probe(b.name, b.name, "out", tuple(y.shape[1:])))
+        probes.append(Probe(b.name, out_site, out_where, tuple(y.shape[1:])))
         block_probes[b.name] = (seen[id(x)], b.name)
     return probes, block_probes
+
+
+def _site(text: str) -> tuple[str, str]:
+    """``"blocks.3.norm2:in"`` → ``("blocks.3.norm2", "in")``."""
+    module, _, where = text.rpartition(":")
+    return module, where
 
 
 def _trace_sites(model: nn.Module, example: torch.Tensor, sites: list[str]) -> list[Probe]:
@@ -327,8 +341,9 @@ class FeatureStream:
                 if not remaining:
                     raise _StopForward
 
-        after = {p.site: (lambda m, args, o, p=p: store(p, o)) for p in probes if p.where == "out"}
-        before = {p.site: (lambda m, args, p=p: store(p, args[0])) for p in probes if p.where == "in"}
+        rows = len(chunk)
+        after = {p.site: (lambda m, args, o, p=p: store(p, main_tensor(o, rows))) for p in probes if p.where == "out"}
+        before = {p.site: (lambda m, args, p=p: store(p, main_tensor(args, rows))) for p in probes if p.where == "in"}
         skip = self._skipping(resume_at, held, len(chunk)) if resume_at is not None else nullcontext()
         with eval_mode(self.model), skip, forward_hooks(self.model, after=after, before=before):
             try:

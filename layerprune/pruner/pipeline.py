@@ -29,7 +29,7 @@ from layerprune.params import is_count
 from layerprune.evaluation import EvalResult, evaluate, model_device
 from layerprune.surgery.blocks import Block
 from layerprune.surgery.cost import compare_latency, measure_block_latency
-from layerprune.surgery.find import find_blocks
+from layerprune.surgery.find import check_level, find_blocks
 from layerprune.surgery.remove import remove_blocks
 
 Evaluate = Callable[[nn.Module], EvalResult]
@@ -104,7 +104,10 @@ class Pruner:
     shares. ``steps="each"`` removes one block per step, re-scoring before each: under
     ``threshold`` until no block scores below it, under ``count`` until ``k`` are gone, under
     ``budget`` until the removed blocks carry the budget's share of the unpruned model. The
-    ``run`` rule removes one run at once (``steps=1``). The input model is never modified.
+    ``run`` rule removes one run at once (``steps=1``). ``level="sublayer"`` scores and removes
+    the residual branches inside blocks (a transformer block's ``attn`` and ``mlp``) instead of
+    whole blocks (see :func:`~layerprune.surgery.find.find_blocks`). The input model is never
+    modified.
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class Pruner:
         steps: int | str = 1,
         collapse: bool = False,
         protect: Sequence[str] = (),
+        level: str = "block",
         progress: bool = False,
         log: Callable[[str], None] | None = None,
     ) -> None:
@@ -147,6 +151,7 @@ class Pruner:
             raise LayerpruneError(f"repair: must be a layerprune.Repair, got {type(repair).__name__}")
         self.calibration, self.repair = calibration, repair
         self.steps, self.collapse, self.protect = steps, bool(collapse), list(protect)
+        self.level = check_level(level)
         self.progress, self.log = progress, log
         self._repair_batches: tuple[int, list[Pair]] | None = None
 
@@ -158,7 +163,7 @@ class Pruner:
     def context(self, model: nn.Module, data: Any, *, blocks: list[Block] | None = None) -> ScoringContext:
         """The scoring context every criterion of this pruner sees: its calibration and repair."""
         return ScoringContext(model, data, calibration=self.calibration, repair=self.repair, blocks=blocks,
-                              progress=self.progress, protect=self.protect, collapse=self.collapse)
+                              progress=self.progress, protect=self.protect, collapse=self.collapse, level=self.level)
 
     def score(self, model: nn.Module, data: Any) -> Scored:
         """The criterion's scores for ``model``'s blocks (``model`` is not changed)."""
@@ -205,6 +210,8 @@ class Pruner:
         if example_input is None:  # one calibration sample, on the model's device
             ds = self.calibration.dataset(data)
             example_input = load_samples(ds, self.calibration.indices(data)[0][:1])[0].to(model_device(model))
+        if blocks is None:  # at this pruner's level
+            blocks = find_blocks(model, example_input, level=self.level)
         pruned = remove_blocks(model, list(names), example_input, collapse=self.collapse, blocks=blocks)
         record = PruneStep(step, list(names), {}, after_surgery=measure(pruned))
         if self.repair.enabled:
@@ -302,7 +309,7 @@ class Pruner:
     def blocks(self, model: nn.Module, example_input: torch.Tensor, blocks: list[Block] | None = None) -> list[Block]:
         """``model``'s blocks as the rule needs them: with their measured latency shares under a
         latency budget (timed on the rule's device, batch size and precision)."""
-        blocks = blocks if blocks is not None else find_blocks(model, example_input)
+        blocks = blocks if blocks is not None else find_blocks(model, example_input, level=self.level)
         if not self.needs_latency:
             return blocks
         settings = self.latency_settings(model)

@@ -47,7 +47,7 @@ def preflight(res: Resources) -> list[Block]:
     res.device  # noqa: B018 - an unavailable device is the first thing to report
     res.build_data()
     model = res.new_model(recipe.model.checkpoint)
-    blocks = find_blocks(model, res.example_input())
+    blocks = find_blocks(model, res.example_input(), level=recipe.select.level)
     names = {b.name for b in blocks}
     problems = [f"select.protect: unknown block {p!r} (see: layerprune inspect {recipe.model.name})"
                 for p in recipe.select.protect if p not in names]

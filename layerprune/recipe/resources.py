@@ -113,7 +113,8 @@ class Resources:
             return Pruner(criterion, criterion_params=criterion_params, rule=rule.get("rule"),
                           rule_params={k: v for k, v in rule.items() if k != "rule"},
                           calibration=self.calibration(seed), repair=self.repair(seed), steps=rc.prune.steps,
-                          collapse=rc.select.collapse, protect=rc.select.protect, progress=self.progress,
+                          collapse=rc.select.collapse, protect=rc.select.protect, level=rc.select.level,
+                          progress=self.progress,
                           log=self.log)
         except LayerpruneError as exc:
             raise LayerpruneError(f"select: {exc}") from None

@@ -90,6 +90,9 @@ class SelectSection(Section):
                                    description="the rule's parameters: threshold; k or fraction; params or macs (fractions); n (run)")
     protect: list[str] = Field(default_factory=list, description="blocks never removed")
     collapse: bool = Field(False, description="allow collapsing downsampling blocks to their shortcut")
+    level: Literal["block", "sublayer"] = Field(
+        "block", description="units to score and remove: block (the model's own blocks) or sublayer (the residual "
+        "branches inside them: a transformer block's attn and mlp)")
 
 
 class WidthSection(Section):

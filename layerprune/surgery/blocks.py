@@ -33,6 +33,13 @@ class Block:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     collapse_to: tuple[str, ...] = field(default=())  # child modules that replace it when collapsed
+    # what stands in for it when removed, if not a PassThrough of its first argument: "tuple:N" /
+    # "list:N" (it returns its first N arguments, as x, feat_size = blk(x, feat_size)), "zeros" (a
+    # residual branch, level="sublayer")
+    stand_in: str = ""
+    # a sub-layer written inline in its block (x = x + attn(norm1(x))): where the residual stream
+    # is read before and after it, as "module:in" / "module:out" ("blocks.3:in", "blocks.3.norm2:in")
+    stream: tuple[str, ...] = field(default=())
     latency_share: float | None = None  # its measured share of the model's latency (measure_block_latency)
 
     @property
@@ -42,9 +49,16 @@ class Block:
     def can_remove(self, collapse: bool = False) -> bool:
         return self.removable or (collapse and self.collapsible)
 
+    @property
+    def edit(self) -> tuple[str, ...] | str:
+        """How it is taken out (see :func:`~layerprune.surgery.edit.replacement`): the child names
+        it collapses to, its stand-in, or ``()`` for a pass-through of its first argument."""
+        return self.collapse_to if self.collapsible else (self.stand_in or ())
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["in_shape"], d["out_shape"], d["collapse_to"] = list(self.in_shape), list(self.out_shape), list(self.collapse_to)
+        d["stream"] = list(self.stream)
         d["collapsible"] = self.collapsible
         return d
 

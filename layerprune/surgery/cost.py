@@ -19,19 +19,24 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, example_input: torch.Tensor) -> tuple[int, dict[str, int]]:
+def count_macs(model: nn.Module, example_input: torch.Tensor, *, disposable: bool = False) -> tuple[int, dict[str, int]]:
     """Total multiply-accumulates per sample and the share of every named module.
 
-    Uses ``torch_pruning.utils.count_ops_and_params`` (which works on a copy of the model).
+    Uses Torch-Pruning's counter (``torch_pruning.utils.count_ops_and_params``), which works on a
+    copy of the model; a ``disposable`` model (a copy the caller throws away) is counted as it is,
+    without a second copy.
     """
     import torch_pruning as tp
 
     # Its counter prints a "variables __flops__ … already defined" line for every module it meets
     # twice (shared submodules); that is its own bookkeeping, not the user's business.
     with eval_mode(model), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-        total, _params, layer_macs, _layer_params = tp.utils.count_ops_and_params(
-            model, example_input, layer_wise=True
-        )
+        if disposable:
+            total, layer_macs = _count_in_place(model, example_input)
+        else:
+            total, _params, layer_macs, _layer_params = tp.utils.count_ops_and_params(
+                model, example_input, layer_wise=True
+            )
     batch = example_input.shape[0]
     by_name = {}
     for name, module in model.named_modules():
@@ -39,6 +44,24 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> tuple[int, dict
         if value is not None:
             by_name[name] = int(value) // batch  # per-module counts cover the whole batch
     return int(total), by_name
+
+
+def _count_in_place(model: nn.Module, example_input: torch.Tensor) -> tuple[int, dict[nn.Module, Any]]:
+    """``count_ops_and_params`` without its deep copy: the counter's hooks and attributes go on
+    ``model`` itself, which the caller discards."""
+    import sys
+
+    from torch_pruning.utils import op_counter
+
+    counted = op_counter.add_flops_counting_methods(model)
+    counted.start_flops_count(ost=sys.stdout, verbose=False, ignore_list=[])
+    try:
+        counted(example_input)
+        total, _params, layer_macs, _layer_params = counted.compute_average_flops_cost()
+    finally:
+        counted.stop_flops_count()
+        op_counter.CUSTOM_MODULES_MAPPING = {}
+    return total, layer_macs
 
 
 @dataclass(frozen=True)

@@ -1,40 +1,79 @@
-"""Swap blocks out of a model: a removed block becomes a :class:`PassThrough` or, when collapsed,
-its shortcut (+ final activation). Plans are checked against the blocks first.
+"""Swap blocks out of a model: a removed block becomes a :class:`PassThrough` (of its first
+argument, or of its first N arguments for a block that returns them as a tuple), a removed
+residual branch becomes :class:`Zeros`, and a collapsed block its shortcut (+ final activation).
+Plans are checked against the blocks first.
 """
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
 
+import torch
 import torch.nn as nn
 
 from layerprune.errors import SurgeryError
 from layerprune.registry import did_you_mean
 from layerprune.surgery.blocks import Block, StagePlan, stages
 
-# What ``remove_blocks`` did, kept on the pruned model for ``PruneSpec``: block → replacement's
-# child names (empty for identity removal).
+# What ``remove_blocks`` did, kept on the pruned model for ``PruneSpec``: block → its edit (see
+# :func:`replacement`): the replacement's child names for a collapse, a stand-in such as
+# "tuple:2", or () for a pass-through of the first argument.
 EDITS_ATTR = "layerprune_edits"
 
 
 class PassThrough(nn.Identity):
-    """What a removed block becomes: returns its first argument and ignores any others.
+    """What a removed block becomes: returns its first argument and ignores any others — or, with
+    ``passes=N``, its first N arguments as a tuple (a list with ``as_list``), for blocks called as
+    ``x, feat_size = blk(x, feat_size)``.
 
     Transformer blocks are often called with more than the hidden states (``blk(x, rope=rope)``,
     ``blk(x, feat_size)``); ``nn.Identity`` takes one tensor. Traced and exported models
     (``torch.jit.trace``, ``torch.export``) see straight through it; it is never scripted.
     """
 
+    def __init__(self, passes: int = 0, as_list: bool = False) -> None:
+        super().__init__()
+        self.passes, self.as_list = int(passes), bool(as_list)
+
     def forward(self, x, *args, **kwargs):  # noqa: D102 — the signature is the point
-        return x
+        if not self.passes:
+            return x
+        out = (x, *args)[: self.passes]
+        return list(out) if self.as_list else out
+
+    def extra_repr(self) -> str:
+        return f"passes={self.passes}{', as_list=True' if self.as_list else ''}" if self.passes else ""
 
 
-def replacement(block: nn.Module, collapse_to: tuple[str, ...] | list[str]) -> nn.Module:
-    """What a removed block becomes: a :class:`PassThrough` or its shortcut (+ activation), keeping
+class Zeros(nn.Module):
+    """What a removed residual branch becomes (``find_blocks(..., level="sublayer")``): zeros of its
+    input's shape, so the block adds nothing there (``x = x + ls1(attn(norm1(x)))`` becomes
+    ``x + 0``) and the branch's weights and compute are gone."""
+
+    def forward(self, x, *args, **kwargs):  # noqa: D102
+        return torch.zeros_like(x)
+
+
+def parse_stand_in(stand_in: str) -> nn.Module:
+    """The module a stand-in names: ``"tuple:N"``, ``"list:N"`` (a :class:`PassThrough` of N
+    arguments) or ``"zeros"`` (:class:`Zeros`); :class:`SurgeryError` otherwise."""
+    if stand_in == "zeros":
+        return Zeros()
+    kind, _, count = stand_in.partition(":")
+    if kind in ("tuple", "list") and count.isdigit() and int(count) >= 1:
+        return PassThrough(int(count), as_list=kind == "list")
+    raise SurgeryError(f"unknown stand-in {stand_in!r} (known: 'tuple:N', 'list:N', 'zeros')")
+
+
+def replacement(block: nn.Module, edit: tuple[str, ...] | list[str] | str) -> nn.Module:
+    """What a removed block becomes: a :class:`PassThrough` (``()``), the stand-in a string names
+    (:func:`parse_stand_in`), or its shortcut (+ activation) for a tuple of child names, keeping
     the shortcut's own names so its state-dict keys do not change."""
-    if not collapse_to:
+    if isinstance(edit, str):
+        return parse_stand_in(edit) if edit else PassThrough()
+    if not edit:
         return PassThrough()
-    return nn.Sequential(OrderedDict((n, block.get_submodule(n)) for n in collapse_to))
+    return nn.Sequential(OrderedDict((n, block.get_submodule(n)) for n in edit))
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -42,26 +81,26 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
 
 
-def swap_blocks(model: nn.Module, edits: dict[str, tuple[str, ...] | list[str]]) -> nn.Module:
-    """Replace each named block in place by its :func:`replacement` (identity or collapse)."""
-    for name, collapse_to in edits.items():
+def swap_blocks(model: nn.Module, edits: dict[str, tuple[str, ...] | list[str] | str]) -> nn.Module:
+    """Replace each named block in place by its :func:`replacement` (identity, stand-in or collapse)."""
+    for name, edit in edits.items():
         try:
             block = model.get_submodule(name)
         except AttributeError as exc:
             raise SurgeryError(f"block {name!r} does not exist in {type(model).__name__}") from exc
-        set_submodule(model, name, replacement(block, tuple(collapse_to)))
+        set_submodule(model, name, replacement(block, edit if isinstance(edit, str) else tuple(edit)))
     return model
 
 
 def plan_edits(
     blocks: list[Block], names: list[str] | tuple[str, ...], *, collapse: bool = False
-) -> dict[str, tuple[str, ...]]:
+) -> dict[str, tuple[str, ...] | str]:
     """Check ``names`` against ``blocks`` and return the edits, or raise :class:`SurgeryError`."""
     by_name = {b.name: b for b in blocks}
     duplicates = sorted(n for n, c in Counter(names).items() if c > 1)
     if duplicates:
         raise SurgeryError(f"block {duplicates[0]!r} is named more than once")
-    edits: dict[str, tuple[str, ...]] = {}
+    edits: dict[str, tuple[str, ...] | str] = {}
     for name in names:
         block = by_name.get(name)
         if block is None:
@@ -71,7 +110,7 @@ def plan_edits(
             raise SurgeryError(f"block {name!r} cannot be removed: {block.reason} — only with collapse=True")
         if not block.can_remove(collapse):
             raise SurgeryError(f"block {name!r} cannot be removed: {block.reason}")
-        edits[name] = block.collapse_to if block.collapsible else ()
+        edits[name] = block.edit
     plan = StagePlan(blocks)
     for name in edits:
         block = by_name[name]
@@ -83,10 +122,10 @@ def plan_edits(
     return edits
 
 
-def apply_edits(model: nn.Module, edits: dict[str, tuple[str, ...] | list[str]]) -> nn.Module:
-    """Replace blocks in place (identity or collapse) and record the edits on the model."""
+def apply_edits(model: nn.Module, edits: dict[str, tuple[str, ...] | list[str] | str]) -> nn.Module:
+    """Replace blocks in place (identity, stand-in or collapse) and record the edits on the model."""
     swap_blocks(model, edits)
     done = dict(getattr(model, EDITS_ATTR, {}))
-    done.update({k: tuple(v) for k, v in edits.items()})
+    done.update({k: v if isinstance(v, str) else tuple(v) for k, v in edits.items()})
     setattr(model, EDITS_ATTR, done)
     return model

@@ -29,7 +29,9 @@ Each block is classified by running it on its recorded input (extra positional a
 arguments included):
 
 * ``identity`` — shape-preserving and residual: a :class:`~layerprune.surgery.edit.PassThrough`
-  is exactly the block with its branch zeroed;
+  is exactly the block with its branch zeroed (a block that returns its first N arguments as a
+  tuple, ``x, feat_size = blk(x, feat_size)``, and with its branch zeroed returns them unchanged,
+  gets a pass-through of those N arguments in that structure);
 * ``plain`` — shape-preserving, not residual, contains a conv/linear layer (a VGG unit):
   removable, but the function changes more, so finetune after;
 * ``collapse`` — changes shape and owns a shortcut module (option-A pad, 1×1 conv + BN, timm's
@@ -56,7 +58,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from layerprune.errors import SurgeryError
-from layerprune.hooks import eval_mode, forward_hooks
+from layerprune.hooks import eval_mode, forward_hooks, main_tensor
 from layerprune.surgery.blocks import ACTIVATIONS, SHORTCUT_NAMES, WEIGHT_LAYERS, Block
 from layerprune.surgery.cost import count_macs, count_params
 from layerprune.surgery.edit import set_submodule, swap_blocks
@@ -149,7 +151,7 @@ def _record_calls(model: nn.Module, names: list[str], kept: set[str],
                 return
             in_key, in_version, in_shape = started.get(name, (None, -1, ()))
             # A block returning (x, feat_size) still passes x on: the chain follows the first item.
-            main = output[0] if isinstance(output, (tuple, list)) and output else output
+            main = main_tensor(output)
             call = _Call(counter[0], in_key, in_version, in_shape, _key(main), _version(main), _shape(main))
             if name in kept:
                 call.args, call.kwargs, call.output = args, kwargs, output
@@ -202,8 +204,17 @@ def _find_collapse(block: nn.Module, call: _Call) -> tuple[str, ...] | None:
     return None
 
 
-def _classify(block: nn.Module, call: _Call | None) -> tuple[str, str, tuple[str, ...]]:
-    """``(kind, reason, collapse_to)`` of one block, from running it on its recorded input."""
+Classified = tuple[str, str, tuple[str, ...], str]  # kind, reason, collapse_to, stand_in
+
+
+def _classify(block: nn.Module, call: _Call | None) -> Classified:
+    """``(kind, reason, collapse_to, stand_in)`` of one block, from running it on its recorded input."""
+    found = _classify_block(block, call)
+    return found if len(found) == 4 else (*found, "")
+
+
+def _classify_block(block: nn.Module, call: _Call | None) -> tuple:
+    """:func:`_classify` without the stand-in, except for blocks that pass a tuple on."""
     if call is None:
         return "fixed", "never called in the forward pass", ()
     if call.calls > 1:
@@ -219,6 +230,8 @@ def _classify(block: nn.Module, call: _Call | None) -> tuple[str, str, tuple[str
         return "fixed", "takes a list of earlier outputs (dense concatenation)", ()
     if not isinstance(x, torch.Tensor):
         return "fixed", f"its first argument is a {type(x).__name__}, not a tensor", ()
+    if isinstance(y, (tuple, list)):
+        return _classify_passing(block, call)
     if not isinstance(y, torch.Tensor):
         return "fixed", f"returns a {type(y).__name__}, not one tensor", ()
     if x.shape == y.shape and x.dtype == y.dtype:
@@ -238,6 +251,45 @@ def _classify(block: nn.Module, call: _Call | None) -> tuple[str, str, tuple[str
     return "fixed", f"changes shape ({shapes}) and has no shortcut to collapse to", ()
 
 
+def _same_items(args: tuple, out: Any, close: bool) -> bool:
+    """``out`` is a tuple/list whose items are the first ``len(out)`` arguments: each tensor item
+    of the argument's shape and dtype (and, with ``close``, its values), every other item equal."""
+    if not isinstance(out, (tuple, list)) or not out or len(out) > len(args):
+        return False
+    for a, o in zip(args, out):
+        if isinstance(o, torch.Tensor):
+            if not (isinstance(a, torch.Tensor) and a.shape == o.shape and a.dtype == o.dtype):
+                return False
+            if close and not _close(o, a):
+                return False
+        else:
+            try:
+                if isinstance(a, torch.Tensor) or bool(a != o):
+                    return False
+            except Exception:  # items that cannot be compared are not the same
+                return False
+    return True
+
+
+def _classify_passing(block: nn.Module, call: _Call) -> Classified:
+    """A block returning a tuple or list: ``identity`` when it returns its first N arguments in that
+    structure (``x, feat_size = blk(x, feat_size)``) and, with every parameter zeroed, returns them
+    unchanged; its stand-in then returns them as they came."""
+    y = call.output
+    what = f"returns a {type(y).__name__} of {len(y)}"
+    if not _same_items(call.args, y, close=False):
+        shapes = ", ".join(_fmt(_shape(v)[1:]) or type(v).__name__ for v in y)
+        return "fixed", f"{what} ({shapes}), not its first arguments passed on", (), ""
+    try:
+        zero_out = _zeroed_call(block, call)
+    except Exception as exc:  # cannot be run alone: leave it in place
+        return "fixed", f"cannot be re-run on its input ({type(exc).__name__})", (), ""
+    if type(zero_out) is not type(y) or not _same_items(call.args, zero_out, close=True):
+        return "fixed", f"{what}, not residual in its first {len(y)} arguments", (), ""
+    stand_in = f"{'list' if isinstance(y, list) else 'tuple'}:{len(y)}"
+    return "identity", f"residual, {what}: becomes a pass-through of its first {len(y)} arguments", (), stand_in
+
+
 # -- discovery --------------------------------------------------------------------------------------
 @dataclass
 class _Found:
@@ -246,7 +298,9 @@ class _Found:
     kind: str
     reason: str
     collapse_to: tuple[str, ...] = ()
+    stand_in: str = ""  # what replaces it, if not a pass-through of its first argument
     only: bool = False  # the only block of its stage
+    stream: tuple[str, ...] = ()  # an inline branch: where the stream is read before and after it
 
 
 class _Discovery:
@@ -258,7 +312,7 @@ class _Discovery:
         self.found: list[_Found] = []
         self._segments: dict[str, list[tuple[str, list[str]]]] = {}
         self._holds: dict[str, bool] = {}
-        self._classified: dict[str, tuple[str, str, tuple[str, ...]]] = {}
+        self._classified: dict[str, Classified] = {}
 
     # which containers are stages
     def _linked(self, a: str, b: str) -> bool:
@@ -335,7 +389,8 @@ class _Discovery:
                 return True
         return False
 
-    def classify(self, name: str) -> tuple[str, str, tuple[str, ...]]:
+    def classify(self, name: str) -> Classified:
+        """``(kind, reason, collapse_to, stand_in)``, worked out once per module."""
         if name not in self._classified:
             self._classified[name] = _classify(self.model.get_submodule(name), self.calls.get(name))
         return self._classified[name]
@@ -419,23 +474,101 @@ class _Discovery:
                 if beside:  # still a unit of the stage, which keeps it
                     own.append(replace(self.not_named(unit), stage=stage))
                     continue
-                kind, reason, collapse_to = self.classify(unit)
+                kind = self.classify(unit)[0]
                 if self.holds_stage(unit) and (kind not in ("identity", "collapse") or self.returns_stage_output(unit)
                                                or self.residual_chain_inside(unit)):
                     self.walk(unit)
                     descended = True
                     continue
-                own.append(_Found(unit, stage, kind, reason, collapse_to))
+                own.append(_Found(unit, stage, *self.classify(unit)))
             for found in own:
                 if descended and found.kind not in CANDIDATE_KINDS:
                     found = _Found(found.name, "", "fixed", "")  # a transition between sub-stages
                 self.found.append(found)
 
 
-def discover(model: nn.Module, calls: dict[str, _Call], named: NamedBlocks = NONE) -> list[_Found]:
+    # sub-layers (level="sublayer")
+    def split(self) -> None:
+        """Each residual block with two or more residual sub-layers inside is replaced by them: the
+        chain of residual units it runs (EfficientViT's dw0 … ffn1), else its inline branches
+        (timm ViT's attn and mlp). Other blocks stay as they are."""
+        found = []
+        for f in self.found:
+            inner = (self.inner_chain(f) or self.inline_branches(f)) if f.stage and f.kind == "identity" else []
+            found.extend(inner or [f])
+        self.found = found
+
+    def inner_chain(self, f: _Found) -> list[_Found]:
+        """The residual units of the outermost chains inside the block, if two or more."""
+        units: list[str] = []
+        for inner, _ in self.model.get_submodule(f.name).named_modules(prefix=f.name):
+            if any(inner.startswith(u + ".") for u in units):
+                continue
+            for _, members in self.segments(inner):
+                units += [u for u in members if u in self.calls and self.classify(u)[0] == "identity"]
+        if len(units) < 2:
+            return []
+        return [_Found(u, f.stage, *self.classify(u)) for u in units]
+
+    def inline_branches(self, f: _Found) -> list[_Found]:
+        """The block's direct children that are modules of modules, shape-preserving, called once,
+        and together its whole residual path: with all of them returning zeros, the block returns
+        its input. Each is a sub-layer that a :class:`~layerprune.surgery.edit.Zeros` replaces."""
+        block, call = self.model.get_submodule(f.name), self.calls.get(f.name)
+        prefix = f"{f.name}."
+        branches = []
+        for child_name, child in block.named_children():
+            c = self.calls.get(prefix + child_name)
+            if (c is not None and c.calls == 1 and _holds_params_inside(child) and c.in_shape
+                    and c.in_shape == c.out_shape and isinstance(c.output, torch.Tensor)):
+                branches.append(prefix + child_name)
+        if len(branches) < 2 or call is None or not call.args:
+            return []
+        branches.sort(key=lambda n: self.calls[n].order)
+        zero = {n: (lambda m, args, out: torch.zeros_like(out)) for n in branches}
+        try:
+            with forward_hooks(self.model, after=zero), torch.no_grad():
+                out = block(*call.args, **(call.kwargs or {}))
+        except Exception:  # cannot be re-run alone: the block stays whole
+            return []
+        if not (_close(out, call.args[0]) if isinstance(out, torch.Tensor) else _same_items(call.args, out, close=True)):
+            return []
+        streams = self.streams(f.name, branches)
+        reason = "residual branch written inline in its block: becomes zeros (its weights and compute go)"
+        return [_Found(n, f.stage, "identity", reason, (), "zeros", stream=stream) for n, stream in zip(branches, streams)]
+
+    def streams(self, name: str, branches: list[str]) -> list[tuple[str, str]]:
+        """Where the residual stream is read around each branch: before the first, the block's
+        input; after each, the input of the first later module of the block that reads a new
+        tensor (not a branch's output on its way back, not the block's input: LayerNorm ``norm2``
+        after the attention branch); after the last, the block's output. Branches that run side by
+        side (no such module between them) are all read at the block's input and output."""
+        prefix = f"{name}."
+        children = [prefix + n for n, _ in self.model.get_submodule(name).named_children() if prefix + n in self.calls]
+        # tensors that are not the stream: the block's input and what its modules returned
+        other = {self.calls[name].in_key, None} | {self.calls[c].out_key for c in children}
+        sites = [f"{name}:in"]
+        for branch in branches[:-1]:
+            start = self.calls[branch].order
+            later = sorted((c for c in children if self.calls[c].order > start), key=lambda c: self.calls[c].order)
+            site = next((c for c in later if self.calls[c].in_key not in other), None)
+            if site is None:
+                return [(f"{name}:in", f"{name}:out")] * len(branches)
+            sites.append(f"{site}:in")
+        sites.append(f"{name}:out")
+        return list(zip(sites, sites[1:]))
+
+
+LEVELS = ("block", "sublayer")
+
+
+def discover(model: nn.Module, calls: dict[str, _Call], named: NamedBlocks = NONE,
+             level: str = "block") -> list[_Found]:
     """Blocks (with their stage and kind) and the other parameterised parts, unordered."""
     walker = _Discovery(model, calls, named)
     walker.walk("")
+    if level == "sublayer":
+        walker.split()
     return walker.found
 
 
@@ -455,19 +588,31 @@ def check_input(example_input: Any) -> torch.Tensor:
     return example_input
 
 
-def find_blocks(model: nn.Module, example_input: torch.Tensor | None = None) -> list[Block]:
+def check_level(level: str) -> str:
+    if level not in LEVELS:
+        raise SurgeryError(f"level must be one of {', '.join(map(repr, LEVELS))}, got {level!r}")
+    return level
+
+
+def find_blocks(model: nn.Module, example_input: torch.Tensor | None = None, level: str = "block") -> list[Block]:
     """The blocks of ``model`` (and its fixed stem/head parts), in forward order.
+
+    ``level="sublayer"`` splits each residual block into its residual sub-layers where it has two
+    or more: the attention and MLP branches of a transformer block (``blocks.3.attn``,
+    ``blocks.3.mlp``), the residual pieces of an EfficientViT block. Blocks without them are
+    offered whole, as at the block level.
 
     >>> blocks = find_blocks(timm.create_model("cifar_resnet56"), torch.randn(1, 3, 32, 32))
     >>> sum(b.removable for b in blocks)
     25
     """
+    check_level(level)
     example_input = default_input(model) if example_input is None else check_input(example_input)
     with eval_mode(model):
-        return _find_blocks(model, example_input)
+        return _find_blocks(model, example_input, level)
 
 
-def _find_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block]:
+def _find_blocks(model: nn.Module, example_input: torch.Tensor, level: str = "block") -> list[Block]:
     names = [n for n, m in model.named_modules() if n and _has_params(m)]
     kept = {n for n in names if _holds_params_inside(model.get_submodule(n))}
     try:
@@ -477,15 +622,17 @@ def _find_blocks(model: nn.Module, example_input: torch.Tensor) -> list[Block]:
         raise SurgeryError(
             f"{type(model).__name__}: forward pass failed on input {tuple(example_input.shape)}: {first}"
         ) from exc
-    found = discover(model, calls, named_blocks(model, names))
+    found = discover(model, calls, named_blocks(model, names), level)
     # What is left to do needs only orders and shapes: let the recorded activations go.
     orders = {n: c.order for n, c in calls.items()}
     shapes = {n: (c.in_shape, c.out_shape) for n, c in calls.items()}
     out_shape = _shape(out)
     del calls, out
     _only_block_of_stage(found)
-    _confirm(model, found, orders, example_input, out_shape)
-    total_macs, macs = count_macs(model, example_input)
+    clone = copy.deepcopy(model)  # one copy for every check, then counted (and thrown away)
+    _confirm(model, found, orders, example_input, out_shape, clone)
+    total_macs, macs = count_macs(clone, example_input[:1], disposable=True)
+    del clone
 
     def order(f: _Found) -> int:
         return orders.get(f.name, 10**9)
@@ -510,7 +657,7 @@ def _make_block(model, f: _Found, reason: str, shapes, macs, total_macs) -> Bloc
         reason=reason, params=count_params(module),
         macs=block_macs, macs_share=block_macs / total_macs if total_macs else 0.0,
         in_shape=shapes[0], out_shape=shapes[1],
-        collapse_to=tuple(f.collapse_to),
+        collapse_to=tuple(f.collapse_to), stand_in=f.stand_in, stream=f.stream,
     )
 
 
@@ -528,7 +675,7 @@ def _only_block_of_stage(found: list[_Found]) -> None:
 
 
 def _confirm(model: nn.Module, found: list[_Found], orders: dict[str, int], example_input: torch.Tensor,
-             out_shape: tuple[int, ...]) -> None:
+             out_shape: tuple[int, ...], clone: nn.Module | None = None) -> None:
     """Check that each candidate can be removed alone; mark the ones that cannot as fixed.
 
     When Torch-Pruning cannot trace the model even with nothing removed, removal cannot make that
@@ -538,7 +685,7 @@ def _confirm(model: nn.Module, found: list[_Found], orders: dict[str, int], exam
                         key=lambda f: orders[f.name])
     # One sample is enough for these checks (the graph does not depend on the batch size), and
     # a traced forward pass holds every activation: half the batch, half the memory.
-    check = _Check(model, example_input[:1], (1, *out_shape[1:]))
+    check = _Check(model, example_input[:1], (1, *out_shape[1:]), clone)
     for group in (candidates[0::2], candidates[1::2]):
         check.group(group)
     if not check.trace:
@@ -548,18 +695,19 @@ def _confirm(model: nn.Module, found: list[_Found], orders: dict[str, int], exam
                 found[i] = replace(f, reason=f.reason + note)
     for i, f in enumerate(found):
         if f.name in check.failed:
-            found[i] = replace(f, kind="fixed", collapse_to=(),
+            found[i] = replace(f, kind="fixed", collapse_to=(), stand_in="",
                                reason=f"model fails without it ({check.failed[f.name]})")
 
 
 class _Check:
     """Removes groups of blocks from copies of the model and records the blocks that fail alone."""
 
-    def __init__(self, model: nn.Module, example_input: torch.Tensor, out_shape: tuple[int, ...]) -> None:
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, out_shape: tuple[int, ...],
+                 clone: nn.Module | None = None) -> None:
         self.model, self.example_input, self.out_shape = model, example_input, out_shape
         self.trace = True  # until the untouched model turns out not to be traceable
         self.failed: dict[str, str] = {}
-        self._clone: nn.Module | None = None
+        self._clone = clone  # a copy of model, made on first use when not given
 
     def group(self, group: list[_Found]) -> None:
         """Remove the group at once; if that fails, each half, down to the blocks that fail alone."""
@@ -588,7 +736,7 @@ class _Check:
         clone = self._clone
         originals = {f.name: clone.get_submodule(f.name) for f in group}
         try:
-            swap_blocks(clone, {f.name: f.collapse_to for f in group})
+            swap_blocks(clone, {f.name: f.collapse_to or f.stand_in for f in group})
             if self.trace:
                 with clone.register_forward_hook(lambda m, a, out: seen.append(out)):
                     dependency_graph_check(clone, self.example_input)

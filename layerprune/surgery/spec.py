@@ -5,7 +5,8 @@ its channel edits (Torch-Pruning's pruning history, when channels were pruned) a
 no pickle anywhere. A folder holds, in the layout the Hugging Face / timm ecosystem uses:
 
 - ``config.json``: ``architecture``, ``model_args``, ``pretrained_cfg.input_size`` and, under
-  ``layerprune``, the edits (``removed``, ``collapsed``, ``channels``), versions and format;
+  ``layerprune``, the edits (``removed``, ``collapsed``, ``stand_ins`` where a removed block
+  passed a tuple on, ``channels``), versions and format;
 - ``model.safetensors``: the weights;
 - ``README.md``: a model card (what was removed, params, MACs, and what the run measured).
 
@@ -55,6 +56,9 @@ class PruneSpec:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
     collapsed: dict[str, list[str]] = field(default_factory=dict)
+    # removed blocks not replaced by a pass-through of their first argument: block → "tuple:N"
+    # (it passed N arguments on) or "zeros" (a residual branch, level="sublayer")
+    stand_ins: dict[str, str] = field(default_factory=dict)
     channels: list[list[Any]] = field(default_factory=list)
     input_size: list[int] | None = None
     versions: dict[str, str] = field(default_factory=_versions)
@@ -72,15 +76,17 @@ class PruneSpec:
         edits = edits or {}
         return cls(
             model=model, model_kwargs=dict(model_kwargs or {}),
-            removed=[n for n, c in edits.items() if not c],
-            collapsed={n: list(c) for n, c in edits.items() if c},
+            removed=[n for n, c in edits.items() if not c or isinstance(c, str)],
+            collapsed={n: list(c) for n, c in edits.items() if c and not isinstance(c, str)},
+            stand_ins={n: c for n, c in edits.items() if c and isinstance(c, str)},
             channels=[[str(n), bool(out), [int(i) for i in idx]] for n, out, idx in channels or []],
             input_size=list(input_size) if input_size else None,
         )
 
     @property
-    def edits(self) -> dict[str, tuple[str, ...]]:
-        return {**{n: () for n in self.removed}, **{n: tuple(c) for n, c in self.collapsed.items()}}
+    def edits(self) -> dict[str, tuple[str, ...] | str]:
+        return {**{n: () for n in self.removed}, **{n: tuple(c) for n, c in self.collapsed.items()},
+                **dict(self.stand_ins)}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,7 +108,7 @@ class PruneSpec:
         return {"architecture": self.model, "model_args": self.model_kwargs,
                 "pretrained_cfg": {"input_size": self.input_size},
                 "layerprune": {"format": self.format, "removed": self.removed, "collapsed": self.collapsed,
-                               "channels": self.channels, "versions": self.versions}}
+                               **({"stand_ins": self.stand_ins} if self.stand_ins else {}), "channels": self.channels, "versions": self.versions}}
 
     @classmethod
     def from_config(cls, data: dict[str, Any], source: str = "config.json") -> "PruneSpec":
