@@ -11,13 +11,21 @@ in train mode with one norm layer left in eval mode, and checked:
   candidates are not offered, and its time as a multiple of one eval forward;
 * every other removable block of each stage removed at once: the output keeps its shape, and
   ``torch.jit.trace`` and ``torch.export`` of the pruned model match its eager output;
-* every removable block removed alone: none may be refused;
+* every removable block removed alone (checked on one sample): none may be refused;
+* sub-layers (``find_blocks(..., level="sublayer")``): how many residual branches inside blocks are
+  offered (attention and MLP of a transformer block), its time as a multiple of one forward pass,
+  and every other one removed at once: output shape, ``torch.jit.trace`` and ``torch.export``;
 * the original untouched afterwards: state_dict bitwise, every submodule's train/eval flag, and
   its eval output.
 
     python benchmarks/zoo.py --markdown docs/zoo_table.md
     python benchmarks/zoo.py --only resnet18 vision_transformer cifar_resnet --limit 2
     python benchmarks/zoo.py --refresh-choices          # after a timm upgrade
+    python benchmarks/zoo.py --out zoo.json --resume    # go on after an interrupted sweep
+
+``--resume`` keeps the models already in ``--out`` only if they were checked by the same code
+(a hash of layerprune's sources and this script) with the same timm, torch and thread count;
+otherwise the sweep starts over.
 
 Exit code 1 when a block reported removable is refused alone or an original model was modified
 (both are bugs); torch.export / jit.trace failures are reported, fatal only with
@@ -28,6 +36,7 @@ model has a time limit (``--time-limit``, reported as "timeout").
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import re
@@ -299,25 +308,36 @@ def input_size(model: nn.Module) -> list[int]:
     return cfg
 
 
-def create(name: str) -> nn.Module:
-    """The model at random init with 10 classes; one whose own input is larger than
-    ``MAX_SIDE`` is built for 224×224 when its constructor takes ``img_size`` (a 412M-parameter ViT
-    at 546×546 takes minutes per forward pass on 2 cores), else at its own size."""
+def create(name: str) -> tuple[nn.Module, list[int]]:
+    """The model at random init with 10 classes, and the input size it is checked at. A model
+    whose own input is larger than ``MAX_SIDE`` (a 412M-parameter ViT at 546×546 takes minutes per
+    forward pass on 2 cores) is built for 224×224 when its constructor takes ``img_size``; else,
+    when its forward accepts 224×224 as built (Gemma 4's vision tower reads any size), it is
+    checked at 224×224; else at its own size."""
     cfg = timm.models.get_pretrained_cfg(name)
     size = getattr(cfg, "input_size", None) or DEFAULT_INPUT
     if max(size[1:]) > MAX_SIDE:
         try:
-            return timm.create_model(name, pretrained=False, num_classes=10, img_size=224)
-        except Exception:  # no img_size argument, or fixed to its size: keep the model's own
+            model = timm.create_model(name, pretrained=False, num_classes=10, img_size=224)
+            return model, input_size(model)
+        except Exception:  # no img_size argument, or fixed to its size
             pass
-    return timm.create_model(name, pretrained=False, num_classes=10)
+        model = timm.create_model(name, pretrained=False, num_classes=10)
+        small = [input_size(model)[0], 224, 224]
+        try:
+            run_eval(model, torch.randn(1, *small))
+            return model, small
+        except Exception:  # fixed to its own size
+            return model, input_size(model)
+    model = timm.create_model(name, pretrained=False, num_classes=10)
+    return model, input_size(model)
 
 
 def check_model(family: str, name: str, limit: int, report=lambda step: step) -> dict[str, Any]:
     """Every check on one model; never raises. See the module docstring for what is checked."""
     rec: dict[str, Any] = {"family": family, "model": name, "status": "ok", "error": None,
                            "timeout_in": None, "single": None, "every_other": None, "jit_trace": None,
-                           "export": None, "untouched": None}
+                           "export": None, "untouched": None, "sublayer": None}
     start = time.perf_counter()
     model = x = before = ref = None
     step = report("create")
@@ -325,10 +345,10 @@ def check_model(family: str, name: str, limit: int, report=lambda step: step) ->
         with time_limit(limit):
             torch.manual_seed(0)
             t = time.perf_counter()
-            model = create(name)
+            model, size = create(name)
             rec["create_s"] = time.perf_counter() - t
             rec["params"] = sum(p.numel() for p in model.parameters())
-            rec["input_size"] = input_size(model)
+            rec["input_size"] = size
             x = torch.randn(BATCH, *rec["input_size"])
             rec["eval_submodule"] = mixed_flags(model)
             before = snapshot(model)
@@ -384,11 +404,14 @@ def check_model(family: str, name: str, limit: int, report=lambda step: step) ->
             for i, block in enumerate(removable):
                 step = report(f"single removal ({i}/{len(removable)} done)")
                 try:
-                    remove_blocks(model, [block], x, blocks=blocks)
+                    remove_blocks(model, [block], x[:1], blocks=blocks)  # one sample checks the same
                     rec["single"]["ok"] += 1
                 except Exception as exc:
                     rec["single"]["failures"].append({"block": block, "error": error_text(exc, 500)})
             rec["single_s"] = time.perf_counter() - t
+
+            step = report("sub-layers")
+            rec["sublayer"] = check_sublayers(model, x, blocks, rec["forward_s"])
     except Timeout:
         rec["status"], rec["timeout_in"], rec["error"] = "timeout", step, f"timeout after {limit} s in {step}"
     except Exception as exc:
@@ -401,6 +424,32 @@ def check_model(family: str, name: str, limit: int, report=lambda step: step) ->
         except (Exception, Timeout) as exc:
             rec["untouched"] = {"ok": None, "error": "timeout" if isinstance(exc, Timeout) else error_text(exc)}
     rec["wall_s"] = time.perf_counter() - start
+    return rec
+
+
+def check_sublayers(model: nn.Module, x: torch.Tensor, blocks, forward_s: float) -> dict[str, Any]:
+    """``find_blocks(..., level="sublayer")``: the units it offers that the block level does not,
+    its time, and every other such sub-layer removed at once (shape, jit.trace, torch.export)."""
+    t = time.perf_counter()
+    units = find_blocks(model, x, level="sublayer")
+    found_s = time.perf_counter() - t
+    whole = {b.name for b in blocks}
+    new = [b for b in units if b.stage and b.name not in whole]
+    rec = {"find_s": found_s, "find_over_forward": found_s / forward_s,
+           "offered": sum(b.removable for b in new), "listed": len(new),
+           "every_other": None, "jit_trace": None, "export": None}
+    names = [n for n in every_other(units) if n not in whole]
+    if names:
+        rec["every_other"] = {"removed": names, "ok": False, "error": None}
+        try:
+            pruned = remove_blocks(model, names, x, blocks=units)
+            ref = run_eval(model, x)
+            out = run_eval(pruned, x)
+            rec["every_other"]["ok"] = list(out.shape) == list(ref.shape)
+            rec["jit_trace"] = exported(pruned, x, out, "jit")
+            rec["export"] = exported(pruned, x, out, "export")
+        except Exception as exc:
+            rec["every_other"]["error"] = error_text(exc)
     return rec
 
 
@@ -457,20 +506,30 @@ def line(rec: dict[str, Any]) -> str:
     text = (f"{head} {size:<11} cand {rec['candidates']:>3} rem {rec['removable']:>3} "
             f"col {rec['collapsible']:>2}  single {single.get('ok', 0)}/{single.get('total', 0)}  "
             f"every-other {mark(rec['every_other'])} jit {mark(rec['jit_trace'])} export {mark(rec['export'])} "
-            f"untouched {mark(rec['untouched'])}  find {rec['find_over_forward']:.1f}× fwd  {rec['wall_s']:.1f} s")
+            f"untouched {mark(rec['untouched'])}  find {rec['find_over_forward']:.1f}× fwd  "
+            f"{sublayer_text(rec.get('sublayer'))}  {rec['wall_s']:.1f} s")
     return text + (f"  {rec['status'].upper()}: {rec['error']}" if rec["error"] else "")
+
+
+def sublayer_text(sub: dict[str, Any] | None) -> str:
+    """``sub-layers N (every other ✓, jit ✓, export ✓), find K× fwd`` or ``sub-layers 0``."""
+    if not sub:
+        return "sub-layers –"
+    checks = (f" (every other {mark(sub['every_other'])}, jit {mark(sub['jit_trace'])}, "
+              f"export {mark(sub['export'])})" if sub["every_other"] else "")
+    return f"sub-layers {sub['offered']}{checks}, find {sub['find_over_forward']:.1f}× fwd"
 
 
 def markdown(records: list[dict[str, Any]]) -> str:
     """One table row per model, with the main reasons candidates are not offered."""
     rows = ["| family | model | input | timm's blocks | offered / listed / named | candidates | removable "
             "| collapsible | single removal | every other | jit.trace | torch.export | untouched | find / forward "
-            "| not offered, mainly |",
-            "|---|---|---|---|--:|--:|--:|--:|--:|:-:|:-:|:-:|:-:|--:|---|"]
+            "| sub-layers offered (checks) | not offered, mainly |",
+            "|---|---|---|---|--:|--:|--:|--:|--:|:-:|:-:|:-:|:-:|--:|--:|---|"]
     for r in records:
         if "candidates" not in r:
             rows.append(f"| {r['family']} | {r['model']} | {'×'.join(map(str, r.get('input_size', [])))} "
-                        f"| | | | | | | | | | {mark(r['untouched'])} | | **{r['status']}**: {cell(r['error'])} |")
+                        f"| | | | | | | | | | {mark(r['untouched'])} | | | **{r['status']}**: {cell(r['error'])} |")
             continue
         reasons = "; ".join(f"{k} ×{v}" for k, v in list(r["not_offered"].items())[:3])
         if r["error"]:
@@ -486,8 +545,18 @@ def markdown(records: list[dict[str, Any]]) -> str:
                     f"| {counts} | {r['candidates']} "
                     f"| {r['removable']} | {r['collapsible']} | {single['ok']}/{single['total']} "
                     f"| {mark(r['every_other'])} | {mark(r['jit_trace'])} | {mark(r['export'])} "
-                    f"| {mark(r['untouched'])} | {r['find_over_forward']:.1f}× | {cell(reasons)} |")
+                    f"| {mark(r['untouched'])} | {r['find_over_forward']:.1f}× | {sublayer_cell(r.get('sublayer'))} "
+                    f"| {cell(reasons)} |")
     return "\n".join(rows) + "\n"
+
+
+def sublayer_cell(sub: dict[str, Any] | None) -> str:
+    """``24 (✓ ✓ ✓) 6.1×``: sub-layers offered, every-other / jit.trace / torch.export, find time."""
+    if not sub:
+        return ""
+    checks = (f" ({mark(sub['every_other'])} {mark(sub['jit_trace'])} {mark(sub['export'])})"
+              if sub["every_other"] else "")
+    return f"{sub['offered']}{checks} {sub['find_over_forward']:.1f}×"
 
 
 TABLE_START, TABLE_END = "<!-- zoo-table -->", "<!-- /zoo-table -->"
@@ -508,6 +577,8 @@ def summary_lines(s: dict[str, Any], args) -> str:
     """The run's totals under the table, with the settings that produced them."""
     ratio = f"median {s['find_over_forward_median']:.1f}×, max {s['find_over_forward_max']:.1f}×" \
         if s["find_over_forward_median"] is not None else "n/a"
+    sub_ratio = f"median {s['sublayer_find_median']:.1f}×, max {s['sublayer_find_max']:.1f}×" \
+        if s["sublayer_find_median"] is not None else "n/a"
     return (f"{s['families']} families; {s['with_removable']} with at least one removable block; "
             f"{s['errors']} errors, {s['timeouts']} timeouts (limit {args.time_limit} s per model). "
             f"Refused single removals: {s['single_failures']}; failed every-other removals: "
@@ -516,7 +587,10 @@ def summary_lines(s: dict[str, Any], args) -> str:
             f"Families that name their blocks (timm's group_matcher or the stages.N.blocks.M layout): "
             f"{s['naming']}; of those, with a named block not offered beyond one per stage: "
             f"{len(s['naming_short'])}{' (' + ', '.join(s['naming_short']) + ')' if s['naming_short'] else ''}. "
-            f"`find_blocks` / one forward pass: {ratio}. Wall time {s['wall_s'] / 60:.0f} min on "
+            f"`find_blocks` / one forward pass: {ratio} (block level); {sub_ratio} (sub-layer level). "
+            f"Sub-layers: {s['with_sublayers']} families offer them; failed every-other removals "
+            f"{s['sublayer_failures']}, `torch.jit.trace` / `torch.export` failures {s['sublayer_export_failures']}. "
+            f"Wall time {s['wall_s'] / 60:.0f} min on "
             f"{torch.get_num_threads()} threads (timm {timm.__version__}, torch {torch.__version__}).\n")
 
 
@@ -528,6 +602,8 @@ def cell(text: str | None) -> str:
 def summarize(records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
     """The counts printed at the end (and stored in the JSON)."""
     ratios = [r["find_over_forward"] for r in records if "find_over_forward" in r]
+    subs = [r["sublayer"] for r in records if r.get("sublayer")]
+    sub_ratios = [sub["find_over_forward"] for sub in subs]
     return {
         "families": len(records),
         "with_removable": sum(r.get("removable", 0) > 0 for r in records),
@@ -543,8 +619,40 @@ def summarize(records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
                                if r.get("granularity", {}).get("named") and not r["granularity"]["complete"]),
         "find_over_forward_median": statistics.median(ratios) if ratios else None,
         "find_over_forward_max": max(ratios) if ratios else None,
+        "with_sublayers": sum(sub["offered"] > 0 for sub in subs),
+        "sublayer_failures": sum(mark(sub["every_other"]) == "✗" for sub in subs),
+        "sublayer_export_failures": sum(mark(sub["jit_trace"]) == "✗" or mark(sub["export"]) == "✗" for sub in subs),
+        "sublayer_find_median": statistics.median(sub_ratios) if sub_ratios else None,
+        "sublayer_find_max": max(sub_ratios) if sub_ratios else None,
         "wall_s": wall,
     }
+
+
+def code_fingerprint() -> str:
+    """A hash of every source file the results depend on: layerprune's package and this script."""
+    digest = hashlib.sha256()
+    root = Path(layerprune.__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")) + [Path(__file__).resolve()]:
+        digest.update(str(path.relative_to(root.parent)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def resumed(out: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records of an interrupted sweep in ``out`` made under the same ``meta`` (code, timm,
+    torch, threads, time limit), else none."""
+    if not out.exists():
+        return []
+    try:
+        earlier = json.loads(out.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"--resume: {out} is unreadable ({exc}); starting over")
+        return []
+    if earlier.get("meta") != meta:
+        changed = sorted(k for k in meta if earlier.get("meta", {}).get(k) != meta[k])
+        print(f"--resume: {out} was made under a different {', '.join(changed)}; starting over")
+        return []
+    return earlier.get("records", [])
 
 
 def main() -> int:
@@ -558,6 +666,8 @@ def main() -> int:
     parser.add_argument("--time-limit", type=int, default=300, help="seconds per model (default 300)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--strict-export", action="store_true", help="exit 1 on jit.trace / export failures too")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the models --out already holds when the code and versions are the same")
     args = parser.parse_args()
 
     warnings.simplefilter("ignore")
@@ -568,13 +678,19 @@ def main() -> int:
 
     start, records = time.perf_counter(), []
     meta = {"timm": timm.__version__, "torch": torch.__version__, "layerprune": layerprune.__version__,
-            "threads": torch.get_num_threads(), "batch": BATCH, "time_limit_s": args.time_limit}
+            "threads": torch.get_num_threads(), "batch": BATCH, "time_limit_s": args.time_limit,
+            "code": code_fingerprint()}
+    done = {rec["model"]: rec for rec in resumed(args.out, meta)} if args.resume else {}
+    if done:
+        print(f"--resume: {len(done)} models already checked in {args.out}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn()) as progress:
         task = progress.add_task("", total=len(runs))
         for family, name in runs:
             progress.update(task, description=name)
-            records.append(check_isolated(family, name, args.time_limit))
+            rec = done.get(name)
+            records.append(rec if rec is not None and rec.get("family") == family
+                           else check_isolated(family, name, args.time_limit))
             progress.console.print(line(records[-1]), markup=False, highlight=False, soft_wrap=True)
             write_json(args.out, {"meta": meta, "records": records})  # partial results survive a crash
             progress.advance(task)
@@ -592,7 +708,7 @@ def main() -> int:
           f"jit.trace failures {s['jit_failures']}, export failures {s['export_failures']}, "
           f"untouched failures {s['untouched_failures']}\n"
           f"find_blocks / forward: {ratio}; wall {s['wall_s']:.0f} s → {args.out}")
-    bugs = s["single_failures"] + s["untouched_failures"]
+    bugs = s["single_failures"] + s["untouched_failures"] + s["sublayer_failures"]
     if args.strict_export:
         bugs += s["jit_failures"] + s["export_failures"]
     return 1 if bugs else 0

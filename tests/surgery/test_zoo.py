@@ -33,6 +33,7 @@ def test_named_models_are_checked_and_pass(tmp_path):
         assert r["single"]["ok"] == r["single"]["total"] == r["removable"], r["single"]["failures"]
         assert r["every_other"]["ok"], r["every_other"]["error"]
         assert r["untouched"]["ok"], r["untouched"]
+        assert r["granularity"]["complete"] and r["sublayer"]["offered"] == 0  # no branches inside their blocks
 
 
 @pytest.mark.slow
@@ -49,3 +50,12 @@ def test_every_family_of_the_zoo_is_pruned_safely(tmp_path):
     broken = {r["model"]: r["error"] or r["every_other"]["error"] for r in records
               if r.get("removable") and not (r["every_other"] or {}).get("ok")}
     assert not broken
+    # every family that names its blocks (timm's group_matcher, or stages.N.blocks.M) offers all of
+    # them but one per stage, blocks that pass a tuple on included
+    short = {r["model"]: r["granularity"]["short"] for r in records
+             if r.get("granularity", {}).get("named") and not r["granularity"]["complete"]}
+    assert not short
+    # sub-layers: every other one removed at once runs, traces and exports
+    sub_broken = {r["model"]: r["sublayer"] for r in records if r.get("sublayer") and r["sublayer"]["every_other"]
+                  and not all((r["sublayer"][k] or {}).get("ok") for k in ("every_other", "jit_trace", "export"))}
+    assert not sub_broken
