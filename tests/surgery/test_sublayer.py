@@ -86,6 +86,18 @@ class _Bottleneck(nn.Module):
         return x + self.fc2(torch.relu(self.norm(self.fc1(x))))
 
 
+class _ChainOfModules(nn.Module):
+    """One residual branch made of two modules of modules in a row (a bottleneck of ConvNormAct
+    pieces): zeroing both gives the identity, but each is a piece of the chain, not a branch."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.a, self.b = _Mlp(dim), _Mlp(dim)
+
+    def forward(self, x):
+        return x + self.b(torch.relu(self.a(x)))
+
+
 class _Mlp(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -108,7 +120,9 @@ class _Parallel(nn.Module):
 
 
 def test_blocks_without_two_branches_stay_whole_and_side_by_side_branches_share_the_stream():
-    model = nn.Sequential(nn.Linear(4, 8), nn.Sequential(_Bottleneck(8), _Parallel(8), _Bottleneck(8)),
+    """A chain of single layers and a chain of two modules of modules are one branch each: their
+    blocks stay whole. Two branches side by side are sub-layers, read on the block's own stream."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.Sequential(_Bottleneck(8), _Parallel(8), _ChainOfModules(8)),
                           nn.Linear(8, 3)).eval()
     x = torch.randn(2, 4)
     units = {b.name: b for b in find_blocks(model, x, level="sublayer") if b.stage}
