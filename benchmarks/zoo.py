@@ -22,10 +22,14 @@ in train mode with one norm layer left in eval mode, and checked:
     python benchmarks/zoo.py --only resnet18 vision_transformer cifar_resnet --limit 2
     python benchmarks/zoo.py --refresh-choices          # after a timm upgrade
     python benchmarks/zoo.py --out zoo.json --resume    # go on after an interrupted sweep
+    python benchmarks/zoo.py --out zoo.json --update --only efficientvim  # recheck families in a sweep
 
 ``--resume`` keeps the models already in ``--out`` only if they were checked by the same code
 (a hash of layerprune's sources and this script) with the same timm, torch and thread count;
-otherwise the sweep starts over.
+otherwise the sweep starts over. ``--update`` reruns the ``--only`` families and puts their
+records in place of the earlier ones in ``--out`` (the table and summary then cover the whole
+sweep; each record keeps the code fingerprint it was made with, and the summary says how many
+were made by later code).
 
 Exit code 1 when a block reported removable is refused alone or an original model was modified
 (both are bugs); torch.export / jit.trace failures are reported, fatal only with
@@ -319,7 +323,7 @@ def create(name: str) -> tuple[nn.Module, list[int]]:
     if max(size[1:]) > MAX_SIDE:
         try:
             model = timm.create_model(name, pretrained=False, num_classes=10, img_size=224)
-            return model, input_size(model)
+            return model, [size[0], 224, 224]  # built for it (its config still names its own size)
         except Exception:  # no img_size argument, or fixed to its size
             pass
         model = timm.create_model(name, pretrained=False, num_classes=10)
@@ -374,7 +378,8 @@ def check_model(family: str, name: str, limit: int, report=lambda step: step) ->
             rec["not_offered"] = dict(Counter(short_reason(b.reason) for b in candidates if not b.removable)
                                       .most_common())
             removable = [b.name for b in candidates if b.removable]
-            named = named_blocks(model, [n for n, _ in model.named_modules() if n])
+            # as find_blocks names them: modules with parameters (a parameter-free Flat is nothing to remove)
+            named = named_blocks(model, [n for n, m in model.named_modules() if n and next(m.parameters(), None) is not None])
             cov = coverage(blocks, named, short_reason)
             rec["granularity"] = {"pattern": cov.pattern, "source": named.source, "named": cov.named,
                                   "listed": cov.listed, "offered": cov.removable, "expected": cov.expected,
@@ -590,8 +595,18 @@ def summary_lines(s: dict[str, Any], args) -> str:
             f"`find_blocks` / one forward pass: {ratio} (block level); {sub_ratio} (sub-layer level). "
             f"Sub-layers: {s['with_sublayers']} families offer them; failed every-other removals "
             f"{s['sublayer_failures']}, `torch.jit.trace` / `torch.export` failures {s['sublayer_export_failures']}. "
-            f"Wall time {s['wall_s'] / 60:.0f} min on "
+            f"{rechecked(s)}Wall time {s['wall_s'] / 60:.0f} min on "
             f"{torch.get_num_threads()} threads (timm {timm.__version__}, torch {torch.__version__}).\n")
+
+
+def rechecked(s: dict[str, Any]) -> str:
+    """A sentence when the records come from more than one version of the code (``--update``)."""
+    codes = [(code, n) for code, n in s.get("codes", {}).items() if code]
+    if len(codes) < 2:
+        return ""
+    first, *later = codes
+    return (f"{sum(n for _, n in later)} families were rechecked with later code (`--update`; code "
+            f"{', '.join(c for c, _ in later)}), the other {first[1]} with code {first[0]}. ")
 
 
 def cell(text: str | None) -> str:
@@ -619,6 +634,7 @@ def summarize(records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
                                if r.get("granularity", {}).get("named") and not r["granularity"]["complete"]),
         "find_over_forward_median": statistics.median(ratios) if ratios else None,
         "find_over_forward_max": max(ratios) if ratios else None,
+        "codes": dict(Counter(r.get("code") for r in records).most_common()),
         "with_sublayers": sum(sub["offered"] > 0 for sub in subs),
         "sublayer_failures": sum(mark(sub["every_other"]) == "✗" for sub in subs),
         "sublayer_export_failures": sum(mark(sub["jit_trace"]) == "✗" or mark(sub["export"]) == "✗" for sub in subs),
@@ -655,6 +671,20 @@ def resumed(out: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
     return earlier.get("records", [])
 
 
+def updated(earlier: dict[str, Any], meta: dict[str, Any], records: list[dict[str, Any]]) -> tuple[dict, list, float]:
+    """The sweep ``earlier`` with ``records`` in place of its records of the same families (new
+    families appended): its meta (the new code noted under ``updates``), records, and wall time
+    (the sum of the records' own)."""
+    base = earlier["meta"]
+    fresh = {r["family"]: r for r in records}
+    merged = [fresh.pop(r["family"], r) for r in earlier["records"]] + list(fresh.values())
+    for r in merged:
+        r.setdefault("code", base.get("code"))
+    base = {**base, "updates": [*base.get("updates", []), {"code": meta["code"],
+                                                            "families": sorted(r["family"] for r in records)}]}
+    return base, merged, sum(r.get("wall_s", 0.0) for r in merged)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", metavar="NAME_OR_FAMILY", help="families or model names to run")
@@ -668,7 +698,11 @@ def main() -> int:
     parser.add_argument("--strict-export", action="store_true", help="exit 1 on jit.trace / export failures too")
     parser.add_argument("--resume", action="store_true",
                         help="keep the models --out already holds when the code and versions are the same")
+    parser.add_argument("--update", action="store_true",
+                        help="rerun the --only families and replace their records in --out, keeping the others")
     args = parser.parse_args()
+    if args.update and (not args.only or not args.out.exists()):
+        parser.error("--update needs --only and an existing --out")
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
@@ -681,6 +715,12 @@ def main() -> int:
             "threads": torch.get_num_threads(), "batch": BATCH, "time_limit_s": args.time_limit,
             "code": code_fingerprint()}
     done = {rec["model"]: rec for rec in resumed(args.out, meta)} if args.resume else {}
+    earlier = json.loads(args.out.read_text()) if args.update else None
+
+    def save(records: list[dict[str, Any]]) -> None:
+        head, kept = updated(earlier, meta, records)[:2] if earlier else (meta, records)
+        write_json(args.out, {"meta": head, "records": kept})
+
     if done:
         print(f"--resume: {len(done)} models already checked in {args.out}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -689,14 +729,19 @@ def main() -> int:
         for family, name in runs:
             progress.update(task, description=name)
             rec = done.get(name)
-            records.append(rec if rec is not None and rec.get("family") == family
-                           else check_isolated(family, name, args.time_limit))
+            if rec is None or rec.get("family") != family:
+                rec = {**check_isolated(family, name, args.time_limit), "code": meta["code"],
+                       "time_limit_s": args.time_limit}
+            records.append(rec)
             progress.console.print(line(records[-1]), markup=False, highlight=False, soft_wrap=True)
-            write_json(args.out, {"meta": meta, "records": records})  # partial results survive a crash
+            save(records)  # partial results survive a crash
             progress.advance(task)
 
-    summary = summarize(records, time.perf_counter() - start)
-    write_json(args.out, {"meta": meta, "summary": summary, "records": records})
+    wall, head = time.perf_counter() - start, meta
+    if earlier:
+        head, records, wall = updated(earlier, meta, records)
+    summary = summarize(records, wall)
+    write_json(args.out, {"meta": head, "summary": summary, "records": records})
     if args.markdown:
         write_markdown(args.markdown, markdown(records) + "\n" + summary_lines(summary, args))
     s = summary

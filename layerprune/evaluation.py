@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from layerprune.hooks import eval_mode
+from layerprune.hooks import eval_mode, model_device  # noqa: F401  (model_device: its home was here)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -23,12 +23,6 @@ class EvalResult:
     loss: float
     accuracy: float
     samples: int
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where ``model``'s parameters live (CPU for a model without parameters)."""
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 @torch.no_grad()

@@ -64,6 +64,13 @@ def main_tensor(output: Any, batch: int | None = None) -> Any:
     return tensors[0] if tensors else output
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (CPU for a model without parameters): the one device
+    lookup every room uses."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` in eval mode for the block; afterwards every submodule's own train/eval flag is

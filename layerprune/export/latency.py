@@ -4,7 +4,6 @@ process (timings on a shared machine are only comparable within one run)."""
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any, Callable
 
 import numpy as np
@@ -12,16 +11,11 @@ import torch
 import torch.nn as nn
 
 from layerprune.export.runtime import ort_session
-from layerprune.surgery.cost import measure_latency
+from layerprune.surgery.cost import measure_latency, timed_calls
 
 
 def _median_ms(fn: Callable[[], Any], warmup: int, repeats: int) -> tuple[float, float]:
-    times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        fn()
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1000.0)
+    times = timed_calls(fn, warmup, repeats)
     return statistics.median(times), min(times)
 
 

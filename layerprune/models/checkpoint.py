@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from layerprune.errors import CheckpointError
+from layerprune.errors import CheckpointError, LayerpruneError
 
 # Keys under which training scripts nest the model's state dict, most specific first.
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
@@ -71,7 +71,7 @@ def read_checkpoint(path: str | Path) -> object:
     if not head:
         raise CheckpointError(f"{path}: an empty file, not a PyTorch checkpoint")
     if _is_safetensors(path, head):
-        return _read_safetensors(path)
+        return read_safetensors(path)
     if head.startswith(_ZIP_MAGIC):
         _check_zip(path)
     elif not head.startswith(_LEGACY_MAGIC):
@@ -111,14 +111,17 @@ def _is_safetensors(path: Path, head: bytes) -> bool:
     return int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path, error: type[LayerpruneError] = CheckpointError,
+                     what: str = "a damaged safetensors file") -> dict[str, torch.Tensor]:
+    """The tensors in a safetensors file; ``error`` (one line: the path, ``what``, the reason)
+    when it cannot be read. The one safetensors reader: checkpoints and pruned-model folders."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: a damaged safetensors file ({exc})") from None
+        raise error(f"{path}: {what} ({exc})") from None
 
 
 def _describe(head: bytes) -> str:

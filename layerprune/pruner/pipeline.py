@@ -28,12 +28,13 @@ from layerprune.errors import LayerpruneError
 from layerprune.params import is_count
 from layerprune.evaluation import EvalResult, evaluate, model_device
 from layerprune.surgery.blocks import Block
-from layerprune.surgery.cost import compare_latency, measure_block_latency
+from layerprune.surgery.cost import Latency, compare_latency, measure_block_latency
 from layerprune.surgery.find import check_level, find_blocks
 from layerprune.surgery.remove import remove_blocks
 
 Evaluate = Callable[[nn.Module], EvalResult]
 EACH = "each"  # steps=EACH: one block per step, re-scored before each
+BUDGET_REPEATS = 30  # timed forward passes per model when a latency budget is confirmed
 
 
 @dataclass
@@ -317,11 +318,13 @@ class Pruner:
                                          **settings)
         return [dataclasses.replace(b, latency_share=measured.shares.get(b.name)) for b in blocks]
 
-    def speedup(self, base: nn.Module, pruned: nn.Module, input_size: tuple[int, ...]) -> dict[str, Any]:
+    def speedup(self, base: nn.Module, pruned: nn.Module, input_size: tuple[int, ...],
+                measured: tuple[Latency, Latency] | None = None) -> dict[str, Any]:
         """A latency budget confirmed on the pruned model: both timed side by side where the
-        budget was measured; the speed-up against the one the budget asks for (``1 / (1 − latency)``)."""
+        budget was measured (or ``measured`` there already); the speed-up against the one the
+        budget asks for (``1 / (1 − latency)``)."""
         settings = self.latency_settings(base)
-        before, after = compare_latency([base, pruned], input_size, repeats=30, **settings)
+        before, after = measured or compare_latency([base, pruned], input_size, repeats=BUDGET_REPEATS, **settings)
         target = 1 / (1 - float(self.rule["latency"]))
         speedup = before.median_ms / after.median_ms
         return {"latency": float(self.rule["latency"]), "target_speedup": target, "speedup": speedup,

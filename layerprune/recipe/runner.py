@@ -25,7 +25,9 @@ from layerprune.criteria.plots import plot_result
 from layerprune.criteria.base import CriterionResult
 from layerprune.criteria.selection import budget_share, removed_share
 from layerprune.errors import LayerpruneError
+from layerprune.hooks import model_device
 from layerprune.pruner import PruneStep
+from layerprune.pruner.pipeline import BUDGET_REPEATS
 from layerprune.recipe.preflight import preflight
 from layerprune.recipe.resources import Log, Resources
 from layerprune.recipe.rundir import RunDir
@@ -171,16 +173,19 @@ class Runner(Resources):
             metrics["width"] = prune_record["width"]
         metrics["params_reduction"] = 1 - final_cost.params / base_cost.params
         metrics["macs_reduction"] = 1 - final_cost.macs / base_cost.macs
+        size, pruner = tuple(self.build_data().input_size), self.pruner()
+        # Where the budget is measured just as eval measures (same device, batch, full precision),
+        # one side-by-side timing serves both.
+        timing = {"device": str(model_device(base)), "batch_size": rc.eval.latency_batch_size, "precision": "32"}
+        shared = rc.eval.latency and pruner.needs_latency and pruner.latency_settings(base) == timing
+        measured = None
         if rc.eval.latency:
-            size = tuple(self.build_data().input_size)
-            device = next(base.parameters()).device
-            lat_base, lat_final = compare_latency([base, final], size, batch_size=rc.eval.latency_batch_size,
-                                                  device=device)
+            measured = compare_latency([base, final], size, repeats=BUDGET_REPEATS if shared else 20, **timing)
+            lat_base, lat_final = measured
             metrics["base"]["latency"], metrics["pruned"]["latency"] = lat_base.to_dict(), lat_final.to_dict()
             metrics["speedup"] = lat_base.median_ms / lat_final.median_ms
-        pruner = self.pruner()
         if pruner.needs_latency:  # the budget confirmed where it was measured; a miss is a warning
-            budget = pruner.speedup(base, final, tuple(self.build_data().input_size))
+            budget = pruner.speedup(base, final, size, measured=measured if shared else None)
             metrics["latency_budget"], metrics["speedup"] = budget, budget["speedup"]
             if not budget["met"]:
                 self.log(f"[yellow]warning:[/] select.params.latency: {budget['latency']:g} asks for a "

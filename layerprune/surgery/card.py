@@ -31,13 +31,13 @@ def model_card(model: nn.Module, spec: "PruneSpec", info: dict[str, Any]) -> str
     ``spec.input_size``), the edits, and whatever ``info`` adds."""
     import torch
 
+    from layerprune.hooks import model_device
     from layerprune.surgery.cost import model_cost
 
     unknown = sorted(set(info) - set(CARD_KEYS))
     if unknown:
         raise ValueError(f"model card: unknown key {unknown[0]!r} (known: {', '.join(CARD_KEYS)})")
-    param = next(model.parameters(), None)
-    x = torch.zeros(1, *spec.input_size, device=param.device if param is not None else "cpu")
+    x = torch.zeros(1, *spec.input_size, device=model_device(model))
     was_training = model.training
     cost = model_cost(model.eval(), x)
     model.train(was_training)

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from layerprune.hooks import eval_mode
+from layerprune.hooks import eval_mode, model_device
 
 
 def count_params(model: nn.Module) -> int:
@@ -107,15 +107,10 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
-
-
 @contextlib.contextmanager
 def _on(model: nn.Module, device: torch.device):
     """``model`` on ``device`` for the length of the block, then back where it was."""
-    home = _model_device(model)
+    home = model_device(model)
     model.to(device)
     try:
         yield model
@@ -123,25 +118,32 @@ def _on(model: nn.Module, device: torch.device):
         model.to(home)
 
 
+def timed_calls(fn: Callable[[], Any], warmup: int, repeats: int, *, device: torch.device | None = None,
+                each: Callable[[], None] | None = None) -> list[float]:
+    """Wall times (ms) of ``repeats`` calls of ``fn`` after ``warmup`` ones, synchronised on a GPU
+    ``device``; ``each`` runs after every call, warm-up included (to collect what hooks measured).
+    The one timing loop: model latency here, onnxruntime's in :mod:`layerprune.export.latency`."""
+    cuda = device is not None and device.type == "cuda"
+    times = []
+    for i in range(warmup + repeats):
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1000.0)
+        if each is not None:
+            each()
+    return times
+
+
 def _timed_passes(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int, precision: str,
                   each: Callable[[], None] | None = None) -> list[float]:
-    """Wall times (ms) of ``repeats`` eval-mode forward passes after ``warmup`` ones, synchronised
-    on a GPU; ``each`` runs after every pass, warm-up included (to collect what hooks measured)."""
-    device = x.device
-    times = []
-    with eval_mode(model), torch.inference_mode(), _autocast(device, precision):
-        for i in range(warmup + repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1000.0)
-            if each is not None:
-                each()
-    return times
+    """Wall times (ms) of ``repeats`` eval-mode forward passes after ``warmup`` ones."""
+    with eval_mode(model), torch.inference_mode(), _autocast(x.device, precision):
+        return timed_calls(lambda: model(x), warmup, repeats, device=x.device, each=each)
 
 
 def measure_latency(

@@ -31,18 +31,20 @@ class PassThrough(nn.Identity):
     (``torch.jit.trace``, ``torch.export``) see straight through it; it is never scripted.
     """
 
-    def __init__(self, passes: int = 0, as_list: bool = False) -> None:
+    def __init__(self, passes: int = 0, as_list: bool = False, nones: int = 0) -> None:
         super().__init__()
-        self.passes, self.as_list = int(passes), bool(as_list)
+        self.passes, self.as_list, self.nones = int(passes), bool(as_list), int(nones)
 
     def forward(self, x, *args, **kwargs):  # noqa: D102 — the signature is the point
         if not self.passes:
             return x
-        out = (x, *args)[: self.passes]
+        out = (x, *args)[: self.passes] + (None,) * self.nones
         return list(out) if self.as_list else out
 
     def extra_repr(self) -> str:
-        return f"passes={self.passes}{', as_list=True' if self.as_list else ''}" if self.passes else ""
+        if not self.passes:
+            return ""
+        return f"passes={self.passes}{', as_list=True' if self.as_list else ''}{f', nones={self.nones}' if self.nones else ''}"
 
 
 class Zeros(nn.Module):
@@ -56,13 +58,15 @@ class Zeros(nn.Module):
 
 def parse_stand_in(stand_in: str) -> nn.Module:
     """The module a stand-in names: ``"tuple:N"``, ``"list:N"`` (a :class:`PassThrough` of N
-    arguments) or ``"zeros"`` (:class:`Zeros`); :class:`SurgeryError` otherwise."""
+    arguments; ``"tuple:N+M"`` adds M ``None``) or ``"zeros"`` (:class:`Zeros`);
+    :class:`SurgeryError` otherwise."""
     if stand_in == "zeros":
         return Zeros()
-    kind, _, count = stand_in.partition(":")
-    if kind in ("tuple", "list") and count.isdigit() and int(count) >= 1:
-        return PassThrough(int(count), as_list=kind == "list")
-    raise SurgeryError(f"unknown stand-in {stand_in!r} (known: 'tuple:N', 'list:N', 'zeros')")
+    kind, _, counts = stand_in.partition(":")
+    count, _, nones = counts.partition("+")
+    if kind in ("tuple", "list") and count.isdigit() and int(count) >= 1 and (not nones or nones.isdigit()):
+        return PassThrough(int(count), as_list=kind == "list", nones=int(nones or 0))
+    raise SurgeryError(f"unknown stand-in {stand_in!r} (known: 'tuple:N', 'tuple:N+M', 'list:N', 'zeros')")
 
 
 def replacement(block: nn.Module, edit: tuple[str, ...] | list[str] | str) -> nn.Module:

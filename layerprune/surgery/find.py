@@ -58,7 +58,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from layerprune.errors import SurgeryError
-from layerprune.hooks import eval_mode, forward_hooks, main_tensor
+from layerprune.hooks import eval_mode, forward_hooks, main_tensor, model_device
 from layerprune.surgery.blocks import ACTIVATIONS, SHORTCUT_NAMES, WEIGHT_LAYERS, Block
 from layerprune.surgery.cost import count_macs, count_params
 from layerprune.surgery.edit import set_submodule, swap_blocks
@@ -251,18 +251,22 @@ def _classify_block(block: nn.Module, call: _Call | None) -> tuple:
     return "fixed", f"changes shape ({shapes}) and has no shortcut to collapse to", ()
 
 
-def _same_items(args: tuple, out: Any, close: bool) -> bool:
-    """``out`` is a tuple/list whose items are the first ``len(out)`` arguments: each tensor item
-    of the argument's shape and dtype (and, with ``close``, its values), every other item equal."""
-    if not isinstance(out, (tuple, list)) or not out or len(out) > len(args):
+def _same_items(args: tuple, out: Any, close: bool, count: int | None = None) -> bool:
+    """``out`` is a tuple/list whose items (its first ``count``) are the first arguments: each
+    tensor item of the argument's shape and dtype (and, with ``close``, its values), every other
+    item equal."""
+    count = len(out) if count is None and isinstance(out, (tuple, list)) else count
+    if not isinstance(out, (tuple, list)) or not out or not count or count > min(len(out), len(args)):
         return False
-    for a, o in zip(args, out):
+    for a, o in zip(args[:count], out[:count]):
         if isinstance(o, torch.Tensor):
             if not (isinstance(a, torch.Tensor) and a.shape == o.shape and a.dtype == o.dtype):
                 return False
             if close and not _close(o, a):
                 return False
         else:
+            if isinstance(a, (tuple, list)) and isinstance(o, (tuple, list)):  # feat_size as list or tuple
+                a, o = tuple(a), tuple(o)
             try:
                 if isinstance(a, torch.Tensor) or bool(a != o):
                     return False
@@ -274,20 +278,29 @@ def _same_items(args: tuple, out: Any, close: bool) -> bool:
 def _classify_passing(block: nn.Module, call: _Call) -> Classified:
     """A block returning a tuple or list: ``identity`` when it returns its first N arguments in that
     structure (``x, feat_size = blk(x, feat_size)``) and, with every parameter zeroed, returns them
-    unchanged; its stand-in then returns them as they came."""
+    unchanged; its stand-in then returns them as they came. Items after those N that are no
+    argument (EfficientViM's hidden state: ``x, h = blk(x)``) are ``None`` in the stand-in — the
+    removal check then shows whether the model runs without them (a later block's ``h`` replaces
+    it; the last block's is read by the head)."""
     y = call.output
     what = f"returns a {type(y).__name__} of {len(y)}"
-    if not _same_items(call.args, y, close=False):
+    passed = max((n for n in range(1, len(y) + 1) if _same_items(call.args, y, close=False, count=n)), default=0)
+    if not passed:
         shapes = ", ".join(_fmt(_shape(v)[1:]) or type(v).__name__ for v in y)
         return "fixed", f"{what} ({shapes}), not its first arguments passed on", (), ""
     try:
         zero_out = _zeroed_call(block, call)
     except Exception as exc:  # cannot be run alone: leave it in place
         return "fixed", f"cannot be re-run on its input ({type(exc).__name__})", (), ""
-    if type(zero_out) is not type(y) or not _same_items(call.args, zero_out, close=True):
-        return "fixed", f"{what}, not residual in its first {len(y)} arguments", (), ""
-    stand_in = f"{'list' if isinstance(y, list) else 'tuple'}:{len(y)}"
-    return "identity", f"residual, {what}: becomes a pass-through of its first {len(y)} arguments", (), stand_in
+    extra = len(y) - passed
+    stand_in = f"{'list' if isinstance(y, list) else 'tuple'}:{passed}" + (f"+{extra}" if extra else "")
+    arguments = f"its first {passed} argument{'s' if passed > 1 else ''}" + (f", and None for the other {extra}" if extra else "")
+    if type(zero_out) is type(y) and _same_items(call.args, zero_out, close=True, count=passed):
+        return "identity", f"residual, {what}: becomes a pass-through of {arguments}", (), stand_in
+    if any(isinstance(m, WEIGHT_LAYERS) for m in block.modules()):
+        return "plain", (f"{what}, not residual (a pass-through of {arguments} changes the function: finetune "
+                         f"after)"), (), stand_in
+    return "fixed", f"{what}, neither residual nor a conv/linear unit", (), ""
 
 
 # -- discovery --------------------------------------------------------------------------------------
@@ -626,8 +639,7 @@ def default_input(model: nn.Module, batch_size: int = 1) -> torch.Tensor:
     """A random input of the model's configured size (timm ``pretrained_cfg``), or 3×224×224."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = tuple(cfg.get("input_size") or (3, 224, 224))
-    param = next(model.parameters(), None)
-    return torch.randn(batch_size, *size, device=param.device if param is not None else "cpu")
+    return torch.randn(batch_size, *size, device=model_device(model))
 
 
 def check_input(example_input: Any) -> torch.Tensor:

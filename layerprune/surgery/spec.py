@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from layerprune.errors import SurgeryError
+from layerprune.hooks import model_device
 from layerprune.io import atomic_dir, write_json, write_text
 from layerprune.surgery.edit import EDITS_ATTR, apply_edits
 
@@ -164,8 +165,7 @@ def apply_channels(model: nn.Module, history: list[list[Any]], input_size: list[
     if not input_size:
         raise SurgeryError("the spec prunes channels but records no input_size to trace the model with")
     was_training = model.training
-    param = next(model.parameters(), None)
-    example = torch.randn(1, *input_size, device=param.device if param is not None else "cpu")
+    example = torch.randn(1, *input_size, device=model_device(model))
     with torch.enable_grad():
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     try:
@@ -217,24 +217,20 @@ def load_pruned(directory: str | Path) -> nn.Module:
     spec = PruneSpec.load(directory)
     model = apply_spec(create_model(spec.model, **spec.model_kwargs), spec)
     if (directory / WEIGHTS_FILE).is_file() or not (directory / OLD_WEIGHTS_FILE).is_file():
-        load_state(model, read_safetensors(directory / WEIGHTS_FILE, model), source=str(directory / WEIGHTS_FILE))
+        load_state(model, read_weights(directory / WEIGHTS_FILE, model), source=str(directory / WEIGHTS_FILE))
     else:
         load_checkpoint(model, directory / OLD_WEIGHTS_FILE)
     return model.eval()
 
 
-def read_safetensors(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+def read_weights(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict in ``path``, with tensors that ``save_model`` stored once (tied weights)
     filled in under every name the model uses for them."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from layerprune.models.checkpoint import read_safetensors
 
     if not path.is_file():
         raise SurgeryError(f"weights not found: {path}")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise SurgeryError(f"{path}: not a readable safetensors file ({exc})") from exc
+    state = read_safetensors(path, SurgeryError, "not a readable safetensors file")
     own = model.state_dict()
     by_storage: dict[int, str] = {}
     for name, tensor in own.items():

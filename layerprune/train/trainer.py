@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from layerprune.errors import LayerpruneError
+from layerprune.hooks import model_device
 from layerprune import distributed
 from layerprune.train.distill import distillation_loss
 from layerprune.train.loops import Batches, evaluate
@@ -141,7 +142,7 @@ def train(
 def _ddp(model: nn.Module) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
-    device = next(model.parameters()).device
+    device = model_device(model)
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 

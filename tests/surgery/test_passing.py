@@ -77,13 +77,15 @@ class _ListNet(nn.Module):
 
 
 def test_a_list_is_passed_on_as_a_list_and_a_changed_item_is_no_pass_through():
+    """[x, scale] in, [x', scale'] out."""
     model = _ListNet().eval()
     x = torch.randn(2, 4)
     blocks = {b.name: b for b in find_blocks(model, x)}
     assert blocks["blocks.0"].removable and blocks["blocks.0"].stand_in == "list:2"
-    # blocks.2 returns scale + 1, blocks.3 is not residual: both stay, with the reason
-    assert not blocks["blocks.2"].removable and "not its first arguments passed on" in blocks["blocks.2"].reason
-    assert not blocks["blocks.3"].removable and "not residual in its first 2 arguments" in blocks["blocks.3"].reason
+    # blocks.2 returns scale + 1, not its argument: its stand-in would give None, and the model
+    # cannot run on that; blocks.3 is not residual: removable as a plain unit, like a VGG layer
+    assert not blocks["blocks.2"].removable and "model fails without it" in blocks["blocks.2"].reason
+    assert blocks["blocks.3"].kind == "plain" and blocks["blocks.3"].removable and blocks["blocks.3"].stand_in == "list:2"
     pruned = remove_blocks(model, ["blocks.0"], x)
     given = torch.randn(1, 8)
     out = pruned.blocks[0](given, 2.0)
@@ -109,3 +111,45 @@ def test_criteria_read_the_stream_with_a_row_per_sample_in_tnt():
         scores = get_criterion(name)(ctx).scores
         assert set(scores) >= {f"blocks.{i}" for i in range(1, 12)}
         assert all(torch.isfinite(torch.tensor(v)) for v in scores.values())
+
+
+class _HiddenBlock(nn.Module):
+    """``x, h = blk(x)``: residual in x, and a hidden state that the next block overwrites."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc, self.state = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return x + self.fc(x), self.state(x)
+
+
+class _HiddenNet(nn.Module):
+    """EfficientViM's pattern: only the last block's hidden state reaches the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.blocks = nn.ModuleList([_HiddenBlock(8) for _ in range(3)])
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x, h = self.embed(x), None
+        for blk in self.blocks:
+            x, h = blk(x)
+        return self.head(x + h.tanh())
+
+
+def test_a_hidden_state_nobody_reads_becomes_none_and_the_one_the_head_reads_stays():
+    model = _HiddenNet().eval()
+    x = torch.randn(2, 4)
+    blocks = {b.name: b for b in find_blocks(model, x)}
+    assert blocks["blocks.0"].removable and blocks["blocks.0"].stand_in == "tuple:1+1"
+    assert blocks["blocks.1"].removable
+    # the last block's hidden state is read by the head: without it the model fails
+    assert not blocks["blocks.2"].removable and "model fails without it" in blocks["blocks.2"].reason
+    pruned = remove_blocks(model, ["blocks.0", "blocks.1"], x)
+    assert pruned.blocks[0](torch.ones(2, 8))[1] is None
+    with torch.no_grad():
+        assert pruned(x).shape == (2, 3)
+    assert parse_stand_in("tuple:1+2").nones == 2
