@@ -771,10 +771,18 @@ class _Check:
         self._clone = clone  # a copy of model, made on first use when not given
 
     def group(self, group: list[_Found]) -> None:
-        """Remove the group at once; if that fails, each half, down to the blocks that fail alone."""
+        """Remove the group at once; if that fails, each half, down to the blocks that fail alone.
+        A group without which the model does not even run is first searched by running it only
+        (a Torch-Pruning trace costs several forward passes): the blocks it cannot run without are
+        found that way, and the others are checked again at once."""
         if not group:
             return
         error = self.without(group)
+        if error is not None and len(group) > 1 and self.without(group, trace=False) is not None:
+            alone = self.run_failures(group)
+            if alone:
+                self.group([f for f in group if f.name not in alone])
+                return
         if error is not None and self.trace and self.without([]) is not None:
             self.trace = False
             error = self.without(group)
@@ -787,10 +795,23 @@ class _Check:
         self.group(group[:half])
         self.group(group[half:])
 
-    def without(self, group: list[_Found]) -> str | None:
+    def run_failures(self, group: list[_Found]) -> set[str]:
+        """The blocks of ``group`` the model cannot run without, alone (recorded as failed),
+        found by running it without halves of the group."""
+        error = self.without(group, trace=False)
+        if error is None:
+            return set()
+        if len(group) == 1:
+            self.failed[group[0].name] = error
+            return {group[0].name}
+        half = len(group) // 2
+        return self.run_failures(group[:half]) | self.run_failures(group[half:])
+
+    def without(self, group: list[_Found], trace: bool | None = None) -> str | None:
         """``None`` if the model without ``group`` runs, keeps its output shape, gives finite
-        values and (with ``trace``) can be traced by Torch-Pruning, whose own forward pass is then
-        the one checked; else the error in words."""
+        values and (with ``trace``, by default this check's) can be traced by Torch-Pruning, whose
+        own forward pass is then the one checked; else the error in words."""
+        trace = self.trace if trace is None else trace
         seen: list[Any] = []
         if self._clone is None:  # one copy serves every check: blocks are swapped out and back
             self._clone = copy.deepcopy(self.model)
@@ -798,7 +819,7 @@ class _Check:
         originals = {f.name: clone.get_submodule(f.name) for f in group}
         try:
             swap_blocks(clone, {f.name: f.collapse_to or f.stand_in for f in group})
-            if self.trace:
+            if trace:
                 with clone.register_forward_hook(lambda m, a, out: seen.append(out)):
                     dependency_graph_check(clone, self.example_input)
             else:
