@@ -605,7 +605,8 @@ def rechecked(s: dict[str, Any]) -> str:
     if len(codes) < 2:
         return ""
     first, *later = codes
-    return (f"{sum(n for _, n in later)} families were rechecked with later code (`--update`; code "
+    n = sum(count for _, count in later)
+    return (f"{n} {'family was' if n == 1 else 'families were'} rechecked with later code (`--update`; code "
             f"{', '.join(c for c, _ in later)}), the other {first[1]} with code {first[0]}. ")
 
 
