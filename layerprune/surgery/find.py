@@ -209,46 +209,40 @@ Classified = tuple[str, str, tuple[str, ...], str]  # kind, reason, collapse_to,
 
 def _classify(block: nn.Module, call: _Call | None) -> Classified:
     """``(kind, reason, collapse_to, stand_in)`` of one block, from running it on its recorded input."""
-    found = _classify_block(block, call)
-    return found if len(found) == 4 else (*found, "")
-
-
-def _classify_block(block: nn.Module, call: _Call | None) -> tuple:
-    """:func:`_classify` without the stand-in, except for blocks that pass a tuple on."""
     if call is None:
-        return "fixed", "never called in the forward pass", ()
+        return "fixed", "never called in the forward pass", (), ""
     if call.calls > 1:
-        return "fixed", f"called {call.calls} times per forward pass (shared module)", ()
+        return "fixed", f"called {call.calls} times per forward pass (shared module)", (), ""
     if call.args is None:
-        return "fixed", "a single layer, not a block", ()
+        return "fixed", "a single layer, not a block", (), ""
     if not call.args:
-        return "fixed", "called with keyword arguments only (no main tensor to pass through)", ()
+        return "fixed", "called with keyword arguments only (no main tensor to pass through)", (), ""
     if isinstance(call.args[0], torch.Tensor) and not call.input_intact:
-        return "fixed", "its input is modified in place during the forward pass", ()
+        return "fixed", "its input is modified in place during the forward pass", (), ""
     x, y = call.args[0], call.output
     if isinstance(x, (list, tuple)):
-        return "fixed", "takes a list of earlier outputs (dense concatenation)", ()
+        return "fixed", "takes a list of earlier outputs (dense concatenation)", (), ""
     if not isinstance(x, torch.Tensor):
-        return "fixed", f"its first argument is a {type(x).__name__}, not a tensor", ()
+        return "fixed", f"its first argument is a {type(x).__name__}, not a tensor", (), ""
     if isinstance(y, (tuple, list)):
         return _classify_passing(block, call)
     if not isinstance(y, torch.Tensor):
-        return "fixed", f"returns a {type(y).__name__}, not one tensor", ()
+        return "fixed", f"returns a {type(y).__name__}, not one tensor", (), ""
     if x.shape == y.shape and x.dtype == y.dtype:
         try:
             zero_out = _zeroed_call(block, call)
         except Exception as exc:  # cannot be run alone: leave it in place
-            return "fixed", f"cannot be re-run on its input ({type(exc).__name__})", ()
+            return "fixed", f"cannot be re-run on its input ({type(exc).__name__})", (), ""
         if _close(zero_out, x):
-            return "identity", "residual: becomes a pass-through", ()
+            return "identity", "residual: becomes a pass-through", (), ""
         if any(isinstance(m, WEIGHT_LAYERS) for m in block.modules()):
-            return "plain", "shape-preserving unit without a shortcut: removable, changes the function (finetune after)", ()
-        return "fixed", "shape-preserving but neither residual nor a conv/linear unit", ()
+            return "plain", "shape-preserving unit without a shortcut: removable, changes the function (finetune after)", (), ""
+        return "fixed", "shape-preserving but neither residual nor a conv/linear unit", (), ""
     shapes = f"{_fmt(x.shape[1:])} → {_fmt(y.shape[1:])}"
     collapse_to = _find_collapse(block, call)
     if collapse_to:
-        return "collapse", f"downsampling residual ({shapes}): can collapse to {' + '.join(collapse_to)}", collapse_to
-    return "fixed", f"changes shape ({shapes}) and has no shortcut to collapse to", ()
+        return "collapse", f"downsampling residual ({shapes}): can collapse to {' + '.join(collapse_to)}", collapse_to, ""
+    return "fixed", f"changes shape ({shapes}) and has no shortcut to collapse to", (), ""
 
 
 def _same_items(args: tuple, out: Any, close: bool, count: int | None = None) -> bool:
