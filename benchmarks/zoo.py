@@ -416,7 +416,7 @@ def check_model(family: str, name: str, limit: int, report=lambda step: step) ->
             rec["single_s"] = time.perf_counter() - t
 
             step = report("sub-layers")
-            rec["sublayer"] = check_sublayers(model, x, blocks, rec["forward_s"])
+            rec["sublayer"] = check_sublayers(model, x, blocks, rec["forward_s"], ref)
     except Timeout:
         rec["status"], rec["timeout_in"], rec["error"] = "timeout", step, f"timeout after {limit} s in {step}"
     except Exception as exc:
@@ -432,7 +432,7 @@ def check_model(family: str, name: str, limit: int, report=lambda step: step) ->
     return rec
 
 
-def check_sublayers(model: nn.Module, x: torch.Tensor, blocks, forward_s: float) -> dict[str, Any]:
+def check_sublayers(model: nn.Module, x: torch.Tensor, blocks, forward_s: float, ref: torch.Tensor) -> dict[str, Any]:
     """``find_blocks(..., level="sublayer")``: the units it offers that the block level does not,
     its time, and every other such sub-layer removed at once (shape, jit.trace, torch.export)."""
     t = time.perf_counter()
@@ -448,7 +448,6 @@ def check_sublayers(model: nn.Module, x: torch.Tensor, blocks, forward_s: float)
         rec["every_other"] = {"removed": names, "ok": False, "error": None}
         try:
             pruned = remove_blocks(model, names, x, blocks=units)
-            ref = run_eval(model, x)
             out = run_eval(pruned, x)
             rec["every_other"]["ok"] = list(out.shape) == list(ref.shape)
             rec["jit_trace"] = exported(pruned, x, out, "jit")
