@@ -9,9 +9,10 @@ in train mode with one norm layer left in eval mode, and checked:
 
 * ``find_blocks``: candidates (blocks in a stage), removable, collapsible, why the other
   candidates are not offered, and its time as a multiple of one eval forward;
-* every other removable block of each stage removed at once: the output keeps its shape, and
-  ``torch.jit.trace`` and ``torch.export`` of the pruned model match its eager output;
-* every removable block removed alone (checked on one sample): none may be refused;
+* every other offered block of each stage (removable, or collapsible with ``collapse=True``)
+  taken out at once: the output keeps its shape, and ``torch.jit.trace`` and ``torch.export`` of
+  the pruned model match its eager output;
+* every offered block taken out alone (checked on one sample): none may be refused;
 * sub-layers (``find_blocks(..., level="sublayer")``): how many residual branches inside blocks are
   offered (attention and MLP of a transformer block), its time as a multiple of one forward pass,
   and every other one removed at once: output shape, ``torch.jit.trace`` and ``torch.export``;
@@ -63,6 +64,7 @@ import layerprune  # registers the CIFAR models with timm
 from layerprune import find_blocks, remove_blocks
 from layerprune.hooks import eval_mode
 from layerprune.io import write_json, write_text
+from layerprune.surgery.blocks import StagePlan, stages
 from layerprune.surgery.named import coverage, named_blocks
 
 CHOICES = Path(__file__).resolve().parent / "zoo_models.json"
@@ -272,18 +274,17 @@ def short_reason(reason: str) -> str:
     return re.sub(r"'[^']*'", "'…'", re.split(r"[(:]", reason, maxsplit=1)[0]).strip()
 
 
+def offered(b) -> bool:
+    """Taken out alone, when asked: removable, or collapsible with ``collapse=True``."""
+    return b.stage and b.can_remove(collapse=True)
+
+
 def every_other(blocks) -> list[str]:
-    """Removable blocks at positions 0, 2, 4, … of each stage's removable list. That keeps a block
-    in every stage except one whose only block is removable; such a stage is left alone."""
-    by_stage: dict[str, list] = defaultdict(list)
-    for b in blocks:
-        if b.stage:
-            by_stage[b.stage].append(b)
-    chosen = []
-    for members in by_stage.values():
-        picked = [b.name for b in members if b.removable][::2]
-        if len(picked) < len(members):
-            chosen += picked
+    """Offered blocks at positions 0, 2, 4, … of each stage's offered list, as the stage plan
+    allows them (never the last block of a stage)."""
+    plan, chosen = StagePlan(blocks), []
+    for members in stages(blocks).values():
+        chosen += [b.name for b in [b for b in members if offered(b)][::2] if plan.try_remove(b)]
     return chosen
 
 
@@ -377,7 +378,7 @@ def check_model(family: str, name: str, limit: int, report=lambda step: step) ->
             rec["collapsible"] = sum(b.kind == "collapse" for b in candidates)
             rec["not_offered"] = dict(Counter(short_reason(b.reason) for b in candidates if not b.removable)
                                       .most_common())
-            removable = [b.name for b in candidates if b.removable]
+            takeable = [b.name for b in candidates if offered(b)]
             # as find_blocks names them: modules with parameters (a parameter-free Flat is nothing to remove)
             named = named_blocks(model, [n for n, m in model.named_modules() if n and next(m.parameters(), None) is not None])
             cov = coverage(blocks, named, short_reason)
@@ -385,12 +386,12 @@ def check_model(family: str, name: str, limit: int, report=lambda step: step) ->
                                   "listed": cov.listed, "offered": cov.removable, "expected": cov.expected,
                                   "complete": cov.complete, "short": cov.short}
 
-            if removable:
+            if takeable:
                 step, t = report("every-other removal"), time.perf_counter()
                 names = every_other(blocks)
                 rec["every_other"] = {"removed": names, "ok": False, "error": None}
                 try:
-                    pruned = remove_blocks(model, names, x, blocks=blocks)
+                    pruned = remove_blocks(model, names, x, blocks=blocks, collapse=True)
                     out = run_eval(pruned, x)
                     rec["every_other"]["ok"] = list(out.shape) == list(ref.shape)
                     if not rec["every_other"]["ok"]:
@@ -405,11 +406,11 @@ def check_model(family: str, name: str, limit: int, report=lambda step: step) ->
                 rec["every_other_s"] = time.perf_counter() - t
 
             step, t = report("single removal"), time.perf_counter()
-            rec["single"] = {"ok": 0, "total": len(removable), "failures": []}
-            for i, block in enumerate(removable):
-                step = report(f"single removal ({i}/{len(removable)} done)")
+            rec["single"] = {"ok": 0, "total": len(takeable), "failures": []}
+            for i, block in enumerate(takeable):
+                step = report(f"single removal ({i}/{len(takeable)} done)")
                 try:
-                    remove_blocks(model, [block], x[:1], blocks=blocks)  # one sample checks the same
+                    remove_blocks(model, [block], x[:1], blocks=blocks, collapse=True)  # one sample checks the same
                     rec["single"]["ok"] += 1
                 except Exception as exc:
                     rec["single"]["failures"].append({"block": block, "error": error_text(exc, 500)})
@@ -447,7 +448,7 @@ def check_sublayers(model: nn.Module, x: torch.Tensor, blocks, forward_s: float,
     if names:
         rec["every_other"] = {"removed": names, "ok": False, "error": None}
         try:
-            pruned = remove_blocks(model, names, x, blocks=units)
+            pruned = remove_blocks(model, names, x, blocks=units, collapse=True)
             out = run_eval(pruned, x)
             rec["every_other"]["ok"] = list(out.shape) == list(ref.shape)
             rec["jit_trace"] = exported(pruned, x, out, "jit")

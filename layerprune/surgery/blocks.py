@@ -35,7 +35,9 @@ class Block:
     collapse_to: tuple[str, ...] = field(default=())  # child modules that replace it when collapsed
     # what stands in for it when removed, if not a PassThrough of its first argument: "tuple:N" /
     # "list:N" (it returns its first N arguments, as x, feat_size = blk(x, feat_size)), "zeros" (a
-    # residual branch, level="sublayer")
+    # residual branch, level="sublayer"), "zeros:C" (a dense layer), "shortcut:C[:S]" (a shortcut
+    # without parameters: a dual-path block, or the collapse of a block that changes shape and has
+    # no shortcut module)
     stand_in: str = ""
     # a sub-layer written inline in its block (x = x + attn(norm1(x))): where the residual stream
     # is read before and after it, as "module:in" / "module:out" ("blocks.3:in", "blocks.3.norm2:in")
@@ -53,7 +55,7 @@ class Block:
     def edit(self) -> tuple[str, ...] | str:
         """How it is taken out (see :func:`~layerprune.surgery.edit.replacement`): the child names
         it collapses to, its stand-in, or ``()`` for a pass-through of its first argument."""
-        return self.collapse_to if self.collapsible else (self.stand_in or ())
+        return self.collapse_to or self.stand_in or ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -87,9 +89,10 @@ class StagePlan:
     def try_remove(self, block: Block) -> bool:
         """Add ``block`` unless it is the last block left in its stage; ``True`` if added.
 
-        A collapsed block leaves its shortcut in place, so collapsing never empties a stage.
+        A collapsed block leaves its shortcut module in place, so collapsing never empties a
+        stage; a collapse to a shortcut without parameters leaves nothing and counts as a removal.
         """
-        if not block.collapsible:
+        if not (block.collapsible and block.collapse_to):
             if self.left.get(block.stage, 0) <= 1:
                 return False
             self.left[block.stage] -= 1

@@ -1,6 +1,8 @@
 """Swap blocks out of a model: a removed block becomes a :class:`PassThrough` (of its first
 argument, or of its first N arguments for a block that returns them as a tuple), a removed
-residual branch becomes :class:`Zeros`, and a collapsed block its shortcut (+ final activation).
+residual branch or dense layer becomes :class:`Zeros`, a removed dual-path block a
+:class:`ZeroPadShortcut`, and a collapsed block its shortcut (+ final activation) — a
+:class:`ZeroPadShortcut` where it has none.
 Plans are checked against the blocks first.
 """
 
@@ -10,6 +12,7 @@ from collections import Counter, OrderedDict
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from layerprune.errors import SurgeryError
 from layerprune.registry import did_you_mean
@@ -50,23 +53,76 @@ class PassThrough(nn.Identity):
 class Zeros(nn.Module):
     """What a removed residual branch becomes (``find_blocks(..., level="sublayer")``): zeros of its
     input's shape, so the block adds nothing there (``x = x + ls1(attn(norm1(x)))`` becomes
-    ``x + 0``) and the branch's weights and compute are gone."""
+    ``x + 0``) and the branch's weights and compute are gone.
+
+    With ``channels``, what a removed dense layer becomes: zeros of its first input's batch and
+    spatial size with that many channels — a DenseNet layer takes the list of earlier outputs
+    and its output is concatenated to them, so the concatenation keeps its width and gains
+    nothing."""
+
+    def __init__(self, channels: int = 0) -> None:
+        super().__init__()
+        self.channels = int(channels)
 
     def forward(self, x, *args, **kwargs):  # noqa: D102
-        return torch.zeros_like(x)
+        if not self.channels:
+            return torch.zeros_like(x)
+        first = x[0] if isinstance(x, (list, tuple)) else x
+        return first.new_zeros((first.shape[0], self.channels, *first.shape[2:]))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}" if self.channels else ""
+
+
+class ZeroPadShortcut(nn.Module):
+    """A shortcut without parameters (ResNet's "option A"): the input taken at every
+    ``stride``-th position of each spatial dimension, then its channels cut to ``channels`` or
+    padded with zero channels after the last.
+
+    What a removed dual-path block becomes (DPN: it returns its input with new channels appended,
+    zeros when its branch is zeroed), and what a block that changes shape without a shortcut
+    collapses to (MobileOne's strided and widening convolutions; ``collapse=True`` only)."""
+
+    def __init__(self, channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.channels, self.stride = int(channels), int(stride)
+
+    def forward(self, x, *args, **kwargs):  # noqa: D102
+        if self.stride > 1:  # every stride-th position; as a pooling, which Torch-Pruning traces
+            pool = {3: F.avg_pool1d, 4: F.avg_pool2d, 5: F.avg_pool3d}.get(x.dim())
+            x = (pool(x, kernel_size=1, stride=self.stride) if pool is not None
+                 else x[(slice(None), slice(None)) + (slice(None, None, self.stride),) * (x.dim() - 2)])
+        have = x.shape[1]
+        if self.channels < have:
+            return x[:, : self.channels]
+        if self.channels > have:  # a pad, not a concatenation with a constant: Torch-Pruning maps the
+            # first channels one to one and the new ones to nothing, where a constant would leave
+            # a later concatenation's channel offsets unknown (DPN)
+            return F.pad(x, (0, 0) * (x.dim() - 2) + (0, self.channels - have))
+        return x
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}" + (f", stride={self.stride}" if self.stride > 1 else "")
+
+
+STAND_INS = "'tuple:N', 'tuple:N+M', 'list:N', 'zeros', 'zeros:C', 'shortcut:C', 'shortcut:C:S'"
 
 
 def parse_stand_in(stand_in: str) -> nn.Module:
     """The module a stand-in names: ``"tuple:N"``, ``"list:N"`` (a :class:`PassThrough` of N
-    arguments; ``"tuple:N+M"`` adds M ``None``) or ``"zeros"`` (:class:`Zeros`);
+    arguments; ``"tuple:N+M"`` adds M ``None``), ``"zeros"`` / ``"zeros:C"`` (:class:`Zeros`) or
+    ``"shortcut:C"`` / ``"shortcut:C:S"`` (:class:`ZeroPadShortcut` to C channels, stride S);
     :class:`SurgeryError` otherwise."""
-    if stand_in == "zeros":
-        return Zeros()
     kind, _, counts = stand_in.partition(":")
+    numbers = counts.split(":")
+    if kind == "zeros" and (not counts or (len(numbers) == 1 and counts.isdigit() and int(counts) >= 1)):
+        return Zeros(int(counts or 0))
+    if kind == "shortcut" and 1 <= len(numbers) <= 2 and all(n.isdigit() and int(n) >= 1 for n in numbers):
+        return ZeroPadShortcut(*map(int, numbers))
     count, _, nones = counts.partition("+")
     if kind in ("tuple", "list") and count.isdigit() and int(count) >= 1 and (not nones or nones.isdigit()):
         return PassThrough(int(count), as_list=kind == "list", nones=int(nones or 0))
-    raise SurgeryError(f"unknown stand-in {stand_in!r} (known: 'tuple:N', 'tuple:N+M', 'list:N', 'zeros')")
+    raise SurgeryError(f"unknown stand-in {stand_in!r} (known: {STAND_INS})")
 
 
 def replacement(block: nn.Module, edit: tuple[str, ...] | list[str] | str) -> nn.Module:

@@ -31,12 +31,17 @@ arguments included):
 * ``identity`` — shape-preserving and residual: a :class:`~layerprune.surgery.edit.PassThrough`
   is exactly the block with its branch zeroed (a block that returns its first N arguments as a
   tuple, ``x, feat_size = blk(x, feat_size)``, and with its branch zeroed returns them unchanged,
-  gets a pass-through of those N arguments in that structure);
+  gets a pass-through of those N arguments in that structure; a dual-path block, which returns its
+  input and new channels, gets its input and zero channels; a dense layer, which takes the list of
+  earlier outputs, gets zeros of its output's shape);
 * ``plain`` — shape-preserving, not residual, contains a conv/linear layer (a VGG unit):
   removable, but the function changes more, so finetune after;
 * ``collapse`` — changes shape and owns a shortcut module (option-A pad, 1×1 conv + BN, timm's
   ``downsample``): with its branch zeroed it equals the shortcut (plus its final activation), so it
-  can be replaced by that — only when asked;
+  can be replaced by that — only when asked; a block that changes shape without a shortcut
+  collapses, also only when asked, to a shortcut without parameters
+  (:class:`~layerprune.surgery.edit.ZeroPadShortcut`: strided, channels zero-padded or cut),
+  which changes the function as a ``plain`` removal does;
 * ``fixed`` — anything else, with the reason in words.
 
 A block is reported ``removable`` only if removing it alone is safe: it is not the only block of
@@ -153,8 +158,9 @@ def _record_calls(model: nn.Module, names: list[str], kept: set[str],
             # A block returning (x, feat_size) still passes x on: the chain follows the first item.
             main = main_tensor(output)
             call = _Call(counter[0], in_key, in_version, in_shape, _key(main), _version(main), _shape(main))
-            if name in kept:
-                call.args, call.kwargs, call.output = args, kwargs, output
+            if name in kept:  # a list argument as it was (DenseNet's caller appends to it next)
+                call.args = tuple(list(a) if isinstance(a, list) else a for a in args)
+                call.kwargs, call.output = kwargs, output
             calls[name] = call
         return fn
 
@@ -221,7 +227,7 @@ def _classify(block: nn.Module, call: _Call | None) -> Classified:
         return "fixed", "its input is modified in place during the forward pass", (), ""
     x, y = call.args[0], call.output
     if isinstance(x, (list, tuple)):
-        return "fixed", "takes a list of earlier outputs (dense concatenation)", (), ""
+        return _classify_dense(block, call)
     if not isinstance(x, torch.Tensor):
         return "fixed", f"its first argument is a {type(x).__name__}, not a tensor", (), ""
     if isinstance(y, (tuple, list)):
@@ -239,10 +245,70 @@ def _classify(block: nn.Module, call: _Call | None) -> Classified:
             return "plain", "shape-preserving unit without a shortcut: removable, changes the function (finetune after)", (), ""
         return "fixed", "shape-preserving but neither residual nor a conv/linear unit", (), ""
     shapes = f"{_fmt(x.shape[1:])} → {_fmt(y.shape[1:])}"
+    if _appends_channels(x, y):  # a dual-path block: its input, then new channels
+        try:
+            zero_out = _zeroed_call(block, call)
+        except Exception as exc:  # cannot be run alone: leave it in place
+            return "fixed", f"cannot be re-run on its input ({type(exc).__name__})", (), ""
+        if _close(zero_out, _pad_channels(x, y.shape[1])):
+            return "identity", (f"dual-path ({shapes}): with its branch zeroed it returns its input and "
+                                f"{y.shape[1] - x.shape[1]} zero channels, and becomes that"), (), f"shortcut:{y.shape[1]}"
     collapse_to = _find_collapse(block, call)
     if collapse_to:
         return "collapse", f"downsampling residual ({shapes}): can collapse to {' + '.join(collapse_to)}", collapse_to, ""
+    stride = _zero_pad_stride(x, y)
+    if stride:
+        how = " and ".join(part for part in (
+            f"stride {stride}" if stride > 1 else "",
+            (f"{y.shape[1] - x.shape[1]} zero channels" if y.shape[1] > x.shape[1]
+             else f"its first {y.shape[1]} channels" if y.shape[1] < x.shape[1] else "")) if part)
+        return "collapse", (f"changes shape ({shapes}) without a shortcut: can collapse to one without parameters "
+                            f"({how}; changes the function, finetune after)"), (), \
+            f"shortcut:{y.shape[1]}" + (f":{stride}" if stride > 1 else "")
     return "fixed", f"changes shape ({shapes}) and has no shortcut to collapse to", (), ""
+
+
+def _appends_channels(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """``y`` has ``x``'s layout with more channels (dimension 1) and everything else equal."""
+    return (x.dim() == y.dim() >= 2 and y.dtype == x.dtype and y.shape[1] > x.shape[1]
+            and y.shape[0] == x.shape[0] and y.shape[2:] == x.shape[2:])
+
+
+def _pad_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    return torch.cat([x, x.new_zeros((x.shape[0], channels - x.shape[1], *x.shape[2:]))], dim=1)
+
+
+def _zero_pad_stride(x: torch.Tensor, y: torch.Tensor) -> int:
+    """The stride of a shortcut without parameters from ``x`` to ``y`` (channels first, at least one
+    spatial dimension, each taken at every ``stride``-th position), or 0 if there is none."""
+    if not (x.dim() == y.dim() >= 3 and x.dtype == y.dtype and x.shape[0] == y.shape[0]):
+        return 0
+    if any(o < 1 or o > i for i, o in zip(x.shape[2:], y.shape[2:])):
+        return 0
+    stride = max(1, round(x.shape[2] / y.shape[2]))
+    return stride if all(-(-i // stride) == o for i, o in zip(x.shape[2:], y.shape[2:])) else 0
+
+
+def _classify_dense(block: nn.Module, call: _Call) -> Classified:
+    """A block that takes the list of earlier outputs (a DenseNet layer, whose output the caller
+    concatenates to them): ``identity`` when it returns one tensor of their batch and spatial size
+    that is zero with every parameter zeroed — its stand-in returns those zeros, so the
+    concatenation keeps its width and gains nothing."""
+    x, y = call.args[0], call.output
+    first = x[0] if len(x) else None
+    dense = "takes a list of earlier outputs (dense concatenation)"
+    if not (isinstance(first, torch.Tensor) and all(isinstance(t, torch.Tensor) for t in x)
+            and isinstance(y, torch.Tensor) and y.dim() == first.dim() >= 2
+            and y.shape[0] == first.shape[0] and y.shape[2:] == first.shape[2:]):
+        return "fixed", f"{dense}, but does not return one tensor of their batch and spatial size", (), ""
+    try:
+        zero_out = _zeroed_call(block, call)
+    except Exception as exc:  # cannot be run alone: leave it in place
+        return "fixed", f"cannot be re-run on its input ({type(exc).__name__})", (), ""
+    if isinstance(zero_out, torch.Tensor) and zero_out.shape == y.shape and not zero_out.abs().max() > 0:
+        return "identity", (f"dense layer ({dense}, {y.shape[1]} new channels): with its branch zeroed it adds "
+                            "zeros, and becomes that"), (), f"zeros:{y.shape[1]}"
+    return "fixed", f"{dense}; with its branch zeroed it still adds non-zero channels", (), ""
 
 
 def _same_items(args: tuple, out: Any, close: bool, count: int | None = None) -> bool:
@@ -399,7 +465,10 @@ class _Discovery:
     def classify(self, name: str) -> Classified:
         """``(kind, reason, collapse_to, stand_in)``, worked out once per module."""
         if name not in self._classified:
-            self._classified[name] = _classify(self.model.get_submodule(name), self.calls.get(name))
+            kind, reason, collapse_to, stand_in = _classify(self.model.get_submodule(name), self.calls.get(name))
+            if name in self.stem and kind == "collapse" and not collapse_to:  # the stem is no block
+                kind, reason, stand_in = "fixed", f"stem, not a block (timm's group_matcher); {reason.split(':')[0]}", ""
+            self._classified[name] = kind, reason, collapse_to, stand_in
         return self._classified[name]
 
     # the walk
@@ -489,7 +558,7 @@ class _Discovery:
                     continue
                 own.append(_Found(unit, stage, *self.classify(unit)))
             for found in own:
-                if descended and found.kind not in CANDIDATE_KINDS:
+                if descended and (found.kind not in CANDIDATE_KINDS or _bare_collapse(found)):
                     found = _Found(found.name, "", "fixed", "")  # a transition between sub-stages
                 self.found.append(found)
 
@@ -716,17 +785,23 @@ def _make_block(model, f: _Found, reason: str, shapes, macs, total_macs) -> Bloc
     )
 
 
+def _bare_collapse(f: _Found) -> bool:
+    """A collapse to a shortcut without parameters: nothing of the block is left."""
+    return f.kind == "collapse" and not f.collapse_to
+
+
 def _only_block_of_stage(found: list[_Found]) -> None:
     """A stage keeps at least one block, so the only block of a stage cannot be removed (a
-    collapse leaves the shortcut in place and stays possible)."""
+    collapse leaves the shortcut module in place and stays possible; one to a shortcut without
+    parameters does not)."""
     members: dict[str, int] = {}
     for f in found:
         if f.stage:
             members[f.stage] = members.get(f.stage, 0) + 1
     for i, f in enumerate(found):
-        if f.stage and members[f.stage] == 1 and f.kind in REMOVABLE_KINDS:
-            found[i] = replace(f, only=True,
-                               reason=f"only block of stage {f.stage!r} ({f.reason}); a stage keeps at least one block")
+        if f.stage and members[f.stage] == 1 and (f.kind in REMOVABLE_KINDS or _bare_collapse(f)):
+            reason = f"only block of stage {f.stage!r} ({f.reason}); a stage keeps at least one block"
+            found[i] = replace(f, only=True, reason=reason, **({"kind": "fixed", "stand_in": ""} if _bare_collapse(f) else {}))
 
 
 def _confirm(model: nn.Module, found: list[_Found], orders: dict[str, int], example_input: torch.Tensor,
@@ -741,7 +816,13 @@ def _confirm(model: nn.Module, found: list[_Found], orders: dict[str, int], exam
     # One sample is enough for these checks (the graph does not depend on the batch size), and
     # a traced forward pass holds every activation: half the batch, half the memory.
     check = _Check(model, example_input[:1], (1, *out_shape[1:]), clone)
-    for group in (candidates[0::2], candidates[1::2]):
+    # Collapses to a shortcut without parameters change the channels the blocks after them see,
+    # so they are checked apart, among the other blocks (removing a later block with them can
+    # hide a failure: a DPN stage whose first block is collapsed cannot be traced with its third
+    # block in place).
+    bare = [f for f in candidates if _bare_collapse(f)]
+    rest = [f for f in candidates if not _bare_collapse(f)]
+    for group in (rest[0::2], rest[1::2], bare):
         check.group(group)
     if not check.trace:
         note = " (Torch-Pruning cannot trace this model, with or without the block; checked by running it)"

@@ -17,7 +17,7 @@ level and always searches the modules that hold one.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn as nn
 
@@ -32,6 +32,8 @@ class NamedBlocks:
     pattern: str  # the pattern(s) that named them, or "" when none did
     source: str  # "group_matcher", "layout" or "none"
     stem: frozenset[str] = frozenset()  # modules the matcher puts in its stem group
+    # each named block's stage as its pattern numbers it (DPN's features.conv4_2 → "conv…:4")
+    stages: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def ancestors(self) -> frozenset[str]:
@@ -73,7 +75,7 @@ def _matcher_entries(model: nn.Module) -> list[tuple[str, re.Pattern, object]]:
 def named_blocks(model: nn.Module, names: list[str]) -> NamedBlocks:
     """The modules among ``names`` that the model names as its blocks (see the module docstring)."""
     entries = _matcher_entries(model)
-    found, stem, used = set(), set(), []
+    found, stem, used, stage_of = set(), set(), [], {}
     for name in names:
         for group, pattern, suffix in entries:
             match = pattern.match(name)
@@ -81,16 +83,18 @@ def named_blocks(model: nn.Module, names: list[str]) -> NamedBlocks:
                 continue
             if suffix is None and pattern.groups >= 2 and match.group(0) == name:
                 found.add(name)
+                stage_of[name] = f"{pattern.pattern}:{match.group(1)}"
                 if pattern.pattern not in used:
                     used.append(pattern.pattern)
             elif str(group).startswith("stem"):
                 stem.add(name)
             break
     if found:
-        return NamedBlocks(frozenset(found), " ".join(used), "group_matcher", frozenset(stem))
+        return NamedBlocks(frozenset(found), " ".join(used), "group_matcher", frozenset(stem), stage_of)
     layout = {n for n in names if re.search(LAYOUT, n)}
     if layout:
-        return NamedBlocks(frozenset(layout), "stages.N.blocks.M", "layout")
+        return NamedBlocks(frozenset(layout), "stages.N.blocks.M", "layout", frozenset(stem),
+                           stages={n: n.rpartition(".blocks.")[0] for n in layout})
     return NONE
 
 
@@ -112,12 +116,14 @@ class Coverage:
 
 def coverage(blocks, named: NamedBlocks, gist=lambda reason: reason) -> Coverage:
     """Compare ``find_blocks``' answer with the named blocks: every named block should be offered
-    (removable, or collapsible) except one per stage. ``gist`` shortens a reason for the counts."""
+    (removable, or collapsible) except one per stage — a stage as discovery groups them and as the
+    model numbers them (DPN's blocks share one container, ``features``, and its names number four
+    stages). ``gist`` shortens a reason for the counts."""
     by_name = {b.name: b for b in blocks if b.stage}
-    stages: dict[str, list] = {}
+    stages: dict[tuple[str, str], list] = {}
     for name in sorted(named.names):
         if name in by_name:
-            stages.setdefault(by_name[name].stage, []).append(by_name[name])
+            stages.setdefault((by_name[name].stage, named.stages.get(name, "")), []).append(by_name[name])
     listed = sum(map(len, stages.values()))
     short: dict[str, int] = {}
     if len(named.names) > listed:

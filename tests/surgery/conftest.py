@@ -21,7 +21,7 @@ def saved_traced_exported(tmp_path):
         assert torch.isfinite(ref).all()
         save_pruned(pruned, PruneSpec.for_model(pruned, name, kwargs), tmp_path / "pruned")
         config = json.loads((tmp_path / "pruned" / "config.json").read_text())["layerprune"]
-        assert config["stand_ins"] == stand_ins and config["removed"] == list(stand_ins)
+        assert config["stand_ins"] == stand_ins and set(stand_ins) <= set(config["removed"])
         with torch.no_grad():
             assert torch.allclose(load_pruned(tmp_path / "pruned")(x), ref, atol=1e-5)
             assert torch.allclose(torch.jit.trace(pruned, x, check_trace=False)(x), ref, atol=1e-5)

@@ -15,13 +15,13 @@ MODELS = [
     ("cifar_resnet20", {}, 32, 7, 2),
     ("cifar_resnet56", {}, 32, 25, 2),
     ("cifar_resnet56", {"shortcut": "B"}, 32, 25, 2),
-    ("cifar_vgg16_bn", {}, 32, 9, 0),
+    ("cifar_vgg16_bn", {}, 32, 9, 3),
     ("resnet18", {}, 64, 5, 3),
     ("resnet50", {}, 64, 12, 4),
     ("convnext_atto", {}, 64, 12, 0),
     ("vit_tiny_patch16_224", {}, 224, 12, 0),
-    ("mobilenetv3_small_100", {}, 64, 6, 0),
-    ("efficientnet_b0", {}, 64, 9, 0),
+    ("mobilenetv3_small_100", {}, 64, 6, 4),
+    ("efficientnet_b0", {}, 64, 9, 5),
     ("regnetx_002", {}, 64, 9, 4),
 ]
 IDS = [f"{m}{'-' + '-'.join(f'{k}{v}' for k, v in kw.items()) if kw else ''}" for m, kw, *_ in MODELS]
@@ -90,7 +90,10 @@ def test_removal_is_forward_correct_drops_exact_params_and_round_trips(tmp_path,
     with torch.no_grad():
         out = pruned(x)
         assert out.shape == model(x).shape and torch.isfinite(out).all()
-        if all(b.kind in ("identity", "collapse") for b in chosen):
+        # exact where the block with its branch zeroed is what stands in: not for plain blocks, nor
+        # for a collapse to a shortcut without parameters (the block had none)
+        assert all(b.stand_in.startswith("shortcut:") for b in chosen if b.kind == "collapse" and not b.collapse_to)
+        if all(b.kind == "identity" or b.collapse_to for b in chosen):
             torch.testing.assert_close(out, _zero_branches(model, chosen)(x), rtol=1e-4, atol=1e-4)
 
     spec = PruneSpec.for_model(pruned, name, kwargs, input_size=[3, side, side])
@@ -101,21 +104,52 @@ def test_removal_is_forward_correct_drops_exact_params_and_round_trips(tmp_path,
         torch.testing.assert_close(rebuilt(x), pruned.eval()(x))
 
 
-def test_dense_concatenations_are_not_removable():
-    # A dense block feeds every layer the list of all earlier outputs. timm names the dense layers
-    # as its blocks (features.denseblockN.denselayerM), so they are listed, each with the reason
-    # it stays; none can go.
+def test_dense_layers_are_removable_as_zeros_of_their_output(saved_traced_exported):
+    # A dense block feeds every layer the list of all earlier outputs and concatenates what each
+    # returns. timm names the dense layers as its blocks (features.denseblockN.denselayerM); with
+    # its parameters zeroed a layer adds zero channels, so it is removed as exactly that: zeros of
+    # its output's shape, and the concatenation keeps its width.
     model = timm.create_model("densenet121").eval()
-    blocks = find_blocks(model, torch.randn(1, 3, 64, 64))
-    assert not any(b.can_remove(collapse=True) for b in blocks)
+    x = torch.randn(2, 3, 64, 64)
+    blocks = find_blocks(model, x)
     layers = [b for b in blocks if ".denselayer" in b.name]
     assert len(layers) == 6 + 12 + 24 + 16
     assert all(b.stage == b.name.rpartition(".")[0] and "dense concatenation" in b.reason for b in layers)
-    # the zoo's granularity column: 58 named, 58 listed, none offered, and why
-    cov = coverage(blocks, named_blocks(model, [n for n, _ in model.named_modules() if n]),
-                   gist=lambda r: r.split(" (")[0])
-    assert (cov.named, cov.listed, cov.removable) == (58, 58, 0) and not cov.complete
-    assert cov.short == {"takes a list of earlier outputs": 58}
+    assert all(b.kind == "identity" and b.stand_in == "zeros:32" for b in layers)
+    assert sum(b.removable for b in layers) == 58  # every stage has more than one layer
+    cov = coverage(blocks, named_blocks(model, [n for n, _ in model.named_modules() if n]))
+    assert (cov.named, cov.listed, cov.removable, cov.expected) == (58, 58, 58, 54) and cov.complete
+
+    chosen = [b for b in layers if b.name.endswith(("denselayer2", "denselayer5"))]
+    pruned = remove_blocks(model, [b.name for b in chosen], x, blocks=blocks)
+    assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in pruned.parameters()) \
+        == sum(b.params for b in chosen)
+    with torch.no_grad():  # exactly the model with those layers' parameters zeroed
+        torch.testing.assert_close(pruned(x), _zero_branches(model, chosen)(x), rtol=1e-4, atol=1e-4)
+    assert type(pruned.get_submodule(chosen[0].name)).__name__ == "Zeros"
+    saved_traced_exported(pruned, "densenet121", {}, x, {b.name: "zeros:32" for b in chosen})
+
+
+def test_dual_path_blocks_pass_their_input_and_zero_channels(saved_traced_exported):
+    # DPN's blocks return their input with new (dense-path) channels appended; with the branch
+    # zeroed the new channels are zeros, so the stand-in pads the input with that many zeros.
+    # The first block of each stage projects its input: it can only collapse (strided and
+    # zero-padded) where Torch-Pruning can still trace the model, and never by default.
+    model = timm.create_model("dpn48b").eval()
+    x = torch.randn(2, 3, 64, 64)
+    blocks = {b.name: b for b in find_blocks(model, x)}
+    b = blocks["features.conv3_2"]
+    assert b.kind == "identity" and b.removable and b.stand_in == f"shortcut:{b.out_shape[1]}"
+    assert b.out_shape[1] > b.in_shape[1]
+    firsts = [blocks[f"features.conv{i}_1"] for i in (2, 3, 4, 5)]
+    assert not any(f.removable for f in firsts)
+    assert all(f.collapsible == (not f.reason.startswith("model fails without it")) for f in firsts)
+    names = ["features.conv2_2", "features.conv3_2", "features.conv4_3", "features.conv5_2"]
+    pruned = remove_blocks(model, names, x, blocks=list(blocks.values()))
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), _zero_branches(model, [blocks[n] for n in names])(x),
+                                   rtol=1e-4, atol=1e-4)
+    saved_traced_exported(pruned, "dpn48b", {}, x, {n: blocks[n].stand_in for n in names})
 
 
 def test_cifar_resnet56_block_facts():

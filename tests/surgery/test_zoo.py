@@ -30,7 +30,8 @@ def test_named_models_are_checked_and_pass(tmp_path):
     for r in records:
         assert r["status"] == "ok", r["error"]
         assert r["removable"] > 0
-        assert r["single"]["ok"] == r["single"]["total"] == r["removable"], r["single"]["failures"]
+        # every block offered (removable, or collapsible when asked) is taken out alone
+        assert r["single"]["ok"] == r["single"]["total"] == r["removable"] + r["collapsible"], r["single"]["failures"]
         assert r["every_other"]["ok"], r["every_other"]["error"]
         assert r["untouched"]["ok"], r["untouched"]
         assert r["granularity"]["complete"] and r["sublayer"]["offered"] == 0  # no branches inside their blocks
@@ -51,13 +52,10 @@ def test_every_family_of_the_zoo_is_pruned_safely(tmp_path):
               if r.get("removable") and not (r["every_other"] or {}).get("ok")}
     assert not broken
     # every family that names its blocks (timm's group_matcher, or stages.N.blocks.M) offers all of
-    # them but one per stage, blocks that pass a tuple on included — except blocks no stand-in can
-    # replace: they change the shape without a shortcut (MobileOne's strided convs, DPN, NextViT)
-    # or take the list of all earlier outputs (DenseNet)
-    unremovable = ("changes shape", "takes a list of earlier outputs")
+    # them but one per stage, with no exemption: blocks that pass a tuple on, dense layers,
+    # dual-path blocks and blocks that change shape without a shortcut (by collapse) included
     short = {r["model"]: r["granularity"]["short"] for r in records
-             if r.get("granularity", {}).get("named") and not r["granularity"]["complete"]
-             and any(not reason.startswith(unremovable) for reason in r["granularity"]["short"])}
+             if r.get("granularity", {}).get("named") and not r["granularity"]["complete"]}
     assert not short
     # sub-layers: every other one removed at once runs, traces and exports
     sub_broken = {r["model"]: r["sublayer"] for r in records if r.get("sublayer") and r["sublayer"]["every_other"]
