@@ -14,20 +14,25 @@ repaired with afterwards.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn as nn
-from torch.utils.data import Dataset, TensorDataset
-
-from layerprune.data.base import DatasetBundle, without_augmentation
 from layerprune.errors import LayerpruneError
+from layerprune.lazy import lazy_import
 from layerprune.params import is_count
-from layerprune.evaluation import repair_batchnorm
+
+if TYPE_CHECKING:  # the defaults are read by ``layerprune --help``, which imports no torch
+    import torch.nn as nn
+    from torch.utils.data import Dataset
+
+    Pair = tuple[torch.Tensor, torch.Tensor]
+else:
+    Pair = tuple  # (images, labels): two tensors
+
+torch = lazy_import("torch")
+data_utils = lazy_import("torch.utils.data")
 
 SPLITS = ("val", "test", "train")
 MICRO_BATCH = 256  # samples per forward pass when features or accuracy are read from calibration samples
-Pair = tuple[torch.Tensor, torch.Tensor]
 
 
 def _positive(owner: str, **values: Any) -> None:
@@ -92,6 +97,8 @@ class Repair:
 
     def batches_for(self, data: Any, calibration: Calibration) -> list[Pair]:
         """The repair batches of ``data``; ``calibration``'s samples when it has no training split."""
+        from layerprune.data.base import DatasetBundle, without_augmentation
+
         if not isinstance(data, DatasetBundle):
             return micro_batches(calibration.load(data))
         train = without_augmentation(data.train)
@@ -103,6 +110,8 @@ class Repair:
 
     def apply(self, model: nn.Module, batches: list[Pair]) -> nn.Module:
         """Re-estimate ``model``'s BatchNorm statistics on ``batches`` in place (nothing when disabled)."""
+        from layerprune.evaluation import repair_batchnorm
+
         return repair_batchnorm(model, batches) if self.enabled else model
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,11 +120,13 @@ class Repair:
 
 def as_dataset(data: Any, split: str) -> Dataset:
     """A dataset from a :class:`DatasetBundle` (its ``split``), a ``Dataset`` or ``(images, labels)``."""
+    from layerprune.data.base import DatasetBundle
+
     if isinstance(data, DatasetBundle):
         return data.split(split)
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        return TensorDataset(data[0], data[1])
-    if isinstance(data, Dataset):
+        return data_utils.TensorDataset(data[0], data[1])
+    if isinstance(data, data_utils.Dataset):
         return data
     raise LayerpruneError(
         f"calibration data must be a DatasetBundle, a Dataset or (images, labels), got {type(data).__name__}"
@@ -126,7 +137,7 @@ def load_samples(ds: Dataset, idx: torch.Tensor) -> Pair:
     """Samples ``idx`` of ``ds`` as one batch, using the dataset's batched access when it has one."""
     if hasattr(ds, "batch"):
         return ds.batch(idx)
-    if isinstance(ds, TensorDataset):
+    if isinstance(ds, data_utils.TensorDataset):
         return ds.tensors[0][idx], ds.tensors[1][idx]
     items = [ds[int(i)] for i in idx]
     return torch.stack([torch.as_tensor(x) for x, _ in items]), torch.as_tensor([int(y) for _, y in items])

@@ -120,15 +120,14 @@ def datasets_cmd(
     name: Optional[str] = typer.Argument(None, help="Show one dataset's options and defaults."),
 ) -> None:
     """List the datasets, or one dataset's options."""
-    from layerprune.data import DATASETS, dataset_options
+    from layerprune.data import DATASETS, dataset_description, dataset_options
 
     if name is None:
         table = Table(title="datasets")
         table.add_column("name")
         table.add_column("description")
         for ds in DATASETS.names():
-            doc = (DATASETS.get(ds).__doc__ or "").strip().splitlines()
-            table.add_row(ds, doc[0] if doc else "")
+            table.add_row(ds, dataset_description(ds))
         console.print(table)
         return
     options = dataset_options(name)

@@ -15,10 +15,11 @@ import os
 from datetime import timedelta
 from typing import Any, Callable, Iterator, TypeVar
 
-import torch
-import torch.distributed as dist
-
 from layerprune.errors import LayerpruneError
+from layerprune.lazy import lazy_import
+
+torch = lazy_import("torch")
+dist = lazy_import("torch.distributed")  # the rank of a plain process is read without torch
 
 T = TypeVar("T")
 

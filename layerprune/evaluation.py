@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
+from layerprune.lazy import lazy_import, no_grad
 from layerprune.hooks import eval_mode, model_device  # noqa: F401  (model_device: its home was here)
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
+F = lazy_import("torch.nn.functional")
+
+Batches = Iterable[tuple["torch.Tensor", "torch.Tensor"]]
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class EvalResult:
     samples: int
 
 
-@torch.no_grad()
+@no_grad
 def evaluate(model: nn.Module, batches: Batches, *, progress: bool = False, description: str = "eval") -> EvalResult:
     """Mean cross-entropy and top-1 accuracy in eval mode (the model's mode is restored)."""
     device = model_device(model)
@@ -51,7 +52,7 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-@torch.no_grad()
+@no_grad
 def repair_batchnorm(model: nn.Module, batches: Batches) -> nn.Module:
     """Re-estimate every BatchNorm's running statistics from ``batches``, in place.
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping
 
-import torch
-import torch.nn as nn
+from layerprune.lazy import lazy_import
+
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
+
 
 Hook = Callable[..., Any]
-
 
 @contextmanager
 def forward_hooks(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 
 import difflib
+import inspect
 import importlib
 from dataclasses import dataclass
 from typing import Any, Generic, Iterator, TypeVar
@@ -162,6 +163,25 @@ class Registry(Generic[T]):
                 ) from exc
             entry.lazy = False
         return entry.target
+
+    def target(self, name: str) -> str:
+        """Where ``name`` lives, as ``"module:attr"`` (loaded or not)."""
+        entry = self._entries[self.canonical(name)]
+        return entry.target if entry.lazy else _spec_of(entry.target)
+
+    def describe(self, name: str) -> tuple[str, dict[str, Any]]:
+        """The docstring and keyword parameters (with defaults) of the function registered as
+        ``name``; an entry not yet imported is read from its source, so listing it imports
+        nothing heavy (:func:`layerprune.lazy.source_signature`)."""
+        entry = self._entries[self.canonical(name)]
+        if entry.lazy:
+            from layerprune.lazy import source_signature
+
+            found = source_signature(entry.target)
+            if found is not None:
+                return found
+        obj = self.get(name)
+        return inspect.getdoc(obj) or "", {p.name: p.default for p in inspect.signature(obj).parameters.values()}
 
     def name_of(self, obj: Any) -> str | None:
         """The name ``obj`` is registered under (loaded entries only), or ``None``."""

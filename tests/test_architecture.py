@@ -31,7 +31,7 @@ import pytest
 # --------------------------------------------------------------------------------------------
 
 #: Leaf utilities: each may import only the others.
-BASE = frozenset({"errors", "version", "io", "lock", "registry", "params", "plots", "hooks", "distributed"})
+BASE = frozenset({"errors", "version", "io", "lock", "registry", "params", "plots", "hooks", "distributed", "lazy"})
 
 #: ``__init__`` (the package root) and ``__main__`` may import anything.
 ANYTHING = frozenset({"*"})

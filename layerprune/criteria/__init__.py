@@ -17,12 +17,17 @@ from layerprune.criteria.catalog import (
     load_plugin, load_plugins, plugin_failures, register_criterion,
 )
 from layerprune.criteria.catalog import criterion_parameters
-from layerprune.criteria.context import ScoringContext
-from layerprune.criteria.curve import PAPER_THRESHOLD, ModularityCurve, modularity_curve
-from layerprune.criteria.graph import KnnGraph, graph_modularity, knn_graph, modularity
-from layerprune.criteria.plots import plot_result, plot_scores
-from layerprune.criteria.selection import RULES, max_reduction, removed_share, select_blocks
-from layerprune.criteria.stream import FeatureStream, Probe, ProbeGroup, StreamPass
+from layerprune.lazy import lazy_exports
+
+# imported on first use: listing or checking criteria imports no torch
+__getattr__, __dir__ = lazy_exports(__name__, {
+    ".context": ["ScoringContext"],
+    ".curve": ["PAPER_THRESHOLD", "ModularityCurve", "modularity_curve"],
+    ".graph": ["KnnGraph", "graph_modularity", "knn_graph", "modularity"],
+    ".plots": ["plot_result", "plot_scores"],
+    ".selection": ["RULES", "max_reduction", "removed_share", "select_blocks"],
+    ".stream": ["FeatureStream", "Probe", "ProbeGroup", "StreamPass"],
+})
 
 __all__ = [
     "CRITERIA", "Criterion", "CriterionInfo", "CriterionResult", "ENTRY_POINT_GROUP", "FeatureStream",
@@ -45,6 +50,8 @@ def score_blocks(
     Feature statistics of all criteria are gathered in one pass before any criterion runs.
     ``context`` goes to :class:`ScoringContext` (``samples``, ``batches``, ``split``, ...).
     """
+    from layerprune.criteria.context import ScoringContext
+
     built = [get_criterion(c) if isinstance(c, str) else c for c in criteria]
     ctx = ScoringContext(model, data, **context)
     ctx.feature_stats(*declared_stats(built))

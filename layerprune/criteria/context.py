@@ -13,16 +13,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-import torch
-import torch.nn as nn
-
+from layerprune.lazy import lazy_import
 from layerprune.calibration import MICRO_BATCH, Calibration, Pair, Repair, draw_batches, micro_batches
 from layerprune.errors import LayerpruneError
 from layerprune.params import is_count
 from layerprune.evaluation import EvalResult, evaluate, model_device
 from layerprune.surgery.blocks import Block
-from layerprune.surgery.find import find_blocks
 from layerprune.criteria.stream import BlockStat, FeatureStream, Probe, ProbeStat, trace_probes
+
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
 
 __all__ = ["BlockStat", "Probe", "ProbeStat", "ScoringContext", "draw_batches"]
 
@@ -80,7 +80,11 @@ class ScoringContext:
         self._block_cache: dict[str, dict[str, list[Any]]] = {}
         example = self.batch(0)[0][:2].to(self.device)
         self.example_input = example[:1]
-        self.blocks = blocks if blocks is not None else find_blocks(model, self.example_input, level=level)
+        if blocks is None:
+            from layerprune.surgery.find import find_blocks
+
+            blocks = find_blocks(model, self.example_input, level=level)
+        self.blocks = blocks
         self.probes, self.block_probes = trace_probes(model, self.blocks, example, probes)
         self.stream = FeatureStream(model, self.probes, self.block_probes, example, micro_batch=micro_batch,
                                     memory_budget=memory_budget, progress=progress)

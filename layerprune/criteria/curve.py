@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch.nn as nn
 
+from layerprune.lazy import lazy_import
 from layerprune.calibration import Calibration
 from layerprune.criteria.base import Criterion, CriterionResult
 from layerprune.criteria.context import ScoringContext
@@ -26,6 +26,8 @@ from layerprune.criteria.graph import modularity
 from layerprune.criteria.oracle import RemovalCriterion
 from layerprune.errors import LayerpruneError
 from layerprune.plots import pyplot, save_png
+
+nn = lazy_import("torch.nn")
 
 
 # ΔQ below this is a plateau: the rule that reproduces the paper's ResNet-56 choice. The criterion's

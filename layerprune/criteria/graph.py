@@ -24,11 +24,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+
+from layerprune.lazy import lazy_import
+
+torch = lazy_import("torch")
 
 # Side of a similarity block: each is 384 × 384 floats (0.6 MB) whatever N is.
 _BLOCK = 384
-
 
 @dataclass(frozen=True)
 class KnnGraph:

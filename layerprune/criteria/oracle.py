@@ -18,10 +18,8 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
+from layerprune.lazy import lazy_import, no_grad
 from layerprune.criteria.base import Criterion, CriterionResult
 from layerprune.criteria.context import ScoringContext
 from layerprune.criteria.representation import linear_cka
@@ -30,7 +28,10 @@ from layerprune.params import is_count
 from layerprune.evaluation import EvalResult, evaluate
 from layerprune.hooks import eval_mode, forward_hooks, main_tensor
 from layerprune.surgery.blocks import Block, StagePlan
-from layerprune.surgery.edit import replacement, swap_blocks
+
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
+F = lazy_import("torch.nn.functional")
 
 METRICS = ("loss", "accuracy")
 
@@ -48,6 +49,8 @@ def removable(ctx: ScoringContext) -> list[Block]:
 
 def without(model: nn.Module, block: Block) -> nn.Module:
     """``model`` (changed in place) with ``block`` taken out: the identity, or its shortcut."""
+    from layerprune.surgery.edit import swap_blocks
+
     return swap_blocks(model, {block.name: block.edit})
 
 
@@ -153,6 +156,8 @@ class TaylorCriterion(Criterion):
         self.absolute = bool(absolute)
 
     def score(self, ctx: ScoringContext) -> dict[str, float]:
+        from layerprune.surgery.edit import replacement
+
         blocks = removable(ctx)
         model = ctx.model
         pieces = ctx.micro_batches()
@@ -200,7 +205,7 @@ def head_input(model: nn.Module) -> str | None:
     return None
 
 
-@torch.no_grad()
+@no_grad
 def penultimate(model: nn.Module, pieces: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
                 head: str | None) -> torch.Tensor:
     """The input of ``model``'s classifier ``head`` (or its output without one) for every sample."""

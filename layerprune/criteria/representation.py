@@ -7,12 +7,14 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 
+from layerprune.lazy import lazy_import
 from layerprune.criteria.base import Criterion, CriterionResult
 from layerprune.criteria.context import ScoringContext
 from layerprune.errors import LayerpruneError
 from layerprune.params import is_count
+
+torch = lazy_import("torch")
 
 
 def _mean_over_batches(per_block: dict[str, list[float]]) -> dict[str, float]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from layerprune.lazy import lazy_import
 from layerprune.criteria.base import Criterion
 from layerprune.criteria.context import ScoringContext
 from layerprune.errors import LayerpruneError
-from layerprune.surgery.blocks import WEIGHT_LAYERS
+from layerprune.surgery import blocks as surgery_blocks
+
+torch = lazy_import("torch")
 
 
 class RandomCriterion(Criterion):
@@ -71,7 +73,7 @@ class MagnitudeCriterion(Criterion):
         scores = {}
         for b in ctx.scorable:
             weights = [m.weight.detach().flatten() for m in ctx.model.get_submodule(b.name).modules()
-                       if isinstance(m, WEIGHT_LAYERS)]
+                       if isinstance(m, surgery_blocks.WEIGHT_LAYERS)]
             if not weights:
                 continue
             w = torch.cat(weights).double()

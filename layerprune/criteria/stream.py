@@ -28,18 +28,19 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-import torch
-import torch.nn as nn
-
+from layerprune.lazy import lazy_import, no_grad
 from layerprune.calibration import MICRO_BATCH
 from layerprune.errors import LayerpruneError
 from layerprune.evaluation import model_device
 from layerprune.hooks import eval_mode, forward_hooks, main_tensor
 from layerprune.surgery.blocks import Block
 
-ProbeStat = Callable[[torch.Tensor, torch.Tensor], Any]
-BlockStat = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]
-Pair = tuple[torch.Tensor, torch.Tensor]
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
+
+ProbeStat = Callable[["torch.Tensor", "torch.Tensor"], Any]
+BlockStat = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], Any]
+Pair = tuple["torch.Tensor", "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -300,7 +301,7 @@ class FeatureStream:
                         bar.advance(task)
         return probe_out, block_out
 
-    @torch.no_grad()
+    @no_grad
     def collect(self, x: torch.Tensor, probes: list[Probe],
                 resume_from: tuple[Probe, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Features at ``probes`` for all of ``x``, ``micro_batch`` samples per forward. With

@@ -13,14 +13,21 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from layerprune.data.base import (
-    CropFlip, DatasetBundle, TensorImageDataset, make_loader, stratified_split, without_augmentation,
-)
+from typing import TYPE_CHECKING
+
 from layerprune.errors import DatasetError
+from layerprune.lazy import lazy_exports
 from layerprune.registry import Registry
 
+if TYPE_CHECKING:
+    from layerprune.data.base import DatasetBundle
+
+# imported on first use: listing datasets and their options imports no torch
+__getattr__, __dir__ = lazy_exports(__name__, {".base": [
+    "CropFlip", "DatasetBundle", "TensorImageDataset", "make_loader", "stratified_split", "without_augmentation"]})
+
 __all__ = [
-    "DATASETS", "CropFlip", "DatasetBundle", "TensorImageDataset", "build_dataset", "dataset_options",
+    "DATASETS", "CropFlip", "DatasetBundle", "TensorImageDataset", "build_dataset", "dataset_description", "dataset_options",
     "list_datasets", "make_loader", "stratified_split", "without_augmentation",
 ]
 
@@ -38,9 +45,14 @@ def list_datasets() -> list[str]:
 
 
 def dataset_options(name: str) -> dict[str, Any]:
-    """The options a dataset accepts, with their defaults."""
-    builder = DATASETS.get(name)
-    return {p.name: p.default for p in inspect.signature(builder).parameters.values()}
+    """The options a dataset accepts, with their defaults (read without building anything)."""
+    return DATASETS.describe(name)[1]
+
+
+def dataset_description(name: str) -> str:
+    """The first line of a dataset's description."""
+    doc = DATASETS.describe(name)[0].strip().splitlines()
+    return doc[0] if doc else ""
 
 
 def build_dataset(name: str, **options: Any) -> DatasetBundle:

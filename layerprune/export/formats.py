@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-import torch.nn as nn
-
 from layerprune.errors import ExportMismatchError, LayerpruneError, MissingExtraError
 from layerprune.io import atomic_path
 from layerprune.export.runtime import ort_session, require
 from layerprune.registry import did_you_mean
+from layerprune.lazy import lazy_import
+
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
+
 
 FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "exported": "model.pt2"}
 FORMATS = tuple(FILES)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-import torch
-
 from layerprune.errors import MissingExtraError
+from layerprune.lazy import lazy_import
+
+torch = lazy_import("torch")
+
 
 EXTRA = "deploy"
 

@@ -1,29 +1,51 @@
 """Models: CIFAR ResNets and VGGs registered in timm's registry, and checkpoint loading.
 
-Importing this package registers ``cifar_resnet{20,32,44,56,110}`` and
-``cifar_vgg{11,13,16,19}_bn`` with timm, so ``timm.create_model("cifar_resnet56")`` works.
+``cifar_resnet{20,32,44,56,110}`` and ``cifar_vgg{11,13,16,19}_bn`` are registered with timm as
+soon as timm is imported after ``import layerprune`` (or at once, when it already is), so
+``timm.create_model("cifar_resnet56")`` works. :data:`CIFAR_MODELS` names them without importing
+timm (a recipe naming one is validated without it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import socket
+import sys
 import urllib.parse
 from typing import Iterator
 
-import timm
-import torch
-
 from layerprune.errors import ModelError, UnknownNameError
-from layerprune.models import cifar_resnet, cifar_vgg  # noqa: F401  (registers the models)
-from layerprune.models.checkpoint import extract_state_dict, load_checkpoint, read_checkpoint
-from layerprune.models.cifar_resnet import BasicBlock, CifarResNet, PadShortcut
-from layerprune.models.cifar_vgg import CifarVGG, ConvUnit
+from layerprune.lazy import lazy_exports, lazy_import
 from layerprune.registry import did_you_mean
 
+timm = lazy_import("timm")
+torch = lazy_import("torch")
+
+#: The models this package registers with timm (a test keeps it equal to what they register).
+CIFAR_MODELS = ("cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56", "cifar_resnet110",
+                "cifar_vgg11_bn", "cifar_vgg13_bn", "cifar_vgg16_bn", "cifar_vgg19_bn")
+REGISTERING = ("layerprune.models.cifar_resnet", "layerprune.models.cifar_vgg")
+
+
+def register_with_timm() -> None:
+    """Register the CIFAR models with timm (imports timm and torch)."""
+    for module in REGISTERING:
+        importlib.import_module(module)
+
+
+if "timm" in sys.modules:
+    register_with_timm()
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    ".checkpoint": ["extract_state_dict", "load_checkpoint", "read_checkpoint"],
+    ".cifar_resnet": ["BasicBlock", "CifarResNet", "PadShortcut"],
+    ".cifar_vgg": ["CifarVGG", "ConvUnit"],
+})
+
 __all__ = [
-    "BasicBlock", "CifarResNet", "CifarVGG", "ConvUnit", "PadShortcut",
+    "BasicBlock", "CIFAR_MODELS", "CifarResNet", "CifarVGG", "ConvUnit", "PadShortcut",
     "create_model", "create_model_for", "extract_state_dict", "unknown_model_message", "list_models", "load_checkpoint", "read_checkpoint",
 ]
 
@@ -80,6 +102,8 @@ def create_model(name: str, *, checkpoint: str | None = None, **kwargs):
             "connect to the network once (timm caches them), or pass a checkpoint file instead"
         ) from exc
     if checkpoint is not None:
+        from layerprune.models.checkpoint import load_checkpoint
+
         load_checkpoint(model, checkpoint)
     return model
 

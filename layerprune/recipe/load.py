@@ -123,19 +123,20 @@ def semantic_problems(raw: dict[str, Any]) -> list[str]:
     Works on the raw mapping (missing or mistyped values are skipped: the schema reports them),
     so that these problems are reported together with the schema's.
     """
-    import timm
-
     from layerprune.criteria.base import instantiate
     from layerprune.criteria.catalog import CRITERIA, load_entry_points
     from layerprune.criteria.selection import RULES, rule_problems
     from layerprune.data import DATASETS, dataset_options
-    from layerprune.models import unknown_model_message
+    from layerprune.models import CIFAR_MODELS, unknown_model_message
 
     problems: list[str] = []
     model = _section(raw, "model")
     name, checkpoint = model.get("name"), model.get("checkpoint")
-    if isinstance(name, str) and not timm.is_model(name):
-        problems.append(f"model.name: {unknown_model_message(name)}")
+    if isinstance(name, str) and name not in CIFAR_MODELS:  # the project's own are known without timm
+        import timm
+
+        if not timm.is_model(name):
+            problems.append(f"model.name: {unknown_model_message(name)}")
     if isinstance(checkpoint, str) and "$" not in checkpoint and not Path(checkpoint).is_file():
         problems.append(f"model.checkpoint: no such file: {checkpoint}")
 

@@ -7,14 +7,18 @@ each block's share of it), ``width`` (channel pruning inside blocks, with Torch-
 """
 
 from layerprune.errors import SurgeryError
-from layerprune.surgery.blocks import Block, StagePlan, stages
-from layerprune.surgery.cost import (
-    BlockLatency, Cost, Latency, compare_latency, count_macs, count_params, measure_block_latency, measure_latency, model_cost,
-)
-from layerprune.surgery.edit import apply_edits, plan_edits, swap_blocks
-from layerprune.surgery.find import default_input, find_blocks
-from layerprune.surgery.remove import remove_blocks
-from layerprune.surgery.spec import PruneSpec, apply_spec, load_pruned, save_pruned
+from layerprune.lazy import lazy_exports
+
+# imported on first use: naming Block does not import torch
+__getattr__, __dir__ = lazy_exports(__name__, {
+    ".blocks": ["Block", "StagePlan", "stages"],
+    ".cost": ["BlockLatency", "Cost", "Latency", "compare_latency", "count_macs", "count_params",
+              "measure_block_latency", "measure_latency", "model_cost"],
+    ".edit": ["apply_edits", "plan_edits", "swap_blocks"],
+    ".find": ["default_input", "find_blocks"],
+    ".remove": ["remove_blocks"],
+    ".spec": ["PruneSpec", "apply_spec", "load_pruned", "save_pruned"],
+})
 
 __all__ = [
     "Block", "BlockLatency", "Cost", "Latency", "PruneSpec", "StagePlan", "SurgeryError", "apply_edits", "apply_spec",

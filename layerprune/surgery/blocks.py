@@ -10,12 +10,25 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-import torch.nn as nn
-
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish,
-               nn.Hardtanh, nn.CELU, nn.SELU)
 SHORTCUT_NAMES = ("shortcut", "downsample", "skip", "residual")
-WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def __getattr__(name: str) -> Any:
+    """``ACTIVATIONS`` and ``WEIGHT_LAYERS`` (tuples of torch layer classes), made on first use so
+    that naming a :class:`Block` imports no torch."""
+    if name == "ACTIVATIONS":
+        import torch.nn as nn
+
+        value: Any = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish,
+                      nn.Hardtanh, nn.CELU, nn.SELU)
+    elif name == "WEIGHT_LAYERS":
+        import torch.nn as nn
+
+        value = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 @dataclass(frozen=True)

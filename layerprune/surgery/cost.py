@@ -9,10 +9,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import torch
-import torch.nn as nn
-
+from layerprune.lazy import lazy_import
 from layerprune.hooks import eval_mode, model_device
+
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
 
 
 def count_params(model: nn.Module) -> int:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, Optional, get_args
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from layerprune.errors import LayerpruneError
+from layerprune.lazy import lazy_import
+
+torch = lazy_import("torch")
 
 Optimizer = Literal["sgd", "adamw"]
 Precision = Literal["32", "bf16", "fp16"]
