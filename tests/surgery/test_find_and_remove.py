@@ -184,3 +184,25 @@ def test_pruned_keys_are_a_subset_of_the_original_keys():
     model = timm.create_model("cifar_resnet56", shortcut="B").eval()
     pruned = remove_blocks(model, ["layer1.2", "layer2.0"], torch.randn(1, 3, 32, 32), collapse=True)
     assert set(pruned.state_dict()) < set(model.state_dict())
+
+
+def test_find_blocks_leaves_the_garbage_collector_as_it_was():
+    # paused while blocks are found (a full collection among the checks walks the whole process),
+    # then back as it was, also when the search fails
+    import gc
+
+    from layerprune.errors import SurgeryError
+
+    model = timm.create_model("cifar_resnet20").eval()
+    assert gc.isenabled()
+    find_blocks(model, torch.randn(1, 3, 32, 32))
+    assert gc.isenabled()
+    with pytest.raises(SurgeryError, match="forward pass failed"):
+        find_blocks(model, torch.randn(1, 5, 32, 32))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        find_blocks(model, torch.randn(1, 3, 32, 32))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
