@@ -282,7 +282,7 @@ def score_cmd(
     rule: Optional[str] = typer.Option(None, "--rule", help="threshold, count or budget (default: the criterion's)."),
     rule_arg: list[str] = typer.Option([], "--rule-arg", "-r", metavar="KEY=VALUE", help="Rule parameter, e.g. threshold=0.03, k=8, macs=0.5."),
     protect: list[str] = typer.Option([], "--protect", help="Never remove this block (repeatable)."),
-    collapse: bool = typer.Option(False, "--collapse", help="Allow collapsing downsampling blocks to their shortcut."),
+    collapse: bool = typer.Option(False, "--collapse", help="Allow collapsing blocks that change shape: to their shortcut, or to one without parameters where they have none."),
     level: str = typer.Option("block", "--level", help=LEVEL_HELP),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     plugin: list[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),

@@ -89,7 +89,7 @@ class SelectSection(Section):
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="the rule's parameters: threshold; k or fraction; params or macs (fractions); n (run)")
     protect: list[str] = Field(default_factory=list, description="blocks never removed")
-    collapse: bool = Field(False, description="allow collapsing downsampling blocks to their shortcut")
+    collapse: bool = Field(False, description="allow collapsing blocks that change shape: to their shortcut, or to one without parameters where they have none")
     level: Literal["block", "sublayer"] = Field(
         "block", description="units to score and remove: block (the model's own blocks) or sublayer (the residual "
         "branches inside them: a transformer block's attn and mlp)")

@@ -302,7 +302,9 @@ def _classify_dense(block: nn.Module, call: _Call) -> Classified:
     if not (isinstance(first, torch.Tensor) and all(isinstance(t, torch.Tensor) for t in x)
             and isinstance(y, torch.Tensor) and y.dim() == first.dim() >= 2
             and y.shape[0] == first.shape[0] and y.shape[2:] == first.shape[2:]):
-        return "fixed", f"{dense}, but does not return one tensor of their batch and spatial size", (), ""
+        got = type(y).__name__ if not isinstance(y, torch.Tensor) else f"tensor of shape {_fmt(y.shape[1:])}"
+        return "fixed", (f"takes a list of earlier outputs and returns a {got}, not one tensor of their batch "
+                         "and spatial size to add to them"), (), ""
     try:
         zero_out = _zeroed_call(block, call)
     except Exception as exc:  # cannot be run alone: leave it in place

@@ -26,9 +26,10 @@ def remove_blocks(
 ) -> nn.Module:
     """A copy of ``model`` without the blocks ``names``; ``model`` itself is left untouched.
 
-    Identity-removable and plain blocks become a ``PassThrough`` (returns its first argument);
-    with ``collapse=True`` a downsampling residual block becomes its shortcut (+ final
-    activation). Pass ``blocks`` from :func:`find_blocks` to skip finding them again.
+    Identity-removable and plain blocks become a ``PassThrough`` (returns its first argument) or
+    the stand-in ``find_blocks`` recorded (``Block.stand_in``); with ``collapse=True`` a block that
+    changes shape becomes its shortcut (+ final activation), or a shortcut without parameters
+    where it has none. Pass ``blocks`` from :func:`find_blocks` to skip finding them again.
 
     >>> pruned = remove_blocks(model, ["layer1.3", "layer2.5"], torch.randn(1, 3, 32, 32))  # doctest: +SKIP
     """
