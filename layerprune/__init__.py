@@ -12,49 +12,33 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
-from typing import Any
 
 from layerprune.version import __version__
 from layerprune.errors import (  # noqa: E402
     CheckpointError, DatasetError, LayerpruneError, ModelError, SurgeryError, UnknownNameError,
 )
+from layerprune.lazy import lazy_exports  # noqa: E402
 from layerprune.registry import Registry  # noqa: E402
 
-# public name → the module that defines it, imported on first use
-_LAZY = {
-    **dict.fromkeys(("create_model", "list_models", "load_checkpoint"), "layerprune.models"),
-    **dict.fromkeys(("DatasetBundle", "build_dataset", "list_datasets", "make_loader"), "layerprune.data"),
-    **dict.fromkeys(("Block", "PruneSpec", "apply_spec", "find_blocks", "load_pruned", "measure_latency",
-                     "model_cost", "remove_blocks", "save_pruned"), "layerprune.surgery"),
-    **dict.fromkeys(("Criterion", "CriterionResult", "ModularityCurve", "ScoringContext", "get_criterion",
-                     "list_criteria", "load_plugin", "modularity", "modularity_curve", "register_criterion",
-                     "score_blocks", "select_blocks"), "layerprune.criteria"),
-    **dict.fromkeys(("Calibration", "Repair"), "layerprune.calibration"),
-    **dict.fromkeys(("PruneResult", "PruneStep", "Pruner"), "layerprune.pruner"),
-    **dict.fromkeys(("Tolerance", "export_model"), "layerprune.export"),
+# the public names, each imported from its module on first use
+_EXPORTS = {
+    "layerprune.models": ["create_model", "list_models", "load_checkpoint"],
+    "layerprune.data": ["DatasetBundle", "build_dataset", "list_datasets", "make_loader"],
+    "layerprune.surgery": ["Block", "PruneSpec", "apply_spec", "find_blocks", "load_pruned", "measure_latency",
+                           "model_cost", "remove_blocks", "save_pruned"],
+    "layerprune.criteria": ["Criterion", "CriterionResult", "ModularityCurve", "ScoringContext", "get_criterion",
+                            "list_criteria", "load_plugin", "modularity", "modularity_curve", "register_criterion",
+                            "score_blocks", "select_blocks"],
+    "layerprune.calibration": ["Calibration", "Repair"],
+    "layerprune.pruner": ["PruneResult", "PruneStep", "Pruner"],
+    "layerprune.export": ["Tolerance", "export_model"],
 }
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "CheckpointError", "DatasetError", "LayerpruneError", "ModelError", "Registry", "SurgeryError",
-    "UnknownNameError", "__version__", *_LAZY,
+    "UnknownNameError", "__version__", *[name for names in _EXPORTS.values() for name in names],
 ]
-
-
-def __getattr__(name: str) -> Any:
-    """A public name (or a subpackage, ``layerprune.surgery``) loaded on first use."""
-    module = _LAZY.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(module), name)
-    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        value = importlib.import_module(f"{__name__}.{name}")
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
 
 
 class _RegisterWithTimm(importlib.abc.MetaPathFinder):

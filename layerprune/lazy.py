@@ -11,6 +11,8 @@ really imported, so ``"torch" in sys.modules`` stays an honest test.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
 from types import ModuleType
 from typing import Any
 
@@ -46,14 +48,19 @@ def lazy_import(name: str) -> Any:
 def lazy_exports(package: str, exports: dict[str, list[str] | tuple[str, ...]]):
     """``__getattr__`` and ``__dir__`` (PEP 562) for a package whose public names live in its
     submodules: ``exports`` maps a submodule (``".find"`` or a full name) to the names it gives;
-    each is imported the first time it is read (``from layerprune.surgery import find_blocks``)."""
+    each is imported the first time it is read (``from layerprune.surgery import find_blocks``).
+    A submodule not imported yet is an attribute too (``layerprune.surgery.find``), as it was when
+    the package imported them all."""
     where = {name: module for module, names in exports.items() for name in names}
 
     def __getattr__(name: str) -> Any:
         module = where.get(name)
-        if module is None:
+        if module is not None:
+            value = getattr(importlib.import_module(package + module if module.startswith(".") else module), name)
+        elif not name.startswith("_") and importlib.util.find_spec(f"{package}.{name}") is not None:
+            value = importlib.import_module(f"{package}.{name}")
+        else:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(package + module if module.startswith(".") else module), name)
         setattr(importlib.import_module(package), name, value)
         return value
 
@@ -86,7 +93,6 @@ def source_signature(target: str) -> tuple[str, dict[str, Any]] | None:
     source without importing the module (whose imports may be heavy); ``None`` when it cannot be
     read that way (no source, not a plain function, a default that is not a literal)."""
     import ast
-    import importlib.util
 
     module_name, _, attr = target.partition(":")
     try:
@@ -119,7 +125,7 @@ def source_signature(target: str) -> tuple[str, dict[str, Any]] | None:
     params: dict[str, Any] = {}
     for arg, default in pairs:
         if default is _NO_SOURCE or default is None:  # a required parameter
-            params[arg.arg] = inspect_empty()
+            params[arg.arg] = inspect.Parameter.empty
             continue
         if isinstance(default, ast.Name) and default.id in constants:
             params[arg.arg] = constants[default.id]
@@ -129,9 +135,3 @@ def source_signature(target: str) -> tuple[str, dict[str, Any]] | None:
         except ValueError:
             return None
     return ast.get_docstring(fn) or "", params
-
-
-def inspect_empty() -> Any:
-    import inspect
-
-    return inspect.Parameter.empty

@@ -61,6 +61,7 @@ def test_import_layerprune_gives_every_public_name():
     for name in ("find_blocks", "build_dataset", "Pruner", "Calibration", "Repair", "remove_blocks", "score_blocks"):
         assert callable(getattr(layerprune, name))
     assert layerprune.surgery.find_blocks is layerprune.find_blocks  # subpackages too
+    assert layerprune.surgery.find.find_blocks is layerprune.find_blocks  # and their modules
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         layerprune.nope  # noqa: B018
 

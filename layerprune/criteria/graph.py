@@ -32,6 +32,7 @@ torch = lazy_import("torch")
 # Side of a similarity block: each is 384 × 384 floats (0.6 MB) whatever N is.
 _BLOCK = 384
 
+
 @dataclass(frozen=True)
 class KnnGraph:
     """Directed kNN edges ``src → dst`` with cosine ``weight`` (``N·k`` of each)."""

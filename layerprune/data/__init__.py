@@ -10,10 +10,7 @@ torchvision's dataset code until asked for).
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Callable
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from layerprune.errors import DatasetError
 from layerprune.lazy import lazy_exports

@@ -16,17 +16,12 @@ SHORTCUT_NAMES = ("shortcut", "downsample", "skip", "residual")
 def __getattr__(name: str) -> Any:
     """``ACTIVATIONS`` and ``WEIGHT_LAYERS`` (tuples of torch layer classes), made on first use so
     that naming a :class:`Block` imports no torch."""
-    if name == "ACTIVATIONS":
-        import torch.nn as nn
-
-        value: Any = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish,
-                      nn.Hardtanh, nn.CELU, nn.SELU)
-    elif name == "WEIGHT_LAYERS":
-        import torch.nn as nn
-
-        value = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-    else:
+    if name not in ("ACTIVATIONS", "WEIGHT_LAYERS"):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import torch.nn as nn
+
+    value = ((nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Hardtanh,
+              nn.CELU, nn.SELU) if name == "ACTIVATIONS" else (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
     globals()[name] = value
     return value
 

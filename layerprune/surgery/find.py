@@ -68,7 +68,7 @@ from layerprune.errors import SurgeryError
 from layerprune.hooks import eval_mode, forward_hooks, main_tensor, model_device
 from layerprune.surgery.blocks import ACTIVATIONS, SHORTCUT_NAMES, WEIGHT_LAYERS, Block
 from layerprune.surgery.cost import count_macs, count_params
-from layerprune.surgery.edit import set_submodule, swap_blocks
+from layerprune.surgery.edit import ZeroPadShortcut, set_submodule, swap_blocks
 from layerprune.surgery.named import NONE, NamedBlocks, named_blocks
 from layerprune.surgery.verify import dependency_graph_check
 
@@ -252,7 +252,7 @@ def _classify(block: nn.Module, call: _Call | None) -> Classified:
             zero_out = _zeroed_call(block, call)
         except Exception as exc:  # cannot be run alone: leave it in place
             return "fixed", f"cannot be re-run on its input ({type(exc).__name__})", (), ""
-        if _close(zero_out, _pad_channels(x, y.shape[1])):
+        if _close(zero_out, ZeroPadShortcut(y.shape[1])(x)):
             return "identity", (f"dual-path ({shapes}): with its branch zeroed it returns its input and "
                                 f"{y.shape[1] - x.shape[1]} zero channels, and becomes that"), (), f"shortcut:{y.shape[1]}"
     collapse_to = _find_collapse(block, call)
@@ -276,19 +276,15 @@ def _appends_channels(x: torch.Tensor, y: torch.Tensor) -> bool:
             and y.shape[0] == x.shape[0] and y.shape[2:] == x.shape[2:])
 
 
-def _pad_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    return torch.cat([x, x.new_zeros((x.shape[0], channels - x.shape[1], *x.shape[2:]))], dim=1)
-
-
 def _zero_pad_stride(x: torch.Tensor, y: torch.Tensor) -> int:
     """The stride of a shortcut without parameters from ``x`` to ``y`` (channels first, at least one
-    spatial dimension, each taken at every ``stride``-th position), or 0 if there is none."""
-    if not (x.dim() == y.dim() >= 3 and x.dtype == y.dtype and x.shape[0] == y.shape[0]):
-        return 0
-    if any(o < 1 or o > i for i, o in zip(x.shape[2:], y.shape[2:])):
+    spatial dimension, each taken at every ``stride``-th position), or 0 if there is none: the
+    stride the sizes suggest, kept if :class:`ZeroPadShortcut` with it gives ``y``'s shape."""
+    if not (x.dim() == y.dim() >= 3 and x.dtype == y.dtype and x.shape[0] == y.shape[0] and min(y.shape[2:]) >= 1):
         return 0
     stride = max(1, round(x.shape[2] / y.shape[2]))
-    return stride if all(-(-i // stride) == o for i, o in zip(x.shape[2:], y.shape[2:])) else 0
+    with torch.no_grad():
+        return stride if ZeroPadShortcut(y.shape[1], stride)(x).shape == y.shape else 0
 
 
 def _classify_dense(block: nn.Module, call: _Call) -> Classified:
