@@ -7,7 +7,7 @@ Batches are any iterable of ``(images, labels)`` pairs: a ``DataLoader`` or a li
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from layerprune.lazy import lazy_import, no_grad
 from layerprune.hooks import eval_mode, model_device  # noqa: F401  (model_device: its home was here)
@@ -27,8 +27,13 @@ class EvalResult:
 
 
 @no_grad
-def evaluate(model: nn.Module, batches: Batches, *, progress: bool = False, description: str = "eval") -> EvalResult:
-    """Mean cross-entropy and top-1 accuracy in eval mode (the model's mode is restored)."""
+def evaluate(model: nn.Module, batches: Batches, *, progress: bool = False, description: str = "eval",
+             until: Callable[[float, int, int], bool] | None = None) -> EvalResult | None:
+    """Mean cross-entropy and top-1 accuracy in eval mode (the model's mode is restored).
+
+    ``until(loss_sum, correct, seen)``, asked after each batch, may stop the evaluation early
+    (the ``greedy`` oracle's candidates that can no longer win): the result is then ``None``.
+    """
     device = model_device(model)
     loss_sum, correct, seen = 0.0, 0, 0
     if progress:
@@ -43,6 +48,8 @@ def evaluate(model: nn.Module, batches: Batches, *, progress: bool = False, desc
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
+            if until is not None and until(loss_sum, correct, seen):
+                return None
     if seen == 0:
         raise ValueError("evaluate: no samples")
     return EvalResult(loss_sum / seen, correct / seen, seen)

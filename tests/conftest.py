@@ -1,9 +1,19 @@
 """Shared fixtures: a fixed random state, real digits, a briefly trained ResNet-20 and an isolated
-criterion catalog."""
+criterion catalog.
+
+Trained models (these fixtures and the bench's base models) are kept across test sessions in
+pytest's cache folder, under a key of everything that decides them: layerprune's sources, torch,
+timm, the thread count, and the fixture's own build and training code. Any change trains afresh;
+``pytest --cache-clear`` starts empty, ``-p no:cacheprovider`` keeps them for one session only.
+"""
 
 import copy
+import hashlib
+import inspect
 import os
+import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -14,12 +24,59 @@ from layerprune.data import make_loader
 from layerprune.train import fit
 
 
+def code_key() -> str:
+    """A digest of what decides a trained model besides its own recipe: layerprune's sources,
+    torch's and timm's versions and the thread count (CPU reductions depend on it)."""
+    import timm
+
+    import layerprune
+
+    package = Path(layerprune.__file__).parent
+    digest = hashlib.sha256(f"{torch.__version__}|{timm.__version__}|{torch.get_num_threads()}".encode())
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 @pytest.fixture(autouse=True, scope="session")
-def _base_model_cache(tmp_path_factory):
-    """Benches keep trained base models in a cache: the tests' own, never the user's."""
+def test_cache(request, tmp_path_factory) -> Path:
+    """The tests' cache of trained models (``$LAYERPRUNE_CACHE`` for the bench's base models),
+    never the user's: ``.pytest_cache/d/layerprune/KEY`` (:func:`code_key`; folders of other keys
+    are removed), or a temporary folder without pytest's cache."""
+    cache = getattr(request.config, "cache", None)
+    if cache is None:
+        root = tmp_path_factory.mktemp("cache")
+    else:
+        parent = Path(cache.mkdir("layerprune"))
+        root = parent / code_key()
+        for old in parent.iterdir():
+            if old != root:
+                shutil.rmtree(old, ignore_errors=True)
+        root.mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LAYERPRUNE_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
+        mp.setenv("LAYERPRUNE_CACHE", str(root))
+        yield root
+
+
+def cached_training(root: Path, build: Callable[[], torch.nn.Module],
+                    train: Callable[[torch.nn.Module], None]) -> torch.nn.Module:
+    """``build()`` (from seed 0) trained by ``train``, in eval mode: loaded from ``root`` when
+    the same code (``root``'s key, the two functions' source) trained it before, else trained and
+    saved there (atomically)."""
+    key = hashlib.sha256((inspect.getsource(build) + inspect.getsource(train)).encode()).hexdigest()[:16]
+    path = root / "fixtures" / f"{build.__name__}-{key}.pt"
+    torch.manual_seed(0)
+    model = build()
+    if path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    train(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    torch.save(model.state_dict(), partial)
+    os.replace(partial, path)
+    return model.eval()
 
 
 @pytest.fixture(autouse=True)
@@ -35,17 +92,41 @@ def digits():
 
 
 @pytest.fixture(scope="session")
-def _trained_resnet20(digits):
-    torch.manual_seed(0)
-    model = create_model("cifar_resnet20", num_classes=10, in_chans=1)
-    fit(model, make_loader(digits.train, 128, shuffle=True, seed=0), epochs=3, lr=0.1)
-    return model.eval()
+def _trained_resnet20(digits, test_cache):
+    def resnet20_digits():
+        return create_model("cifar_resnet20", num_classes=10, in_chans=1)
+
+    def train(model):
+        fit(model, make_loader(digits.train, 128, shuffle=True, seed=0), epochs=3, lr=0.1)
+
+    return cached_training(test_cache, resnet20_digits, train)
 
 
 @pytest.fixture
 def trained_resnet20(_trained_resnet20):
     """ResNet-20 trained 3 epochs on digits (~83% val accuracy); a fresh copy per test."""
     return copy.deepcopy(_trained_resnet20)
+
+
+@pytest.fixture(scope="session")
+def _trained_vit(digits, test_cache):
+    import timm
+
+    def vit_digits():
+        return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=4,
+                                 in_chans=1, num_classes=10)
+
+    def train(model):
+        fit(model, make_loader(digits.train, 64, shuffle=True, seed=0), epochs=3, lr=0.05)
+
+    return cached_training(test_cache, vit_digits, train)
+
+
+@pytest.fixture
+def trained_vit(_trained_vit):
+    """A 4-block ViT (timm's VisionTransformer, patches of 8 on 32×32 digits) trained 3 epochs; a
+    fresh copy per test."""
+    return copy.deepcopy(_trained_vit)
 
 
 @pytest.fixture

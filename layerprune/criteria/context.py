@@ -19,6 +19,7 @@ from layerprune.errors import LayerpruneError
 from layerprune.params import is_count
 from layerprune.evaluation import EvalResult, evaluate, model_device
 from layerprune.surgery.blocks import Block
+from layerprune.criteria.replay import Prefix
 from layerprune.criteria.stream import BlockStat, FeatureStream, Probe, ProbeStat, trace_probes
 
 torch = lazy_import("torch")
@@ -36,7 +37,9 @@ class ScoringContext:
     ``repair`` is what criteria that evaluate changed copies (``ablation``, ``sr_init``) re-estimate
     BatchNorm statistics with: the same batches the pruner repairs the pruned model with.
     ``protect`` and ``collapse`` are the selection's constraints, for criteria that plan removals
-    themselves (``greedy``).
+    themselves (``greedy``). ``replay_memory`` bounds, in bytes, the outputs the oracles keep to
+    compute the network before a changed block once (:mod:`~layerprune.criteria.replay`; default
+    ``None``: half the free memory of the model's device).
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class ScoringContext:
         seed: int | None = None,
         micro_batch: int = MICRO_BATCH,
         memory_budget: int = 1 << 30,
+        replay_memory: int | None = None,
         probes: Sequence[str] | None = None,
         progress: bool = False,
         protect: Sequence[str] = (),
@@ -68,6 +72,7 @@ class ScoringContext:
         self.model = model
         self.data = data
         self.micro_batch = micro_batch
+        self.replay_memory = None if replay_memory is None else int(replay_memory)
         self.progress = progress
         # The selection's constraints, for criteria that plan removals themselves (greedy).
         self.protect, self.collapse = tuple(protect), bool(collapse)
@@ -130,9 +135,15 @@ class ScoringContext:
             self._repair = self.repair_policy.batches_for(self.data, self.calibration)
         return self._repair
 
-    def evaluate(self, model: nn.Module | None = None) -> EvalResult:
-        """Loss and accuracy of ``model`` (default: the scored model) on the calibration samples."""
-        return evaluate(self.model if model is None else model, self.micro_batches())
+    def evaluate(self, model: nn.Module | None = None, until: Any = None) -> EvalResult | None:
+        """Loss and accuracy of ``model`` (default: the scored model) on the calibration samples
+        (``until``: see :func:`~layerprune.evaluation.evaluate`)."""
+        return evaluate(self.model if model is None else model, self.micro_batches(), until=until)
+
+    def prefix(self, blocks: Sequence[str]) -> Prefix:
+        """What each of ``blocks`` may replay of the model before it (see
+        :mod:`~layerprune.criteria.replay`), within ``replay_memory`` bytes."""
+        return Prefix(self.model, self.example_input, blocks, self.replay_memory)
 
     def repair(self, model: nn.Module) -> nn.Module:
         """Re-estimate ``model``'s BatchNorm statistics on :meth:`repair_data`, in place (nothing

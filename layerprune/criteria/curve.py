@@ -197,13 +197,13 @@ class ModularityRemovalCriterion(RemovalCriterion):
     description = "Drop of the output's modularity Q when the block is removed (layerprune's variant of Lu et al.)"
 
     def __init__(self, k: int = 3, repair: bool = True, repair_batches: int | None = 5,
-                 features: str = "logits") -> None:
+                 features: str = "logits", reuse: bool = True) -> None:
         _check_k(k)
         if features not in ("penultimate", "logits"):
             raise LayerpruneError(f"features: must be 'penultimate' or 'logits', got {features!r}")
         self.k = k
         self.features = features
-        super().__init__(repair, repair_batches)
+        super().__init__(repair, repair_batches, reuse)
 
     def change(self, base, changed, labels) -> float:
         return modularity(base, labels, self.k) - modularity(changed, labels, self.k)

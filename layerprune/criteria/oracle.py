@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -57,9 +58,10 @@ def without(model: nn.Module, block: Block) -> nn.Module:
 class _Measured(Criterion):
     """Score = change in calibration loss (or accuracy) of a changed copy of the model."""
 
-    def __init__(self, metric: str = "loss", repair: bool = True) -> None:
+    def __init__(self, metric: str = "loss", repair: bool = True, reuse: bool = True) -> None:
         self.metric = _check_metric(metric)
         self.repair = bool(repair)
+        self.reuse = bool(reuse)
 
     def candidates(self, ctx: ScoringContext) -> list[Block]:
         raise NotImplementedError
@@ -71,20 +73,44 @@ class _Measured(Criterion):
         # The reference gets the same repair, so that a block that does nothing scores 0 rather
         # than whatever re-estimating the statistics alone changes.
         repair = self.repair and ctx.repair_policy.enabled
-        base = ctx.evaluate(ctx.repair(copy.deepcopy(ctx.model)) if repair else None)
+
+        def measure(model: nn.Module) -> EvalResult:
+            return ctx.evaluate(ctx.repair(model) if repair else model)
+
+        info: dict[str, Any] = {}
+        runs = each_change(ctx, self.candidates(ctx), self.change, measure, fresh=repair, reuse=self.reuse,
+                           description=self.name, info=info)
+        _, base = next(runs)
         loss_up, acc_down = {}, {}
-        for block in ctx.track(self.candidates(ctx), self.name):
-            changed = self.change(copy.deepcopy(ctx.model), block)
-            if repair:
-                ctx.repair(changed)
-            result = ctx.evaluate(changed)
+        for block, result in runs:
             loss_up[block.name] = result.loss - base.loss
             acc_down[block.name] = base.accuracy - result.accuracy
         scores = loss_up if self.metric == "loss" else acc_down
         return CriterionResult(self.name, dict(scores), self.params(), {
             "loss_increase": loss_up, "accuracy_drop": acc_down,
-            "base": {"loss": base.loss, "accuracy": base.accuracy}, "repair": repair,
+            "base": {"loss": base.loss, "accuracy": base.accuracy}, "repair": repair, **info,
         })
+
+
+def each_change(ctx: ScoringContext, blocks: list[Block], change: Callable[[nn.Module, Block], nn.Module],
+                run: Callable[[nn.Module], Any], *, fresh: bool, reuse: bool, description: str,
+                info: dict[str, Any]) -> Iterator[tuple[Block | None, Any]]:
+    """``(None, run(reference))``, then ``(block, run(change(copy of the model, block)))`` for each
+    block: the reference is the scored model (a copy of it with ``fresh``, for a ``run`` that
+    changes it, such as a repair). With ``reuse``, what the network computes before each block is
+    recorded in the reference's run and replayed in the block's (:mod:`~layerprune.criteria.replay`):
+    the same results, computed from the block on. ``info["replay"]`` then says how the
+    candidates ran (:meth:`~layerprune.criteria.replay.Prefix.summary`)."""
+    reference = copy.deepcopy(ctx.model) if fresh else ctx.model
+    prefix = ctx.prefix([b.name for b in blocks]) if reuse and blocks else None
+    yield None, (prefix.record(reference, run) if prefix else run(reference))
+    del reference
+    for block in ctx.track(blocks, description):
+        def make(block: Block = block) -> nn.Module:
+            return change(copy.deepcopy(ctx.model), block)
+        yield block, (prefix.run(make, run, block.name)[0] if prefix else run(make()))
+    if prefix is not None:
+        info["replay"] = prefix.summary()
 
 
 class AblationCriterion(_Measured):
@@ -127,8 +153,8 @@ class SRInitCriterion(_Measured):
 
     description = "Accuracy drop after re-initialising the block, after BN repair (SR-init, Tang 2023)"
 
-    def __init__(self, metric: str = "accuracy", repair: bool = True, seed: int = 0) -> None:
-        super().__init__(metric, repair)
+    def __init__(self, metric: str = "accuracy", repair: bool = True, seed: int = 0, reuse: bool = True) -> None:
+        super().__init__(metric, repair, reuse)
         self.seed = int(seed)
 
     def candidates(self, ctx: ScoringContext) -> list[Block]:
@@ -227,9 +253,10 @@ class RemovalCriterion(Criterion):
 
     features = "penultimate"
 
-    def __init__(self, repair: bool = False, repair_batches: int | None = None) -> None:
+    def __init__(self, repair: bool = False, repair_batches: int | None = None, reuse: bool = True) -> None:
         self.repair = bool(repair)
         self.repair_batches = _check_repair_batches(repair_batches)
+        self.reuse = bool(reuse)
 
     def change(self, base: torch.Tensor, changed: torch.Tensor, labels: torch.Tensor) -> float:
         raise NotImplementedError
@@ -241,19 +268,21 @@ class RemovalCriterion(Criterion):
         repair_data = ctx.repair_data()[:self.repair_batches] if repair else []
 
         def features(model: nn.Module) -> list[torch.Tensor]:
+            if repair:
+                ctx.repair_policy.apply(model, repair_data)
             return [penultimate(model, [(piece, y) for piece in x.split(ctx.micro_batch)], ctx.device, head)
                     for x, y in batches]
 
         # Repaired, the reference gets the same repair, so that a block that does nothing scores 0.
-        base = features(ctx.repair_policy.apply(copy.deepcopy(ctx.model), repair_data) if repair else ctx.model)
-        scores = {}
-        for block in ctx.track(removable(ctx), self.name):
-            changed = without(copy.deepcopy(ctx.model), block)
-            if repair:
-                ctx.repair_policy.apply(changed, repair_data)
-            scores[block.name] = float(np.mean([self.change(a, b, y.to(a.device)) for a, b, (_, y)
-                                                in zip(base, features(changed), batches)]))
-        return CriterionResult(self.name, scores, self.params(), {"features": head or "logits", "repair": repair})
+        info: dict[str, Any] = {}
+        runs = each_change(ctx, removable(ctx), without, features, fresh=repair, reuse=self.reuse,
+                           description=self.name, info=info)
+        _, base = next(runs)
+        scores = {block.name: float(np.mean([self.change(a, b, y.to(a.device))
+                                             for a, b, (_, y) in zip(base, changed, batches)]))
+                  for block, changed in runs}
+        return CriterionResult(self.name, scores, self.params(),
+                               {"features": head or "logits", "repair": repair, **info})
 
 
 def _check_repair_batches(value: int | None) -> int | None:
@@ -282,7 +311,7 @@ class CKARemovalCriterion(RemovalCriterion):
 
 
 # -- the greedy oracle --------------------------------------------------------------------------------
-_GREEDY_CACHE: "OrderedDict[str, tuple[list[str], list[dict[str, float]]]]" = OrderedDict()
+_GREEDY_CACHE: "OrderedDict[str, tuple[list[str], list[dict[str, float]], dict[str, Any]]]" = OrderedDict()
 _GREEDY_CACHE_SIZE = 8
 
 
@@ -321,9 +350,10 @@ class GreedyCriterion(Criterion):
 
     description = "Oracle: greedily remove the block whose removal raises the loss least, re-scoring each step (SLEB 2024)"
 
-    def __init__(self, metric: str = "loss", repair_batches: int | None = 5) -> None:
+    def __init__(self, metric: str = "loss", repair_batches: int | None = 5, reuse: bool = True) -> None:
         self.metric = _check_metric(metric)
         self.repair_batches = _check_repair_batches(repair_batches)
+        self.reuse = bool(reuse)
 
     def _key(self, ctx: ScoringContext) -> str:
         """The model, the samples it is judged on and repaired with, and the constraints."""
@@ -340,36 +370,90 @@ class GreedyCriterion(Criterion):
             _GREEDY_CACHE[key] = self._order(ctx)
             while len(_GREEDY_CACHE) > _GREEDY_CACHE_SIZE:
                 _GREEDY_CACHE.popitem(last=False)
-        order, trace = _GREEDY_CACHE[key]
+        order, trace, info = _GREEDY_CACHE[key]
         return CriterionResult(self.name, {name: float(i) for i, name in enumerate(order)}, self.params(),
-                               {"order": list(order), "after_each": [dict(t) for t in trace]})
+                               {"order": list(order), "after_each": [dict(t) for t in trace], **info})
 
-    def _order(self, ctx: ScoringContext) -> tuple[list[str], list[dict[str, float]]]:
+    def value(self, result: EvalResult | None) -> float:
+        """What the step minimises (a loss that is not a number, or no result, counts as +∞)."""
+        if result is None:
+            return math.inf
+        v = result.loss if self.metric == "loss" else -result.accuracy
+        return math.inf if math.isnan(v) else v
+
+    def _hopeless(self, best: tuple[float, int] | None, index: int, total: int) -> Any:
+        """``until`` for :func:`~layerprune.evaluation.evaluate`: stop a candidate once even its
+        best possible result loses to ``best`` (value, place among the options; ties go to the
+        earlier block). Exact: cross-entropy adds up non-negative terms, and the rest of the
+        samples can at most all be right."""
+        if best is None:
+            return None
+        value, first = best
+
+        def beaten(bound: float) -> bool:
+            return bound > value or (bound >= value and index > first)
+
+        if self.metric == "loss":
+            return lambda loss, correct, seen: beaten(loss / total)
+        return lambda loss, correct, seen: beaten(-((correct + total - seen) / total))
+
+    def _order(self, ctx: ScoringContext) -> tuple[list[str], list[dict[str, float]], dict[str, Any]]:
+        """The removal order. With ``reuse``: what the network computes before each candidate is
+        replayed from a recording of the model pruned so far (:mod:`~layerprune.criteria.replay`;
+        the winner's run supplies the rest of the next step's recording), candidates are visited
+        most promising first (the cheapest, latest ones in the first step), and one that can no
+        longer win stops early. The order is the same as without (``reuse=False``)."""
         repair = ctx.repair_policy.enabled
         batches = ctx.repair_data()[:self.repair_batches] if repair else []
+        total = sum(len(y) for _, y in ctx.micro_batches())
 
-        def measure(model: nn.Module) -> EvalResult:
+        def measure(model: nn.Module, until: Any = None) -> EvalResult | None:
             if repair:
                 ctx.repair_policy.apply(model, batches)
-            return ctx.evaluate(model)
+            return ctx.evaluate(model, until)
 
         protected = set(ctx.protect)
         left = [b for b in removable(ctx) if b.name not in protected and b.can_remove(ctx.collapse)]
-        value = (lambda r: r.loss) if self.metric == "loss" else (lambda r: -r.accuracy)
         plan = StagePlan(ctx.blocks)
         current = copy.deepcopy(ctx.model)
+        prefix = ctx.prefix([b.name for b in left]) if self.reuse and left else None
+        if prefix is not None:  # the reference, the best candidate so far and the one running
+            prefix.record(copy.deepcopy(current), measure, factor=3)
         order: list[str] = []
         trace: list[dict[str, float]] = []
+        previous: dict[str, float] = {}
+        stopped = 0  # candidates whose evaluation stopped once they could not win
         while True:
             options = [b for b in left if b.collapsible or plan.left.get(b.stage, 0) > 1]
             if not options:
                 break
-            results = {b.name: measure(without(copy.deepcopy(current), b))
-                       for b in ctx.track(options, f"{self.name}: step {len(order) + 1}")}
-            best = min(options, key=lambda b: value(results[b.name]))  # ties: the earliest block
-            without(current, best)
-            plan.try_remove(best)
-            left.remove(best)
-            order.append(best.name)
-            trace.append({"loss": results[best.name].loss, "accuracy": results[best.name].accuracy})
-        return order, trace
+            place = {b.name: i for i, b in enumerate(options)}
+            visit = options
+            if prefix is not None:
+                visit = sorted(options, key=lambda b: (previous.get(b.name, math.inf), -place[b.name]))
+            results: dict[str, EvalResult | None] = {}
+            best: tuple[float, int] | None = None
+            kept = None
+            for block in ctx.track(visit, f"{self.name}: step {len(order) + 1}"):
+                def make(block: Block = block) -> nn.Module:
+                    return without(copy.deepcopy(current), block)
+                if prefix is None:
+                    result, recorded = measure(make()), None
+                else:
+                    until = self._hopeless(best, place[block.name], total)
+                    result, recorded = prefix.run(make, lambda m, until=until: measure(m, until), block.name,
+                                                  keep=prefix.outputs is not None)
+                results[block.name] = result
+                stopped += result is None
+                if result is not None and (best is None or (self.value(result), place[block.name]) < best):
+                    best, kept = (self.value(result), place[block.name]), recorded
+            chosen = options[best[1]]  # the smallest value; ties: the earliest block
+            if prefix is not None and prefix.outputs is not None:
+                prefix.use(prefix.merged(kept or {}, chosen.name), factor=3)
+            without(current, chosen)
+            plan.try_remove(chosen)
+            left.remove(chosen)
+            order.append(chosen.name)
+            trace.append({"loss": results[chosen.name].loss, "accuracy": results[chosen.name].accuracy})
+            previous = {name: self.value(r) for name, r in results.items() if r is not None}
+        return order, trace, ({"replay": {**prefix.summary(), "stopped_early": stopped}} if prefix else {})

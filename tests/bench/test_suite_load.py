@@ -226,11 +226,21 @@ def assert_refused_without_writing(result, out, cache, cwd, problem_count):
     assert not out.exists() and not any(cache.iterdir()) and not any(cwd.iterdir())
 
 
-def test_conftest_keeps_the_base_model_cache_out_of_the_users(tmp_path_factory):
-    """Every test, not only those using ``bench``, trains base models into pytest's own folders."""
+def test_conftest_keeps_the_base_model_cache_out_of_the_users(request, tmp_path_factory, test_cache):
+    """Every test, not only those using ``bench``, trains base models into pytest's own folders:
+    its cache folder, under a key of the code, or a temporary one."""
     import os
 
-    assert Path(os.environ["LAYERPRUNE_CACHE"]).is_relative_to(tmp_path_factory.getbasetemp())
+    from layerprune.bench.cache import cache_root
+
+    cache = Path(os.environ["LAYERPRUNE_CACHE"])
+    assert cache == test_cache and cache_root() == cache
+    pytest_cache = getattr(request.config, "cache", None)
+    inside = Path(pytest_cache.mkdir("layerprune")) if pytest_cache else tmp_path_factory.getbasetemp()
+    assert cache.is_relative_to(inside)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("LAYERPRUNE_CACHE")
+        assert not cache.is_relative_to(cache_root())
 
 
 def test_bench_refuses_a_suite_with_setting_problems_before_writing(bench):

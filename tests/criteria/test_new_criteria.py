@@ -319,9 +319,9 @@ def count_evaluations(ctx):
     calls = []
     evaluate = ctx.evaluate
 
-    def counted(model=None):
+    def counted(model=None, until=None):
         calls.append(model)
-        return evaluate(model)
+        return evaluate(model, until)
 
     ctx.evaluate = counted
     return calls
