@@ -400,7 +400,7 @@ class GreedyCriterion(Criterion):
     def _order(self, ctx: ScoringContext) -> tuple[list[str], list[dict[str, float]], dict[str, Any]]:
         """The removal order. With ``reuse``: what the network computes before each candidate is
         replayed from a recording of the model pruned so far (:mod:`~layerprune.criteria.replay`;
-        the winner's run supplies the rest of the next step's recording), candidates are visited
+        the winner's run is the next step's recording), candidates are visited
         most promising first (the cheapest, latest ones in the first step), and one that can no
         longer win stops early. The order is the same as without (``reuse=False``)."""
         repair = ctx.repair_policy.enabled
@@ -449,7 +449,7 @@ class GreedyCriterion(Criterion):
                     best, kept = (self.value(result), place[block.name]), recorded
             chosen = options[best[1]]  # the smallest value; ties: the earliest block
             if prefix is not None and prefix.outputs is not None:
-                prefix.use(prefix.merged(kept or {}, chosen.name), factor=3)
+                prefix.use(kept, factor=3)  # the model without ``chosen``: the next reference
             without(current, chosen)
             plan.try_remove(chosen)
             left.remove(chosen)

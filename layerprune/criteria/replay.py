@@ -161,15 +161,10 @@ class Prefix:
         self.largest = 0  # bytes of the largest recording used
         self.over_budget = 0  # bytes of a recording dropped for the budget
 
-    def before(self, name: str, block: str) -> bool:
-        """Whether ``name``'s call finishes before ``block``'s starts."""
-        a, b = self.calls.get(name), self.calls.get(block)
-        return a is not None and b is not None and a.end < b.start
-
     def record(self, model: nn.Module, fn: Callable[[nn.Module], Any], factor: int = 1) -> Any:
         """``fn(model)``, recording the outputs candidates replay; a recording whose ``factor``
         copies would exceed the budget is dropped (every candidate then runs in full)."""
-        result, outputs = self._run(model, fn, (), self.kept, safe=True, block=None)
+        result, outputs, _ = self._run(model, fn, (), self.kept, safe=True, block=None)
         self.use(outputs, factor)
         return result
 
@@ -190,30 +185,30 @@ class Prefix:
     def run(self, make: Callable[[], nn.Module], fn: Callable[[nn.Module], Any], block: str,
             keep: bool = False) -> tuple[Any, Outputs]:
         """``fn`` of the candidate ``make()`` (``block`` changed), replaying what finished before
-        ``block``; with ``keep``, also the candidate's own recording of what it computed. A run
-        that does not match the trace runs again in full."""
+        ``block``; a run that does not match the trace runs again in full. With ``keep``, also
+        the candidate's recording: what it computed, and what it replayed or ran inside a
+        replayed module (which ran before the block, with the input it had in the reference):
+        the recording a run of the candidate as the new reference would make."""
         replay = tuple(n for n in self.replays.get(block, ()) if self.outputs and n in self.outputs)
         record = self.kept.difference(replay) if keep else frozenset()
         if replay or record:
             try:
-                out = self._run(make(), fn, replay, record, safe=False, block=block)
-                self.replayed += bool(replay)
-                return out
+                result, recorded, replayed = self._run(make(), fn, replay, record, safe=False, block=block)
+                self.replayed += bool(replayed)
+                if keep:  # what ran inside a replayed module ran there in the reference too
+                    inside = [n for n in self.kept if n not in recorded and self.outputs.get(n)
+                              and any(n == r or n.startswith(r + ".") for r in replayed)]
+                    recorded.update({n: self.outputs[n] for n in inside})
+                return result, recorded
             except Mismatch:
                 self.full_runs += 1
-        return self._run(make(), fn, (), record, safe=True, block=block)
-
-    def merged(self, outputs: Outputs, block: str) -> Outputs:
-        """The recording of the reference with ``block`` changed as in the run that recorded
-        ``outputs``: what finished before ``block`` from the reference, the rest from that run."""
-        reference = self.outputs or {}
-        out = {n: reference[n] for n in self.kept if n in reference and self.before(n, block)}
-        out.update({n: v for n, v in outputs.items() if n not in out})
-        return out
+        result, recorded, _ = self._run(make(), fn, (), self.kept if keep else frozenset(), safe=True, block=block)
+        return result, recorded
 
     def _run(self, model: nn.Module, fn: Callable[[nn.Module], Any], replay: tuple[str, ...],
-             record: frozenset[str], safe: bool, block: str | None) -> tuple[Any, Outputs]:
-        """``fn(model)`` with ``replay`` returning their recorded outputs and ``record``'s kept.
+             record: frozenset[str], safe: bool, block: str | None) -> tuple[Any, Outputs, tuple[str, ...]]:
+        """``fn(model)`` with ``replay`` returning their recorded outputs and ``record``'s kept;
+        returns its result, what it recorded and which modules it replayed.
 
         The trace is only a plan; what makes a replay right is checked in every pass: each
         replayed module is called once, before ``block`` starts (so with the input it had in the
@@ -321,6 +316,6 @@ class Prefix:
                     del module.forward
                 else:
                     module.forward = forward
-        for name in broken:
+        for name in broken.union(n for n, values in recorded.items() if not values):  # not called
             del recorded[name]
-        return result, recorded
+        return result, recorded, replay

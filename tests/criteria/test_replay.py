@@ -148,6 +148,16 @@ def test_a_model_the_trace_does_not_describe_gets_the_same_scores(digits, kind, 
         assert runs["replayed"] == 0 and runs["full_runs"] == len(full.scores)
 
 
+@pytest.mark.parametrize("kind", ["repeat_stem", "late_first"])
+def test_greedy_on_a_model_the_trace_does_not_describe_gives_the_same_order(digits, kind):
+    torch.manual_seed(0)
+    model = Toy(**{kind: True}).eval()
+    full, replayed = both("greedy", model, digits)
+    assert replayed.diagnostics["order"] == full.diagnostics["order"]
+    assert replayed.diagnostics["after_each"] == full.diagnostics["after_each"]
+    assert len(full.diagnostics["order"]) == 3
+
+
 def test_a_recording_over_the_memory_budget_is_dropped(trained_resnet20, digits):
     full = get_criterion("ablation", reuse=False)(context(trained_resnet20, digits))
     small = get_criterion("ablation")(context(trained_resnet20, digits, replay_memory=1))
