@@ -8,12 +8,9 @@ timm, the thread count, and the fixture's own build and training code. Any chang
 """
 
 import copy
-import hashlib
-import inspect
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -23,20 +20,7 @@ from layerprune.criteria import catalog
 from layerprune.data import make_loader
 from layerprune.train import fit
 
-
-def code_key() -> str:
-    """A digest of what decides a trained model besides its own recipe: layerprune's sources,
-    torch's and timm's versions and the thread count (CPU reductions depend on it)."""
-    import timm
-
-    import layerprune
-
-    package = Path(layerprune.__file__).parent
-    digest = hashlib.sha256(f"{torch.__version__}|{timm.__version__}|{torch.get_num_threads()}".encode())
-    for path in sorted(package.rglob("*.py")):
-        digest.update(str(path.relative_to(package)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+from trained_cache import cached_training, code_key
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -57,26 +41,6 @@ def test_cache(request, tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LAYERPRUNE_CACHE", str(root))
         yield root
-
-
-def cached_training(root: Path, build: Callable[[], torch.nn.Module],
-                    train: Callable[[torch.nn.Module], None]) -> torch.nn.Module:
-    """``build()`` (from seed 0) trained by ``train``, in eval mode: loaded from ``root`` when
-    the same code (``root``'s key, the two functions' source) trained it before, else trained and
-    saved there (atomically)."""
-    key = hashlib.sha256((inspect.getsource(build) + inspect.getsource(train)).encode()).hexdigest()[:16]
-    path = root / "fixtures" / f"{build.__name__}-{key}.pt"
-    torch.manual_seed(0)
-    model = build()
-    if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
-    train(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    torch.save(model.state_dict(), partial)
-    os.replace(partial, path)
-    return model.eval()
 
 
 @pytest.fixture(autouse=True)

@@ -449,7 +449,7 @@ class GreedyCriterion(Criterion):
                     best, kept = (self.value(result), place[block.name]), recorded
             chosen = options[best[1]]  # the smallest value; ties: the earliest block
             if prefix is not None and prefix.outputs is not None:
-                prefix.use(kept, factor=3)  # the model without ``chosen``: the next reference
+                prefix.use(kept)  # the model without ``chosen``: the next reference
             without(current, chosen)
             plan.try_remove(chosen)
             left.remove(chosen)

@@ -18,9 +18,9 @@ whose calls do not follow the traced order in a pass (a call missing, repeated, 
 called more than once per pass) raises :class:`Mismatch` inside, and the candidate runs in full.
 
 Memory: the recording keeps the input of every candidate (and the stem's outputs) for every
-pass: about 1.2 MiB per sample on ResNet-56, so 1.4 GB for ``greedy``'s 500 calibration and 640
-repair samples. A recording over ``budget`` bytes (default: half the free memory of the model's
-device when the oracle starts) is dropped, and every candidate runs in full.
+pass. A recording that outgrows ``budget`` bytes (default: half the free memory of the model's
+device when the oracle starts; divided among the recordings held at once) is given up as it
+runs, and every candidate runs in full.
 """
 
 from __future__ import annotations
@@ -159,23 +159,23 @@ class Prefix:
         self.replayed = 0  # candidate runs that replayed something
         self.full_runs = 0  # candidate runs that did not match the trace and ran again in full
         self.largest = 0  # bytes of the largest recording used
-        self.over_budget = 0  # bytes of a recording dropped for the budget
+        self.over_budget = 0  # bytes a recording had reached when it was given up
+        self.limit = self.budget  # bytes one recording may hold
 
     def record(self, model: nn.Module, fn: Callable[[nn.Module], Any], factor: int = 1) -> Any:
-        """``fn(model)``, recording the outputs candidates replay; a recording whose ``factor``
-        copies would exceed the budget is dropped (every candidate then runs in full)."""
+        """``fn(model)``, recording the outputs candidates replay. ``factor`` recordings (this
+        one, and those of candidates kept at once) must fit in the budget: a recording that
+        outgrows its share is given up as it runs (every candidate then runs in full)."""
+        self.limit = self.budget // factor
         result, outputs, _ = self._run(model, fn, (), self.kept, safe=True, block=None)
-        self.use(outputs, factor)
+        self.use(outputs)
         return result
 
-    def use(self, outputs: Outputs | None, factor: int = 1) -> None:
-        """Replay ``outputs`` from now on (``None``, or over the budget: nothing)."""
-        size = nbytes(outputs) if outputs is not None else 0
-        self.outputs = outputs if outputs is not None and factor * size <= self.budget else None
-        if self.outputs is not None:
-            self.largest = max(self.largest, size)
-        elif outputs is not None:
-            self.over_budget = size
+    def use(self, outputs: Outputs | None) -> None:
+        """Replay ``outputs`` from now on (``None``: nothing, every candidate runs in full)."""
+        self.outputs = outputs
+        if outputs is not None:
+            self.largest = max(self.largest, nbytes(outputs))
 
     def summary(self) -> dict[str, Any]:
         """How the candidates ran, for a criterion's diagnostics."""
@@ -183,19 +183,20 @@ class Prefix:
                 "over_budget_mib": round(self.over_budget / 2**20, 1) if self.over_budget else None}
 
     def run(self, make: Callable[[], nn.Module], fn: Callable[[nn.Module], Any], block: str,
-            keep: bool = False) -> tuple[Any, Outputs]:
+            keep: bool = False) -> tuple[Any, Outputs | None]:
         """``fn`` of the candidate ``make()`` (``block`` changed), replaying what finished before
         ``block``; a run that does not match the trace runs again in full. With ``keep``, also
         the candidate's recording: what it computed, and what it replayed or ran inside a
         replayed module (which ran before the block, with the input it had in the reference):
-        the recording a run of the candidate as the new reference would make."""
+        the recording a run of the candidate as the new reference would make (``None`` when it
+        outgrew the budget)."""
         replay = tuple(n for n in self.replays.get(block, ()) if self.outputs and n in self.outputs)
         record = self.kept.difference(replay) if keep else frozenset()
         if replay or record:
             try:
                 result, recorded, replayed = self._run(make(), fn, replay, record, safe=False, block=block)
                 self.replayed += bool(replayed)
-                if keep:  # what ran inside a replayed module ran there in the reference too
+                if keep and recorded is not None:  # what ran inside a replayed module ran there in the reference too
                     inside = [n for n in self.kept if n not in recorded and self.outputs.get(n)
                               and any(n == r or n.startswith(r + ".") for r in replayed)]
                     recorded.update({n: self.outputs[n] for n in inside})
@@ -206,9 +207,10 @@ class Prefix:
         return result, recorded
 
     def _run(self, model: nn.Module, fn: Callable[[nn.Module], Any], replay: tuple[str, ...],
-             record: frozenset[str], safe: bool, block: str | None) -> tuple[Any, Outputs, tuple[str, ...]]:
+             record: frozenset[str], safe: bool, block: str | None) -> tuple[Any, Outputs | None, tuple[str, ...]]:
         """``fn(model)`` with ``replay`` returning their recorded outputs and ``record``'s kept;
-        returns its result, what it recorded and which modules it replayed.
+        returns its result, what it recorded (``None`` once it held more than ``self.limit``
+        bytes: it stops recording then) and which modules it replayed.
 
         The trace is only a plan; what makes a replay right is checked in every pass: each
         replayed module is called once, before ``block`` starts (so with the input it had in the
@@ -226,6 +228,7 @@ class Prefix:
         recorded: Outputs = {n: [] for n in record}
         passes = [-1]
         began = [False]  # whether ``block`` has started in this pass
+        over = [False]  # whether the recording outgrew the limit (and was given up)
         broken: set[str] = set()  # safe: called more than once in a pass, not recorded
         called: set[str] = set()
         watched: list[tuple[str, torch.Tensor, int]] = []  # tensors of this pass, as they were
@@ -269,8 +272,24 @@ class Prefix:
                 return out
             return forward
 
+        held: set[int] = set()  # the storages the recording holds, and their bytes in all
+        size = [0]
+
+        def hold(value: Any) -> None:
+            for t in _tensors(value):
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in held:
+                    held.add(storage.data_ptr())
+                    size[0] += storage.nbytes()
+            if size[0] > self.limit:
+                self.over_budget = max(self.over_budget, size[0])
+                over[0] = True
+                recorded.clear()
+
         def keep(name: str):
             def fn(module, args, out):
+                if over[0]:
+                    return
                 values = recorded[name]
                 if len(values) != passes[0] or name in broken:
                     if not safe:
@@ -280,6 +299,7 @@ class Prefix:
                 if not safe and name not in self.mutated:
                     watched.extend((name, t, t._version) for t in _tensors(out))
                     values.append(out)
+                    hold(out)
                     return
                 watched.extend((name, t, t._version) for t in _tensors(out))
                 # A module that passes its input on (an identity, a container) shares the copy
@@ -292,6 +312,7 @@ class Prefix:
                 if isinstance(out, torch.Tensor):
                     copies[id(out)] = (out, out._version, copy)
                 values.append(copy)
+                hold(copy)
             return fn
 
         def begin(module, args):
@@ -316,6 +337,8 @@ class Prefix:
                     del module.forward
                 else:
                     module.forward = forward
+        if over[0]:
+            return result, None, replay
         for name in broken.union(n for n, values in recorded.items() if not values):  # not called
             del recorded[name]
         return result, recorded, replay
