@@ -112,15 +112,21 @@ def _tensors(value: Any) -> Iterable[torch.Tensor]:
             yield from _tensors(v)
 
 
+def _new_bytes(value: Any, held: set[int]) -> int:
+    """Bytes of the storages under ``value`` not yet in ``held`` (which then holds them too)."""
+    size = 0
+    for t in _tensors(value):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in held:
+            held.add(storage.data_ptr())
+            size += storage.nbytes()
+    return size
+
+
 def nbytes(outputs: Outputs) -> int:
     """Bytes held by ``outputs`` (a tensor kept under two names counted once)."""
-    seen: dict[int, int] = {}
-    for values in outputs.values():
-        for value in values:
-            for t in _tensors(value):
-                storage = t.untyped_storage()
-                seen[storage.data_ptr()] = storage.nbytes()
-    return sum(seen.values())
+    held: set[int] = set()
+    return sum(_new_bytes(value, held) for values in outputs.values() for value in values)
 
 
 class Prefix:
@@ -276,11 +282,7 @@ class Prefix:
         size = [0]
 
         def hold(value: Any) -> None:
-            for t in _tensors(value):
-                storage = t.untyped_storage()
-                if storage.data_ptr() not in held:
-                    held.add(storage.data_ptr())
-                    size[0] += storage.nbytes()
+            size[0] += _new_bytes(value, held)
             if size[0] > self.limit:
                 self.over_budget = max(self.over_budget, size[0])
                 over[0] = True
