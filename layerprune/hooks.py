@@ -1,5 +1,6 @@
 """Forward hooks for the length of a ``with`` block, and eval mode likewise: the one way every
-room reads tensors inside a model (block tracing, probes, Taylor gradients).
+room reads tensors inside a model (block tracing, probes, Taylor gradients), and the one call
+tracer built on them (:func:`trace_calls`).
 
 >>> with forward_hooks(model, after={"layer1.0": lambda m, args, out: seen.append(out)}):  # doctest: +SKIP
 ...     model(x)
@@ -8,6 +9,7 @@ room reads tensors inside a model (block tracing, probes, Taylor gradients).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 from layerprune.lazy import lazy_import
@@ -71,6 +73,48 @@ def model_device(model: nn.Module) -> torch.device:
     lookup every room uses."""
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One module call of a traced forward pass: when it started and ended (one clock that ticks at
+    every start and every end, so a call inside another starts after it and ends before it), the
+    index of the call that was running when it started, and the module's name ("" is the model)."""
+
+    start: int
+    end: int
+    parent: int | None
+    name: str
+    output: Any = None  # what the call returned, when traced with ``outputs=True``
+
+
+def trace_calls(model: nn.Module, example: Any, *, outputs: bool = False) -> list[Call]:
+    """Every module call of one forward pass of ``model`` on ``example`` (eval mode, no grad), in
+    the order the calls started, the model's own call first: the one call tracer (prefix replay
+    reads the nesting, the feature stream each module's first start, last end and output)."""
+    calls: list[list[Any]] = []
+    stack: list[int] = []
+    tick = [0]
+
+    def before(name: str):
+        def fn(module, args):
+            calls.append([tick[0], None, stack[-1] if stack else None, name, None])
+            stack.append(len(calls) - 1)
+            tick[0] += 1
+        return fn
+
+    def after(module, args, out):
+        call = calls[stack.pop()]
+        call[1] = tick[0]
+        if outputs:
+            call[4] = out
+        tick[0] += 1
+
+    names = [name for name, _ in model.named_modules()]
+    with torch.no_grad(), eval_mode(model), forward_hooks(model, before={n: before(n) for n in names},
+                                                          after={n: after for n in names}):
+        model(example)
+    return [Call(*c) for c in calls]
 
 
 @contextmanager

@@ -67,7 +67,9 @@ def budget_rule(budget: dict[str, float]) -> dict[str, Any]:
 
 class _ForwardCounter:
     """Counts samples pushed through the model or any copy of it (``ablation`` and ``sr_init``
-    evaluate changed copies): a global hook that counts calls of the model's own class."""
+    evaluate changed copies): a global hook that counts calls of the model's own class. A call
+    whose first layers are replayed from a recording (the oracles' prefix replay) counts whole,
+    though it computes only the rest: for those oracles the figure is an upper bound of the work."""
 
     def __init__(self, model: nn.Module) -> None:
         self.samples = 0

@@ -374,7 +374,7 @@ class GreedyCriterion(Criterion):
         return CriterionResult(self.name, {name: float(i) for i, name in enumerate(order)}, self.params(),
                                {"order": list(order), "after_each": [dict(t) for t in trace], **info})
 
-    def value(self, result: EvalResult | None) -> float:
+    def _value(self, result: EvalResult | None) -> float:
         """What the step minimises (a loss that is not a number, or no result, counts as +∞)."""
         if result is None:
             return math.inf
@@ -445,8 +445,8 @@ class GreedyCriterion(Criterion):
                                                   keep=prefix.outputs is not None)
                 results[block.name] = result
                 stopped += result is None
-                if result is not None and (best is None or (self.value(result), place[block.name]) < best):
-                    best, kept = (self.value(result), place[block.name]), recorded
+                if result is not None and (best is None or (self._value(result), place[block.name]) < best):
+                    best, kept = (self._value(result), place[block.name]), recorded
             chosen = options[best[1]]  # the smallest value; ties: the earliest block
             if prefix is not None and prefix.outputs is not None:
                 prefix.use(kept)  # the model without ``chosen``: the next reference
@@ -455,5 +455,5 @@ class GreedyCriterion(Criterion):
             left.remove(chosen)
             order.append(chosen.name)
             trace.append({"loss": results[chosen.name].loss, "accuracy": results[chosen.name].accuracy})
-            previous = {name: self.value(r) for name, r in results.items() if r is not None}
+            previous = {name: self._value(r) for name, r in results.items() if r is not None}
         return order, trace, ({"replay": {**prefix.summary(), "stopped_early": stopped}} if prefix else {})

@@ -25,11 +25,10 @@ runs, and every candidate runs in full.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from layerprune.lazy import lazy_import
-from layerprune.hooks import eval_mode, forward_hooks
+from layerprune.hooks import forward_hooks, trace_calls
 
 torch = lazy_import("torch")
 nn = lazy_import("torch.nn")
@@ -56,39 +55,6 @@ Outputs = dict[str, list[Any]]  # module name → its output in every pass, in o
 
 class Mismatch(RuntimeError):
     """A run did not call the replayed modules once per pass, as the traced model did."""
-
-
-@dataclass(frozen=True)
-class _Call:
-    start: int
-    end: int
-    parent: int | None  # index of the call that was running when this one started
-    name: str
-
-
-def trace_calls(model: nn.Module, example: torch.Tensor) -> list[_Call]:
-    """Every module call of one forward pass of ``model`` on ``example`` (eval mode, no grad), in
-    the order the calls started."""
-    calls: list[list[Any]] = []
-    stack: list[int] = []
-    tick = [0]
-
-    def before(name: str):
-        def fn(module, args):
-            calls.append([tick[0], None, stack[-1] if stack else None, name])
-            stack.append(len(calls) - 1)
-            tick[0] += 1
-        return fn
-
-    def after(module, args, out):
-        calls[stack.pop()][1] = tick[0]
-        tick[0] += 1
-
-    names = [name for name, _ in model.named_modules()]
-    with torch.no_grad(), eval_mode(model), forward_hooks(model, before={n: before(n) for n in names},
-                                                          after={n: after for n in names}):
-        model(example)
-    return [_Call(*c) for c in calls]
 
 
 def _clone(value: Any) -> Any:

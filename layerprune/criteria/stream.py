@@ -32,7 +32,7 @@ from layerprune.lazy import lazy_import, no_grad
 from layerprune.calibration import MICRO_BATCH
 from layerprune.errors import LayerpruneError
 from layerprune.evaluation import model_device
-from layerprune.hooks import eval_mode, forward_hooks, main_tensor
+from layerprune.hooks import eval_mode, forward_hooks, main_tensor, trace_calls
 from layerprune.surgery.blocks import Block
 
 torch = lazy_import("torch")
@@ -355,29 +355,18 @@ class FeatureStream:
 
     # -- resuming ---------------------------------------------------------------------------------
     def _trace_calls(self) -> dict[str, _Call]:
-        """Every module's place in the call order of one forward pass over the example."""
+        """Every module's place in the call order of one forward pass over the example: its first
+        start, its last end, how often it was called and its last output (a tensor, else None)."""
         if self._calls is None:
             calls: dict[str, _Call] = {}
-            clock = [0]
-
-            def enter(name: str):
-                def fn(module, args):
-                    clock[0] += 1
-                    call = calls.setdefault(name, _Call(clock[0]))
-                    call.calls += 1
-                return fn
-
-            def leave(name: str):
-                def fn(module, args, output):
-                    clock[0] += 1
-                    calls[name].end = clock[0]
-                    calls[name].output = output if isinstance(output, torch.Tensor) else None
-                return fn
-
-            names = [n for n, _ in self.model.named_modules() if n]
-            with forward_hooks(self.model, before={n: enter(n) for n in names}, after={n: leave(n) for n in names}), \
-                    eval_mode(self.model), torch.no_grad():
-                self.model(self.example.to(self.device))
+            for call in trace_calls(self.model, self.example.to(self.device), outputs=True):
+                if not call.name:
+                    continue  # the model itself
+                seen = calls.setdefault(call.name, _Call(call.start))
+                seen.calls += 1
+                if call.end > seen.end:  # the call that ended last
+                    seen.end = call.end
+                    seen.output = call.output if isinstance(call.output, torch.Tensor) else None
             self._calls = calls
         return self._calls
 

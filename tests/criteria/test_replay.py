@@ -11,7 +11,8 @@ import torch.nn as nn
 
 from layerprune import Calibration, Repair, get_criterion
 from layerprune.criteria import ScoringContext
-from layerprune.criteria.replay import Prefix, trace_calls
+from layerprune.criteria.replay import Prefix
+from layerprune.hooks import eval_mode, trace_calls
 from layerprune.evaluation import evaluate
 
 CAL = Calibration(samples=96, batches=1)
@@ -83,6 +84,16 @@ def test_trace_lists_each_call_inside_its_caller(trained_resnet20, digits):
     assert calls[0].name == "" and calls[0].parent is None
     block, stage = by_name["layer2.1"], by_name["layer2"]
     assert calls[block.parent] is stage and stage.start < block.start < block.end < stage.end
+    assert all(c.output is None for c in calls)  # outputs are kept only when asked
+
+
+def test_trace_keeps_what_each_call_returned_when_asked(trained_resnet20, digits):
+    example = context(trained_resnet20, digits).example_input
+    by_name = {c.name: c for c in trace_calls(trained_resnet20, example, outputs=True)}
+    with torch.no_grad(), eval_mode(trained_resnet20):
+        assert torch.equal(by_name[""].output, trained_resnet20(example))
+    assert torch.equal(by_name["layer2"].output, by_name["layer2.2"].output)  # a stage returns its last block's
+    assert by_name["layer2.2"].output.shape[0] == example.shape[0]
 
 
 def test_evaluate_stops_when_asked_and_says_so(trained_resnet20, digits):
