@@ -11,6 +11,7 @@ does it as if it were alone, the others wait, and an error on rank 0 stops every
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from datetime import timedelta
 from typing import Any, Callable, Iterator, TypeVar
@@ -46,6 +47,12 @@ def init_from_env(backend: str | None = None) -> bool:
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     minutes = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_MIN))
+    # torch._dynamo, imported once a group exists (timm imports it), keeps references to that group
+    # for good, so destroy_process_group can no longer end it: its gloo threads then outlive the
+    # interpreter, and one that frees a finished collective's tensors while Python shuts down takes
+    # the GIL and aborts the rank (SIGABRT) after its work is done. Imported before the group, it
+    # holds none. (Every run builds a timm model, so this costs no time.)
+    importlib.import_module("torch._dynamo")
     try:
         dist.init_process_group(backend or ("nccl" if cuda else "gloo"), timeout=timedelta(minutes=minutes))
     except ValueError as exc:  # WORLD_SIZE set by hand, without the rest of torchrun's environment
@@ -55,8 +62,8 @@ def init_from_env(backend: str | None = None) -> bool:
 
 
 def shutdown() -> None:
-    """Leave the process group (when one exists). A process that exits with the group still up can
-    abort in the backend's teardown while its peers disconnect, turning a clean exit into SIGABRT."""
+    """Leave the process group (when one exists) and end it, joining its backend's threads: a gloo
+    worker still running when the interpreter exits can abort the process (see :func:`init_from_env`)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

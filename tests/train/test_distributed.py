@@ -3,6 +3,7 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -132,3 +133,33 @@ def test_world_size_without_torchrun_environment_is_a_clear_error(monkeypatch):
     with pytest.raises(LayerpruneError, match=r"WORLD_SIZE=2 but .*MASTER_ADDR.*torchrun --nproc_per_node"):
         distributed.init_from_env()
     assert not distributed.active()
+
+
+def _teardown_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import layerprune
+
+    threads = lambda: len(os.listdir("/proc/self/task"))  # noqa: E731 - OS threads, the backend's included
+    alone = threads()
+    assert distributed.init_from_env()
+    joined = threads()
+    layerprune.create_model("cifar_resnet20", num_classes=10)  # imports timm, and with it torch._dynamo
+    distributed.check_everywhere(lambda: None)
+    distributed.shutdown()
+    torch.save({"alone": alone, "joined": joined, "left": threads()}, os.path.join(out, f"rank{rank}.pt"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc (Linux)")
+def test_leaving_the_group_stops_its_threads(tmp_path):
+    """A gloo group whose worker threads outlive the interpreter can abort the process at exit: a
+    worker that frees a finished collective's tensors takes the GIL while Python shuts down, and
+    the rank dies of SIGABRT after its work is done. ``shutdown`` must really end the group, even
+    after timm (which imports torch._dynamo, which keeps references to a group that exists then)."""
+    mp.start_processes(_teardown_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    for r in (0, 1):
+        seen = torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
+        assert seen["joined"] > seen["alone"]  # the group's threads started ...
+        assert seen["left"] == seen["alone"], seen  # ... and ended with it
