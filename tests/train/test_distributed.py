@@ -16,9 +16,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _as_torchrun_would(rank: int, world: int, port: int) -> None:
+    """This spawned process's environment, as torchrun sets it for rank ``rank`` of ``world``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    _as_torchrun_would(rank, world, port)
     torch.set_num_threads(1)
     from torch.utils.data.distributed import DistributedSampler
 
@@ -62,8 +67,7 @@ def test_single_process_is_not_distributed(monkeypatch):
 
 
 def _coordination_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    _as_torchrun_would(rank, world, port)
     from layerprune.errors import LayerpruneError
 
     assert distributed.init_from_env()
@@ -122,8 +126,6 @@ def test_rank0_work_errors_and_divergence_reach_every_rank(tmp_path):
 
 
 def test_world_size_without_torchrun_environment_is_a_clear_error(monkeypatch):
-    import pytest
-
     from layerprune.errors import LayerpruneError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -136,8 +138,7 @@ def test_world_size_without_torchrun_environment_is_a_clear_error(monkeypatch):
 
 
 def _teardown_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    _as_torchrun_would(rank, world, port)
     torch.set_num_threads(1)
     import layerprune
 
