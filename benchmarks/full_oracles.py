@@ -1,6 +1,10 @@
 """A plugin: `ablation` and `greedy` with every candidate run in full (``reuse=False``), registered
 as `ablation_full` and `greedy_full` so that one bench can rank them beside the defaults, which
-replay what comes before each block (benchmarks/replay_bench.yaml; docs/performance.md)."""
+replay what comes before each block (docs/performance.md has the results). From the repository root:
+
+    layerprune bench recipes/bench_small.yaml --set 'bench.criteria=[tail,ablation,ablation_full,greedy,greedy_full]' \
+        --set bench.width=false --set 'plugins=[benchmarks/full_oracles.py]'
+"""
 from layerprune import register_criterion
 from layerprune.criteria.oracle import AblationCriterion, GreedyCriterion
 
