@@ -15,7 +15,7 @@ import sys
 
 from layerprune.version import __version__
 from layerprune.errors import (  # noqa: E402
-    CheckpointError, DatasetError, LayerpruneError, ModelError, SurgeryError, UnknownNameError,
+    CheckpointError, DatasetError, FetchError, LayerpruneError, ModelError, SurgeryError, UnknownNameError,
 )
 from layerprune.lazy import lazy_exports  # noqa: E402
 from layerprune.registry import Registry  # noqa: E402
@@ -36,7 +36,7 @@ _EXPORTS = {
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
-    "CheckpointError", "DatasetError", "LayerpruneError", "ModelError", "Registry", "SurgeryError",
+    "CheckpointError", "DatasetError", "FetchError", "LayerpruneError", "ModelError", "Registry", "SurgeryError",
     "UnknownNameError", "__version__", *[name for names in _EXPORTS.values() for name in names],
 ]
 

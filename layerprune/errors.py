@@ -28,6 +28,24 @@ class CheckpointError(LayerpruneError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
+class FetchError(LayerpruneError):
+    """A file that could not be downloaded (no network, HTTP error, truncated, wrong hash): names
+    the URL (after ``subject``, what it was for, when given), what went wrong and what to do
+    instead (``how``, which a caller may reword for its own key or option)."""
+
+    def __init__(self, url: str, problem: str, how: str, subject: str | None = None) -> None:
+        self.url, self.problem, self.how, self.subject = url, problem, how, subject
+        super().__init__(f"{subject + ': ' if subject else ''}{url}: {problem}; {how}")
+
+    def instead(self, how: str) -> "FetchError":
+        """The same failure (of the same class), telling the user to do ``how`` instead."""
+        return type(self)(self.url, self.problem, how, self.subject)
+
+
+class DatasetFetchError(FetchError, DatasetError):
+    """A data set's files that could not be downloaded."""
+
+
 class ModelError(LayerpruneError):
     """A model that cannot be created as asked (e.g. weights that cannot be had)."""
 

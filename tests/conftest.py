@@ -158,3 +158,66 @@ def cifar_jpeg_subset(shared_data, tmp_path_factory) -> Path:
             for image in sorted(folder.iterdir())[:count]:
                 (root / split / folder.name / image.name).symlink_to(image.resolve())
     return root
+
+
+class CheckpointServer:
+    """An HTTP server on 127.0.0.1 that serves the files of ``folder`` as a checkpoint host would:
+    ``/files/NAME`` the file, ``/truncated/NAME`` its first half under the full Content-Length (a
+    dropped connection), ``/as/NAME/OTHER`` the file NAME's bytes under the name OTHER (a file that
+    changed), anything else 404. ``requests`` counts the requests answered."""
+
+    def __init__(self, folder: Path) -> None:
+        import http.server
+        import threading
+
+        self.folder, self.requests = Path(folder), 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                server.requests += 1
+                parts = self.path.strip("/").split("/")
+                kind = parts[0]
+                name = parts[1] if kind == "as" and len(parts) == 3 else parts[-1]
+                path = server.folder / name
+                if kind not in ("files", "truncated", "as") or not path.is_file():
+                    self.send_error(404, "Not Found")
+                    return
+                data = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2] if kind == "truncated" else data)
+                self.close_connection = True
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, name: str, kind: str = "files", served: str | None = None) -> str:
+        """The URL of ``name``; with ``served``, a URL named ``name`` that serves ``served``'s bytes."""
+        if served is not None:
+            return f"http://127.0.0.1:{self.port}/as/{served}/{name}"
+        return f"http://127.0.0.1:{self.port}/{kind}/{name}"
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.thread.join()
+
+
+@pytest.fixture
+def checkpoint_server(shared_data, tmp_path, monkeypatch):
+    """A :class:`CheckpointServer` of the real CIFAR-10 ResNet checkpoints in
+    ``$LAYERPRUNE_DATA/cifar10-resnet/``, with torch hub's cache (``$TORCH_HOME``) in a fresh
+    temporary folder."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    server = CheckpointServer(shared_data / "cifar10-resnet")
+    yield server
+    server.stop()

@@ -48,7 +48,10 @@ def base_key(recipe: Recipe) -> dict[str, Any]:
     if d.root is not None:  # another folder may hold other images
         key["data"]["root"] = str(Path(d.root).expanduser().resolve())
     if recipe.model.checkpoint is not None:
-        key["checkpoint"] = file_digest(recipe.model.checkpoint)
+        from layerprune.models.remote import local_checkpoint
+        from layerprune.recipe.load import local_instead
+
+        key["checkpoint"] = file_digest(local_checkpoint(recipe.model.checkpoint, how=local_instead("model.checkpoint")))
     return key
 
 

@@ -17,7 +17,7 @@ import torch
 from layerprune.data.base import (
     CropFlip, DatasetBundle, TensorImageDataset, check_fractions, check_stats, stratified_split,
 )
-from layerprune.errors import DatasetError
+from layerprune.errors import DatasetError, DatasetFetchError
 
 # Channel statistics of the training sets, on the [0, 1] scale.
 CIFAR_STATS = {
@@ -40,6 +40,7 @@ def _torchvision_class(name: str):
 def _load(name: str, root: Path, train: bool, download: bool):
     cls = _torchvision_class(name)
     folder = (root / cls.base_folder).resolve()
+    created = [p for p in (root, *root.parents) if not p.exists()]  # what a failed download must not leave
     try:
         return cls(str(root), train=train, download=download)
     except RuntimeError as exc:
@@ -54,10 +55,14 @@ def _load(name: str, root: Path, train: bool, download: bool):
         ) from exc
     except OSError as exc:  # urllib errors while downloading (no network, proxy, DNS)
         reason = getattr(exc, "reason", exc)
-        raise DatasetError(
-            f"{name}: download of {cls.url} failed ({reason}); without network, extract "
-            f"{cls.filename} into {root.resolve()} so that {folder} exists"
-        ) from exc
+        for path in created:  # the empty folders torchvision made for the archive
+            try:
+                path.rmdir()
+            except OSError:
+                break
+        raise DatasetFetchError(cls.url, f"download failed ({getattr(reason, 'strerror', None) or reason})",
+                                f"without network, extract {cls.filename} into {root.resolve()} so that {folder} "
+                                "exists", subject=name) from exc
 
 
 def _build_cifar(

@@ -62,8 +62,13 @@ _FORMATS = "neither the zip archive torch.save writes, nor its legacy format, no
 def read_checkpoint(path: str | Path) -> object:
     """The object in a checkpoint file, read without running code (``torch.load`` with
     ``weights_only=True``, or safetensors), with one-line errors that say what the file is when
-    it is not a checkpoint: empty, text, damaged or truncated, or holding pickled objects."""
-    path = Path(path)
+    it is not a checkpoint: empty, text, damaged or truncated, or holding pickled objects.
+
+    ``path`` may be an ``http(s)://`` URL: fetched once into torch hub's cache and verified
+    (:func:`layerprune.models.remote.fetch`)."""
+    from layerprune.models.remote import local_checkpoint
+
+    path = local_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     with path.open("rb") as f:
@@ -140,7 +145,8 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
     """Load weights from ``path`` into ``model`` (in place) and return the model.
 
     Accepts a bare state dict, ``{"state_dict": ..., "epoch": ..., "best_prec1": ...}``,
-    ``module.``-prefixed keys (DataParallel/DDP) and files saved by older PyTorch releases.
+    ``module.``-prefixed keys (DataParallel/DDP) and files saved by older PyTorch releases;
+    ``path`` may be an ``http(s)://`` URL (downloaded once into torch hub's cache, verified).
 
     >>> model = load_checkpoint(timm.create_model("cifar_resnet56"), "resnet56.th")  # doctest: +SKIP
     """

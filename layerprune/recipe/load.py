@@ -137,8 +137,14 @@ def semantic_problems(raw: dict[str, Any]) -> list[str]:
 
         if not timm.is_model(name):
             problems.append(f"model.name: {unknown_model_message(name)}")
-    if isinstance(checkpoint, str) and "$" not in checkpoint and not Path(checkpoint).is_file():
-        problems.append(f"model.checkpoint: no such file: {checkpoint}")
+    if isinstance(checkpoint, str) and "$" not in checkpoint:
+        from layerprune.models.remote import is_url, url_problem
+
+        if is_url(checkpoint):  # fetched (once, into torch hub's cache) when the run starts
+            if problem := url_problem(checkpoint):
+                problems.append(f"model.checkpoint: {problem}")
+        elif not Path(checkpoint).is_file():
+            problems.append(f"model.checkpoint: no such file: {checkpoint}")
 
     data = _section(raw, "data")
     dataset = data.get("dataset")
@@ -198,6 +204,11 @@ def semantic_problems(raw: dict[str, Any]) -> list[str]:
     elif rule is None and rule_params:
         problems.append("select.params: set select.rule too (without a rule, the criterion's default rule is used)")
     return problems
+
+
+def local_instead(key: str, what: str = "a local file", value: str = "PATH") -> str:
+    """What to do when a download for recipe key ``key`` fails: give ``what`` with ``--set``."""
+    return f"give {what} instead: --set {key}={value}"
 
 
 # Keys that hold paths: ``$VAR`` and ``${VAR}`` in them are replaced by the environment's values, so

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from layerprune import distributed
 from layerprune.criteria.selection import budget_target, max_reduction
+from layerprune.errors import LayerpruneError
 from layerprune.recipe.load import RecipeError
 from layerprune.recipe.resources import Resources
 from layerprune.recipe.schema import SelectSection
@@ -40,12 +41,27 @@ def _missing_extras(recipe) -> list[str]:
     return problems
 
 
+def fetch_inputs(res: Resources) -> None:
+    """The data set and the checkpoint, downloaded first where the recipe asks for that: both are
+    tried, so that a machine without network hears of everything it could not fetch at once."""
+    problems = []
+    for get in (res.build_data, res.fetch_checkpoint):
+        try:
+            get()
+        except LayerpruneError as exc:
+            problems.append(str(exc))
+    if len(problems) == 1:
+        raise LayerpruneError(problems[0])
+    if problems:
+        raise RecipeError(res.recipe.source, problems)
+
+
 def preflight(res: Resources) -> list[Block]:
     """Raise :class:`RecipeError` listing every problem the recipe would hit, before any training;
     return the model's blocks (found on the model the recipe starts from)."""
     recipe = res.recipe
     res.device  # noqa: B018 - an unavailable device is the first thing to report
-    res.build_data()
+    fetch_inputs(res)
     model = res.new_model(recipe.model.checkpoint)
     blocks = find_blocks(model, res.example_input(), level=recipe.select.level)
     names = {b.name for b in blocks}

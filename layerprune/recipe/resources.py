@@ -12,10 +12,11 @@ import torch.nn as nn
 from layerprune import distributed
 from layerprune.calibration import Calibration, Repair
 from layerprune.data import DatasetBundle, build_dataset, make_loader
-from layerprune.errors import LayerpruneError
+from layerprune.errors import DatasetFetchError, FetchError, LayerpruneError
 from layerprune.evaluation import EvalResult, evaluate
 from layerprune.models import create_model_for
 from layerprune.pruner import Pruner
+from layerprune.recipe.load import local_instead
 from layerprune.recipe.rundir import RunDir
 from layerprune.recipe.schema import Recipe, TrainSection
 from layerprune.recipe.trainlog import TrainingLog
@@ -53,6 +54,8 @@ class Resources:
                 options["download"] = True
             try:
                 data = build_dataset(d.dataset, **options)
+            except DatasetFetchError as exc:  # the files' folder is what a recipe can give instead
+                raise LayerpruneError(f"data: {exc}; or give local files: --set data.root=FOLDER") from None
             except LayerpruneError as exc:
                 raise LayerpruneError(f"data: {exc}") from None
             size = data.in_memory_bytes()
@@ -67,10 +70,23 @@ class Resources:
         data = self.build_data()
         return {"num_classes": data.num_classes, "in_chans": data.in_chans, **self.recipe.model.kwargs}
 
+    def fetch_checkpoint(self) -> None:
+        """Download ``model.checkpoint`` now when it is a URL (into torch hub's cache, verified)."""
+        from layerprune.models.remote import is_url, local_checkpoint
+
+        url = self.recipe.model.checkpoint
+        if is_url(url):
+            try:
+                local_checkpoint(url, how=local_instead("model.checkpoint"))
+            except FetchError as exc:
+                raise LayerpruneError(f"model.checkpoint: {exc}") from None
+
     def new_model(self, checkpoint: str | None = None) -> nn.Module:
         try:
             model = create_model_for(self.recipe.model.name, self.build_data(), checkpoint=checkpoint,
                                      seed=self.recipe.seed, **self.recipe.model.kwargs)
+        except FetchError as exc:
+            raise LayerpruneError(f"model.checkpoint: {exc.instead(local_instead('model.checkpoint'))}") from None
         except LayerpruneError as exc:
             raise LayerpruneError(f"model: {exc}") from None
         return model.to(self.device)

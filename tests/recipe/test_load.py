@@ -14,7 +14,7 @@ runner = CliRunner()
 
 def test_there_are_shipped_recipes():
     names = {p.stem for p in RECIPES}
-    assert {"quickstart", "resnet56_cifar", "resnet56_cifar_kd", "resnet110_cifar", "vgg19_cifar100",
+    assert {"quickstart", "resnet56_cifar", "resnet56_cifar_scratch", "resnet56_cifar_kd", "resnet110_cifar", "vgg19_cifar100",
             "resnet50_imagenet"} <= names
 
 
@@ -32,7 +32,16 @@ def test_paper_recipe_has_the_paper_settings():
     assert (r.data.calibration.samples, r.data.calibration.batches) == (500, 5)
     assert (r.select.rule, r.select.params) == ("threshold", {"threshold": 0.03})
     assert r.finetune.optimizer == "sgd"
-    assert load_recipe(ROOT / "recipes/resnet56_cifar_kd.yaml").finetune.distill.enabled
+    # from the published checkpoint, by URL, with the statistics it was trained with; no pretraining
+    assert r.model.checkpoint == ("https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/"
+                                  "pretrained_models/resnet56-4bfd9763.th")
+    assert r.pretrain is None and r.data.download and r.prune.repair
+    assert (r.data.options["mean"], r.data.options["std"]) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    kd = load_recipe(ROOT / "recipes/resnet56_cifar_kd.yaml")
+    assert kd.finetune.distill.enabled and kd.model.checkpoint == r.model.checkpoint
+    scratch = load_recipe(ROOT / "recipes/resnet56_cifar_scratch.yaml")
+    assert scratch.pretrain.epochs == 182 and scratch.model.checkpoint is None
+    assert "recipes/resnet56_cifar_scratch.yaml" in (ROOT / "recipes/resnet56_cifar.yaml").read_text()
 
 
 def write(tmp_path, recipe: dict | str, name="r.yaml") -> Path:

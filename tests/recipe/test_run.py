@@ -181,10 +181,10 @@ def test_fresh_starts_over_beside_the_old_run(tmp_path):
     assert (tmp_path / "q" / "metrics.json").is_file() and (tmp_path / "q-2" / "metrics.json").is_file()
 
 
-def test_paper_recipe_without_cifar_exits_2_in_seconds_naming_the_path(tmp_path, monkeypatch):
+def test_scratch_recipe_without_cifar_exits_2_in_seconds_naming_the_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     start = time.perf_counter()
-    result = runner.invoke(app, ["run", str(ROOT / "recipes/resnet56_cifar.yaml")])
+    result = runner.invoke(app, ["run", str(ROOT / "recipes/resnet56_cifar_scratch.yaml")])
     assert result.exit_code == 2
     assert time.perf_counter() - start < 30
     assert f"{tmp_path / 'data' / 'cifar-10-batches-py'}" in result.output and "download: true" in result.output
