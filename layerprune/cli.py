@@ -343,23 +343,42 @@ SET_HELP = "Override a recipe key, typed and validated (repeatable), e.g. --set 
 @app.command("validate")
 @user_errors
 def validate_cmd(
-    recipe: str = typer.Argument(..., metavar="RECIPE", help="Recipe YAML file."),
-    set_: list[str] = typer.Option([], "--set", metavar="KEY.PATH=VALUE", help=SET_HELP),
+    recipe: str = typer.Argument(..., metavar="RECIPE_OR_SUITE", help="Recipe or suite YAML file."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY.PATH=VALUE",
+                                   help=SET_HELP + " On a suite, recipe keys are set in every setting."),
+    setting: list[str] = typer.Option([], "--setting", metavar="NAME", help="A suite: check only this setting (repeatable)."),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
-    show: bool = typer.Option(False, "--show", help="Print the resolved recipe (every default filled in)."),
+    show: bool = typer.Option(False, "--show", help="Print the resolved recipe (every default filled in); "
+                              "for a suite, each setting's."),
 ) -> None:
-    """Check a recipe: every problem at once, as dotted key paths."""
+    """Check a recipe, or every setting of a suite as bench reads it: every problem at once, as
+    dotted key paths (settings.NAME.key on a suite)."""
     import yaml
 
+    from layerprune.bench.suite import is_suite_file, load_suite
     from layerprune.recipe import load_recipe
+    from layerprune.recipe.load import read_yaml
 
     with _plugin_warnings():
-        resolved = load_recipe(recipe, set_, strict_plugins=strict)
+        if is_suite_file(read_yaml(recipe)):
+            suite = load_suite(recipe, set_, only=setting, strict_plugins=strict)
+            resolved = suite.recipes
+        else:
+            if setting:
+                raise LayerpruneError(f"--setting: {recipe} is a recipe, not a suite (it has no settings:)")
+            resolved = [load_recipe(recipe, set_, strict_plugins=strict)]
+            suite = None
     if show:
-        print(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False), end="")
+        dumped = {r.name: r.model_dump(mode="json") for r in resolved} if suite else resolved[0].model_dump(mode="json")
+        print(yaml.safe_dump(dumped, sort_keys=False), end="")
+    elif suite is not None:
+        names = ", ".join(r.name for r in resolved)
+        console.print(f"[green]ok[/]: {recipe} (suite {suite.name}, {len(resolved)} "
+                      f"setting{'s' if len(resolved) != 1 else ''}: {names})", highlight=False, soft_wrap=True)
     else:
-        console.print(f"[green]ok[/]: {recipe} ({resolved.model.name} on {resolved.data.dataset}, "
-                      f"criterion {resolved.criterion.name})", highlight=False)
+        r = resolved[0]
+        console.print(f"[green]ok[/]: {recipe} ({r.model.name} on {r.data.dataset}, criterion {r.criterion.name})",
+                      highlight=False, soft_wrap=True)
 
 
 @app.command("run")

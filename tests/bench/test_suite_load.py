@@ -231,7 +231,7 @@ def test_conftest_keeps_the_base_model_cache_out_of_the_users(request, tmp_path_
     its cache folder, under a key of the code, or a temporary one."""
     import os
 
-    from layerprune.bench.cache import cache_root
+    from layerprune.recipe.cache import cache_root
 
     cache = Path(os.environ["LAYERPRUNE_CACHE"])
     assert cache == test_cache and cache_root() == cache
@@ -289,3 +289,40 @@ def test_a_misspelt_suite_key_is_matched_against_the_suite_keys(tmp_path):
     problems = problems_of(path)
     assert problems[0].startswith("default: unknown key; did you mean 'defaults'?"), problems
     assert "cache_dir" in problems[0] and "finetune" not in problems[0]  # the suite's keys, not a recipe's
+
+
+# -- layerprune validate on suites ---------------------------------------------------------------
+
+def test_validate_checks_every_setting_of_a_suite(tmp_path):
+    path = write(tmp_path, suite_doc({"name": "a", "model": RESNET}, {"name": "b", "model": RESNET}))
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"ok: {path} (suite s, 2 settings: a, b)"
+    shown = yaml.safe_load(runner.invoke(app, ["validate", str(path), "--show", "--setting", "b"]).output)
+    assert list(shown) == ["b"] and shown["b"]["model"]["name"] == "cifar_resnet20"
+
+
+def test_validate_names_the_setting_and_the_key_of_a_bad_key_exit_2(tmp_path):
+    path = write(tmp_path, suite_doc({"name": "good", "model": RESNET},
+                                     {"name": "bad", "model": RESNET, "finetune": {"epochz": 2}}))
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0] == f"error: {path}: 1 problem"
+    assert lines[1].strip().startswith("settings.bad.finetune.epochz: unknown key; did you mean 'epochs'?")
+    # --set reaches every setting, as on bench
+    both = runner.invoke(app, ["validate", str(path), "--set", "pretrain.epochs=-1"])
+    assert both.exit_code == 2
+    assert "settings.good.pretrain.epochs" in both.output and "settings.bad.pretrain.epochs" in both.output
+
+
+def test_validate_refuses_setting_on_a_plain_recipe(tmp_path):
+    result = runner.invoke(app, ["validate", str(ROOT / "recipes/quickstart.yaml"), "--setting", "a"])
+    assert result.exit_code == 2 and "is a recipe, not a suite" in result.output
+
+
+def test_the_cifar10_suite_validates_with_its_data(shared_data, monkeypatch):
+    monkeypatch.setenv("LAYERPRUNE_DATA", str(shared_data))
+    result = runner.invoke(app, ["validate", str(ROOT / "recipes/suites/cifar10.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "2 settings: cifar10_resnet20, cifar10_resnet56" in result.output
