@@ -13,7 +13,7 @@ trial). Under ``torchrun`` each rank runs every ``world_size``-th missing unit a
 its own device, and rank 0 merges; every unit depends on nothing but its own seed, so the
 trials equal a single process's. Every score set and trial is its own JSON file, written
 atomically: a killed bench, rerun, computes only what is missing. Base models come from the
-:mod:`~layerprune.bench.cache` (trained once per key).
+:mod:`~layerprune.recipe.cache` (trained once per key).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from layerprune import distributed
-from layerprune.bench.cache import BaseCache, cache_root
+from layerprune.recipe.cache import BaseCache, cache_root
 from layerprune.bench.suite import Suite
 from layerprune.criteria.base import CriterionResult
 from layerprune.criteria.catalog import criterion_parameters

@@ -54,6 +54,9 @@ class Runner(Resources):
     def stage_pretrain(self) -> None:
         if self.recipe.pretrain is None:
             return
+        if (cached := distributed.on_main(self._cached_base)) is not None:
+            distributed.on_main(lambda: self._take_cached_base(cached))
+            return
         # With a checkpoint, training starts from it: the checkpoint adapted to this data.
         model = self.new_model(self.recipe.model.checkpoint)
         history = self.fit(model, self.settings(self.recipe.pretrain), "pretrain")
@@ -67,6 +70,31 @@ class Runner(Resources):
                                                   "eval": self.evaluate(model).__dict__})
 
         distributed.on_main(save)
+
+    def _cached_base(self) -> str | None:
+        """The base model ``layerprune bench`` trained for this recipe's key (model, checkpoint, data,
+        pretraining, seed: :func:`~layerprune.recipe.cache.base_key`), when its cache holds one."""
+        from layerprune.recipe.cache import BaseCache, cache_root
+
+        cache = BaseCache(cache_root())
+        return str(cache.weights(self.recipe)) if cache.has(self.recipe) else None
+
+    def _take_cached_base(self, weights: str) -> None:
+        """Copy a cached base into the run directory (which then resumes without the cache) with
+        the record of its pretraining."""
+        import json
+        import shutil
+        from pathlib import Path
+
+        from layerprune.io import atomic_path
+
+        with atomic_path(self.run.file("pretrained.pth")) as tmp:
+            shutil.copyfile(weights, tmp)
+        record = Path(weights).with_name("pretrain.json")
+        earlier = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+        self.run.write_json("pretrain.json", {**earlier, "cache": weights})
+        self.log(f"pretrain: skipped, the base model layerprune bench trained for this key (model, data, pretraining, "
+                 f"seed) is reused from its cache: {weights}")
 
     def _write_scores(self, result: CriterionResult, prefix: str = "", removed: list[str] = ()) -> None:
         rc = self.recipe

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from layerprune.bench.cache import CACHE_ENV, BaseCache, cache_root
+from layerprune.recipe.cache import CACHE_ENV, BaseCache, cache_root
 from layerprune.bench.stats import leaderboard
 from layerprune.bench.suite import load_suite
 from layerprune.bench.width import is_channel_row

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from layerprune.bench.cache import BaseCache, base_key
+from layerprune.recipe.cache import BaseCache, base_key
 from layerprune.cli import app
 from layerprune.recipe import load_recipe, run_recipe
 
@@ -131,3 +131,35 @@ def test_the_paper_recipe_runs_to_its_report_on_real_images(tmp_path, cifar_jpeg
     assert metrics["base"]["accuracy"] > 0.6  # the pretrained ResNet-56, not a model trained on 180 images
     for name in ("report.md", "modularity_curve.png", "model/model.safetensors"):
         assert (out / name).is_file(), name
+
+
+def test_a_run_after_a_bench_on_the_same_setting_skips_pretraining(tmp_path, monkeypatch):
+    """`layerprune bench` trains the setting's base into the cache; `layerprune run` on the same
+    recipe (model, data, pretraining, seed) takes it from there instead of pretraining again."""
+    monkeypatch.setenv("LAYERPRUNE_CACHE", str(tmp_path / "cache"))
+    recipe = ROOT / "recipes/bench_small.yaml"
+    shared = ["pretrain.epochs=1", "data.calibration.samples=32", "prune.repair_batches=2", "eval.latency=false"]
+    bench = runner.invoke(app, ["bench", str(recipe), "--out", str(tmp_path / "bench"), *_sets(
+        [*shared, "bench.criteria=[tail]", "bench.budgets=[{k: 1}]", "bench.seeds=[0]", "bench.width=false",
+         "bench.finetune_epochs=0"])])
+    assert bench.exit_code == 0, bench.output
+    (weights,) = (tmp_path / "cache" / "bases").glob("*/pretrained.pth")
+
+    out = tmp_path / "run"
+    run = runner.invoke(app, ["run", str(recipe), "--out", str(out), *_sets([*shared, "finetune.epochs=0"])])
+    assert run.exit_code == 0, run.output
+    assert f"pretrain: skipped, the base model layerprune bench trained for this key" in run.output
+    assert str(weights) in run.output and "pretrain epoch" not in run.output
+    assert (out / "pretrained.pth").read_bytes() == weights.read_bytes()
+    record = json.loads((out / "pretrain.json").read_text())
+    assert record["cache"] == str(weights) and len(record["history"]) == 1
+    assert not (out / "pretrain.ckpt").exists() and not (out / "metrics.csv").exists()  # nothing trained
+    base = json.loads((tmp_path / "bench" / "settings" / "bench_small" / "base.json").read_text())
+    assert json.loads((out / "metrics.json").read_text())["base"]["accuracy"] == pytest.approx(base["accuracy"])
+
+    # another pretraining is another key: trained in the run, not taken from the cache
+    other = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "run2"),
+                                *_sets([*shared, "finetune.epochs=0", "pretrain.lr=0.05"])])
+    assert other.exit_code == 0, other.output
+    assert "pretrain: skipped" not in other.output
+    assert "cache" not in json.loads((tmp_path / "run2" / "pretrain.json").read_text())

@@ -1,9 +1,11 @@
 """Trained base models, kept once per key of everything that determines them.
 
-A setting's base model depends on the model (name, kwargs), the data (data set, options, batch
-size), the pretraining section and the recipe seed: that is its key. Criteria, budgets, seeds,
-finetuning and the suite it runs in do not change it, so every trial, rerun and suite that needs
-the same base reuses one file; a changed key trains a new one beside it.
+A recipe's (or a bench setting's) base model depends on the model (name, kwargs, checkpoint
+content), the data (data set, options, batch size), the pretraining section and the recipe seed:
+that is its key. Criteria, budgets, seeds, finetuning and the suite it runs in do not change it,
+so every trial, rerun and suite that needs the same base reuses one file, and ``layerprune run``
+takes the base ``layerprune bench`` trained for its key instead of pretraining again; a changed
+key trains a new one beside it.
 
 Where: the suite's ``cache_dir``, else ``$LAYERPRUNE_CACHE``, else the user's cache folder
 (``$XDG_CACHE_HOME/layerprune``, ``~/.cache/layerprune``). An entry is complete once its folder
