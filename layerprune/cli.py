@@ -28,6 +28,7 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+CHECKPOINT_HELP = "Load these weights first: a file, or an http(s) URL (downloaded once into torch hub's cache, verified)."
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -195,7 +196,7 @@ def inspect_cmd(
     model_name: str = typer.Argument(..., metavar="MODEL", help="timm model name, e.g. cifar_resnet56."),
     input_size: Optional[tuple[int, int, int]] = typer.Option(
         None, "--input-size", metavar="C H W", help="Input size (default: the model's pretrained_cfg)."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Load these weights first."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
     model_arg: list[str] = typer.Option([], "--model-arg", "-a", metavar="KEY=VALUE",
                                         help="Model keyword argument, repeatable (e.g. -a shortcut=B)."),
     level: str = typer.Option("block", "--level", help=LEVEL_HELP),
@@ -272,7 +273,7 @@ def score_cmd(
     data: str = typer.Option(..., "--data", "-d", help="Dataset name (see: layerprune datasets)."),
     criterion: str = typer.Option("modularity", "--criterion", "-c", help="Criterion (see: layerprune criteria)."),
     param: list[str] = typer.Option([], "--param", "-p", metavar="KEY=VALUE", help="Criterion parameter (repeatable)."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Load these weights first."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
     model_arg: list[str] = typer.Option([], "--model-arg", "-a", metavar="KEY=VALUE", help="Model keyword argument (repeatable)."),
     data_arg: list[str] = typer.Option([], "--data-arg", metavar="KEY=VALUE", help="Dataset option (repeatable), e.g. root=./data."),
     split: str = typer.Option(Calibration.split, "--split", help="Calibration split: val (held out of train), test or train."),

@@ -28,8 +28,9 @@ class ModelSection(Section):
     name: str = Field(description="timm model name, e.g. cifar_resnet56 or resnet50")
     kwargs: dict[str, Any] = Field(default_factory=dict,
                                    description="keyword arguments for timm.create_model (num_classes and in_chans default to the data set's)")
-    checkpoint: Optional[str] = Field(None, description="weights to start from (with a pretrain section, "
-                                      "pretraining starts from them); without it, the pretrain stage trains the model first")
+    checkpoint: Optional[str] = Field(None, description="weights to start from, a file or an http(s) URL (downloaded "
+                                      "once into torch hub's cache, verified); with a pretrain section, pretraining "
+                                      "starts from them; without it, the pretrain stage trains the model first")
 
 
 class CalibrationSection(Section):
