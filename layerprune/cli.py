@@ -193,7 +193,8 @@ LEVEL_HELP = "block (the model's own blocks) or sublayer (the residual branches 
 @app.command("inspect")
 @user_errors
 def inspect_cmd(
-    model_name: str = typer.Argument(..., metavar="MODEL", help="timm model name, e.g. cifar_resnet56."),
+    model_name: str = typer.Argument(..., metavar="MODEL", help="timm model name, e.g. cifar_resnet56, or "
+                                     "hf:PATH_OR_ID for a transformers model (a folder or a hub id; extra [hf])."),
     input_size: Optional[tuple[int, int, int]] = typer.Option(
         None, "--input-size", metavar="C H W", help="Input size (default: the model's pretrained_cfg)."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
@@ -214,7 +215,15 @@ def inspect_cmd(
 
     check_level(level)
 
-    model = create_model(model_name, checkpoint=checkpoint, **_parse_pairs(model_arg)).eval()
+    from layerprune.models.hf import is_hf_name, load_hf_model
+
+    if is_hf_name(model_name):
+        if checkpoint or input_size or model_arg:
+            raise LayerpruneError(f"{model_name}: --checkpoint, --input-size and --model-arg are for timm models; a "
+                                  "transformers model is its folder or hub id")
+        model = load_hf_model(model_name)
+    else:
+        model = create_model(model_name, checkpoint=checkpoint, **_parse_pairs(model_arg)).eval()
     x = torch.randn(1, *input_size) if input_size else default_input(model)
     blocks = find_blocks(model, x, level=level)
     cost = model_cost(model, x)

@@ -1,7 +1,8 @@
 """Surgery: find blocks, remove them safely, save and rebuild pruned models, measure cost.
 
 One file per concern: ``blocks`` (the Block record and the keep-one-per-stage rule), ``find``
-(discover and classify), ``edit`` (plan and swap), ``verify`` (run and re-trace), ``remove``
+(discover and classify), ``inputs`` (example inputs), ``hf`` (transformers models: the layer list
+as blocks, removal that keeps config, indices and cache consistent), ``edit`` (plan and swap), ``verify`` (run and re-trace), ``remove``
 (the three together on a copy), ``spec`` (save and rebuild), ``cost`` (params, MACs, latency, and
 each block's share of it), ``width`` (channel pruning inside blocks, with Torch-Pruning).
 """
@@ -15,7 +16,8 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ".cost": ["BlockLatency", "Cost", "Latency", "compare_latency", "count_macs", "count_params",
               "measure_block_latency", "measure_latency", "model_cost"],
     ".edit": ["apply_edits", "plan_edits", "swap_blocks"],
-    ".find": ["default_input", "find_blocks"],
+    ".find": ["find_blocks"],
+    ".inputs": ["default_input"],
     ".remove": ["remove_blocks"],
     ".spec": ["PruneSpec", "apply_spec", "load_pruned", "save_pruned"],
 })

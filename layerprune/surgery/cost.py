@@ -75,7 +75,12 @@ class Cost:
 
 
 def model_cost(model: nn.Module, example_input: torch.Tensor) -> Cost:
-    """Parameters and MACs per sample of ``model`` on inputs shaped like ``example_input``."""
+    """Parameters and MACs per sample of ``model`` on inputs shaped like ``example_input`` (for a
+    transformers model, the matrix products of its linear layers per sequence of that length)."""
+    from layerprune.surgery import hf
+
+    if hf.is_hf_model(model):
+        return Cost(params=count_params(model), macs=hf.count_macs(model, example_input))
     return Cost(params=count_params(model), macs=count_macs(model, example_input)[0])
 
 

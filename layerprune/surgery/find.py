@@ -65,10 +65,13 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from layerprune.errors import SurgeryError
-from layerprune.hooks import eval_mode, forward_hooks, main_tensor, model_device
+from layerprune.hooks import eval_mode, forward_hooks, main_tensor
 from layerprune.surgery.blocks import ACTIVATIONS, SHORTCUT_NAMES, WEIGHT_LAYERS, Block
 from layerprune.surgery.cost import count_macs, count_params
+from layerprune.surgery import hf
 from layerprune.surgery.edit import ZeroPadShortcut, set_submodule, swap_blocks
+from layerprune.surgery.hf import is_hf_model
+from layerprune.surgery.inputs import check_input, check_level, default_input  # noqa: F401 - re-exported
 from layerprune.surgery.named import NONE, NamedBlocks, named_blocks
 from layerprune.surgery.verify import dependency_graph_check
 
@@ -684,9 +687,6 @@ def _zeros(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor
     return torch.zeros_like(output)
 
 
-LEVELS = ("block", "sublayer")
-
-
 def discover(model: nn.Module, calls: dict[str, _Call], named: NamedBlocks = NONE,
              level: str = "block") -> list[_Found]:
     """Blocks (with their stage and kind) and the other parameterised parts, unordered."""
@@ -698,26 +698,6 @@ def discover(model: nn.Module, calls: dict[str, _Call], named: NamedBlocks = NON
 
 
 # -- the public entry point -------------------------------------------------------------------------
-def default_input(model: nn.Module, batch_size: int = 1) -> torch.Tensor:
-    """A random input of the model's configured size (timm ``pretrained_cfg``), or 3×224×224."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    size = tuple(cfg.get("input_size") or (3, 224, 224))
-    return torch.randn(batch_size, *size, device=model_device(model))
-
-
-def check_input(example_input: Any) -> torch.Tensor:
-    """The example input, if it is one tensor; :class:`SurgeryError` otherwise."""
-    if not isinstance(example_input, torch.Tensor):
-        raise SurgeryError(f"example_input must be one tensor (a batch of inputs), got {type(example_input).__name__}")
-    return example_input
-
-
-def check_level(level: str) -> str:
-    if level not in LEVELS:
-        raise SurgeryError(f"level must be one of {', '.join(map(repr, LEVELS))}, got {level!r}")
-    return level
-
-
 def find_blocks(model: nn.Module, example_input: torch.Tensor | None = None, level: str = "block") -> list[Block]:
     """The blocks of ``model`` (and its fixed stem/head parts), in forward order.
 
@@ -730,6 +710,8 @@ def find_blocks(model: nn.Module, example_input: torch.Tensor | None = None, lev
     >>> sum(b.removable for b in blocks)
     25
     """
+    if is_hf_model(model):  # a transformers model: its layer list (surgery/hf.py)
+        return hf.find_blocks(model, example_input, level)
     check_level(level)
     example_input = default_input(model) if example_input is None else check_input(example_input)
     with eval_mode(model), _collection_paused():

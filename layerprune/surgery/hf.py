@@ -1,0 +1,316 @@
+"""Transformers language models (Hugging Face ``transformers``): their layer list as blocks, and
+removal that leaves a model the library itself can run, cache, save and reload.
+
+The blocks are the entries of the model's own layer list (``model.layers.N``, ``transformer.h.N``,
+``gpt_neox.layers.N``, ``bert.encoder.layer.N``, ...), found from the model's structure: the one
+``ModuleList`` whose length is the configuration's ``num_hidden_layers`` and whose entries are all
+of one class and hold weights. Everything else (embeddings, final norm, head) is fixed.
+
+A removed layer is deleted from the list (nothing stands in for it), and the model is made
+consistent again: the per-layer indices of the kept layers (``layer_idx`` and its kin, which the KV
+cache is addressed by) run ``0 … n−1``, ``config.num_hidden_layers`` is the new count, and every
+per-layer list of the configuration (``layer_types`` and the like) keeps the kept layers' entries.
+The removal is then checked against the reference it must equal: the original model with the
+removed layers skipped (a hook passes their input through), on the example tokens.
+
+>>> blocks = find_blocks(model, torch.randint(0, 100, (1, 16)))        # doctest: +SKIP
+>>> pruned = remove_layers(model, ["model.layers.1", "model.layers.3"], input_ids)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+
+from layerprune.errors import SurgeryError
+from layerprune.hooks import eval_mode
+from layerprune.surgery.blocks import Block
+
+# Attributes that number a layer (the KV cache and per-layer settings are looked up by them).
+INDEX_ATTRS = ("layer_idx", "layer_id", "layer_index", "block_idx")
+EXAMPLE_TOKENS = 16
+
+
+def is_hf_model(model: Any) -> bool:
+    """Whether ``model`` is a ``transformers`` ``PreTrainedModel`` (without importing transformers)."""
+    if "transformers" not in sys.modules:
+        return False
+    from transformers import PreTrainedModel
+
+    return isinstance(model, PreTrainedModel)
+
+
+def _text_config(model: nn.Module):
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def layer_count(model: nn.Module) -> int:
+    count = getattr(_text_config(model), "num_hidden_layers", None)
+    if not isinstance(count, int):
+        raise SurgeryError(f"{type(model).__name__}: its configuration has no num_hidden_layers, so its layer list "
+                           "cannot be told from other lists of modules")
+    return count
+
+
+def layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The model's layer list: its dotted name and the ``ModuleList``; :class:`SurgeryError` when
+    the model is not one the engine handles (an encoder-decoder, no such list, or several)."""
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False):
+        raise SurgeryError(f"{type(model).__name__}: an encoder-decoder model (two layer stacks joined by "
+                           "cross-attention); only decoder-only and encoder-only models are handled")
+    count = layer_count(model)
+    found = [(name, module) for name, module in model.named_modules()
+             if isinstance(module, nn.ModuleList) and len(module) == count and count > 0
+             and len({type(m) for m in module}) == 1 and all(any(True for _ in m.parameters()) for m in module)]
+    if not found:
+        raise SurgeryError(f"{type(model).__name__}: no list of {count} layers of one class (num_hidden_layers) "
+                           "was found in the model")
+    # A list nested in another found one (a layer's own sub-lists) is not the stack.
+    outer = [(n, m) for n, m in found if not any(n != o and n.startswith(o + ".") for o, _ in found)]
+    if len(outer) > 1:
+        raise SurgeryError(f"{type(model).__name__}: several lists of {count} layers "
+                           f"({', '.join(n for n, _ in outer)}); which one is the stack is ambiguous")
+    return outer[0]
+
+
+def default_tokens(model: nn.Module, batch_size: int = 1, length: int = EXAMPLE_TOKENS) -> torch.Tensor:
+    """Random token ids within the model's vocabulary."""
+    vocab = getattr(_text_config(model), "vocab_size", None) or 100
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab, (batch_size, length), generator=generator).to(device)
+
+
+def check_tokens(model: nn.Module, input_ids: Any) -> torch.Tensor:
+    if input_ids is None:
+        return default_tokens(model)
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int, torch.int32):
+        raise SurgeryError(f"{type(model).__name__}: the example input must be a tensor of token ids (integers, "
+                           f"batch × length), got {getattr(input_ids, 'dtype', type(input_ids).__name__)}")
+    if input_ids.dim() != 2:
+        raise SurgeryError(f"{type(model).__name__}: token ids must be batch × length, got shape {tuple(input_ids.shape)}")
+    return input_ids
+
+
+def _logits(output: Any) -> torch.Tensor:
+    """The tensor a forward pass answers with: ``logits`` of a ``ModelOutput``, else its first entry."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    return output[0]
+
+
+def _linear_macs(model: nn.Module, input_ids: torch.Tensor) -> tuple[dict[str, int], dict[str, tuple]]:
+    """Multiply-accumulates per sequence of every layer-list entry's matrix products (each module
+    with a 2-D weight, as ``nn.Linear`` and GPT-2's ``Conv1D``: tokens × weight size), and the
+    hidden-state shapes into and out of each module called."""
+    macs: dict[str, int] = {}
+    shapes: dict[str, tuple] = {}
+    handles = []
+
+    def hook(name: str, weighted: bool):
+        def record(module, args, kwargs, output):
+            x = args[0] if args else kwargs.get("hidden_states")
+            if isinstance(x, torch.Tensor):
+                y = _logits(output) if not isinstance(output, torch.Tensor) else output
+                shapes.setdefault(name, (tuple(x.shape[1:]), tuple(y.shape[1:]) if isinstance(y, torch.Tensor) else ()))
+                if weighted:
+                    tokens = x.numel() // x.shape[-1] // x.shape[0]
+                    macs[name] = macs.get(name, 0) + tokens * module.weight.numel()
+        return record
+
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        weighted = (isinstance(weight, torch.Tensor) and weight.dim() == 2 and not isinstance(module, nn.Embedding)
+                    and not module._modules)
+        handles.append(module.register_forward_hook(hook(name, weighted), with_kwargs=True))
+    try:
+        with torch.no_grad():
+            model(input_ids[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return macs, shapes
+
+
+def count_macs(model: nn.Module, input_ids: torch.Tensor | None = None) -> int:
+    """Multiply-accumulates per sequence of the model's matrix products (see :func:`_linear_macs`)."""
+    with eval_mode(model):
+        macs, _ = _linear_macs(model, check_tokens(model, input_ids))
+    return sum(macs.values())
+
+
+def find_blocks(model: nn.Module, input_ids: torch.Tensor | None = None, level: str = "block") -> list[Block]:
+    """The layers of a transformers model as blocks (every one removable), with its embeddings,
+    final norm and head as fixed parts, in forward order. Nothing is copied."""
+    if level != "block":
+        raise SurgeryError(f"{type(model).__name__}: level={level!r}: the attention and MLP sub-layers of transformers "
+                           "models are not offered yet; use level='block' (whole layers)")
+    input_ids = check_tokens(model, input_ids)
+    path, layers = layer_list(model)
+    with eval_mode(model):
+        macs, shapes = _linear_macs(model, input_ids)
+    total = max(sum(macs.values()), 1)
+
+    def under(prefix: str) -> int:
+        return sum(v for k, v in macs.items() if k == prefix or k.startswith(prefix + "."))
+
+    parts: list[str] = []
+    for name, child in model.named_children():
+        _walk_fixed(name, child, path, parts)
+    before, after = parts[:parts.index(path)], parts[parts.index(path) + 1:]
+    blocks = []
+    for name in before:
+        blocks.append(_fixed(model, name, under(name), total, shapes, "embeddings, before the layers"))
+    for i, layer in enumerate(layers):
+        name = f"{path}.{i}"
+        in_shape, out_shape = shapes.get(name, ((), ()))
+        blocks.append(Block(name=name, stage=path, kind="identity", removable=True,
+                            reason="a layer of the stack (deleted from the list, the rest renumbered)",
+                            params=sum(p.numel() for p in layer.parameters()), macs=under(name),
+                            macs_share=under(name) / total, in_shape=in_shape, out_shape=out_shape))
+    for name in after:
+        blocks.append(_fixed(model, name, under(name), total, shapes, "after the layers (final norm, head)"))
+    return blocks
+
+
+def _walk_fixed(name: str, module: nn.Module, path: str, into: list[str]) -> None:
+    """The parts around the layer stack in module order, as deep as needed to keep the stack out
+    of them (the stack itself appears as ``path``); parts without weights are left out."""
+    if name == path:
+        into.append(name)
+    elif path.startswith(name + "."):
+        for child_name, child in module.named_children():
+            _walk_fixed(f"{name}.{child_name}", child, path, into)
+    elif any(True for _ in module.parameters()):
+        into.append(name)
+
+
+def _fixed(model: nn.Module, name: str, macs: int, total: int, shapes: dict, where: str) -> Block:
+    module = model.get_submodule(name)
+    in_shape, out_shape = shapes.get(name, ((), ()))
+    return Block(name=name, stage="", kind="fixed", removable=False, reason=f"fixed: {where}",
+                 params=sum(p.numel() for p in module.parameters()), macs=macs, macs_share=macs / total,
+                 in_shape=in_shape, out_shape=out_shape)
+
+
+# -- removal ----------------------------------------------------------------------------------------
+def plan(model: nn.Module, names: list[str] | tuple[str, ...]) -> tuple[str, list[int]]:
+    """The layer list's name and the indices to remove; :class:`SurgeryError` for a name that is not
+    one of its layers, and for a plan that removes every layer."""
+    path, layers = layer_list(model)
+    indices = []
+    for name in names:
+        prefix, _, index = name.rpartition(".")
+        if prefix != path or not index.isdigit() or int(index) >= len(layers):
+            raise SurgeryError(f"{name}: not a layer of {type(model).__name__} (its layers are {path}.0 … "
+                               f"{path}.{len(layers) - 1})")
+        indices.append(int(index))
+    if len(set(indices)) >= len(layers):
+        raise SurgeryError(f"removing {', '.join(names)} would leave {type(model).__name__} without layers; keep at "
+                           "least one")
+    return path, sorted(set(indices))
+
+
+@torch.no_grad()
+def skip_reference(model: nn.Module, path: str, removed: list[int], input_ids: torch.Tensor) -> torch.Tensor:
+    """The original model's logits with the ``removed`` layers skipped: each passes its input on."""
+    layers = model.get_submodule(path)
+
+    def skip(module, args, kwargs, output):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    handles = [layers[i].register_forward_hook(skip, with_kwargs=True) for i in removed]
+    try:
+        with eval_mode(model):
+            return _logits(model(input_ids)).detach().clone()
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def renumber(layers: nn.ModuleList, kept: list[int]) -> None:
+    """Give the kept layers' per-layer indices (:data:`INDEX_ATTRS`) their new positions."""
+    for new, old in enumerate(kept):
+        for module in layers[new].modules():
+            for attr in INDEX_ATTRS:
+                if getattr(module, attr, None) == old and isinstance(getattr(module, attr), int):
+                    setattr(module, attr, new)
+
+
+def per_layer_keys(config, count: int) -> list[str]:
+    """The configuration's per-layer lists: list values with one entry per layer."""
+    return [k for k, v in config.to_dict().items()
+            if isinstance(v, (list, tuple)) and len(v) == count and count > 1 and k != "architectures"]
+
+
+def cut_config(model: nn.Module, kept: list[int], count: int) -> None:
+    """``num_hidden_layers`` and every per-layer list of the (text) configuration cut to ``kept``."""
+    config = _text_config(model)
+    for key in per_layer_keys(config, count):
+        value = getattr(config, key)
+        setattr(config, key, type(value)(value[i] for i in kept))
+    config.num_hidden_layers = len(kept)
+
+
+def check_consistent(model: nn.Module) -> None:
+    """The layer list, ``num_hidden_layers``, the per-layer lists and the layer indices agree."""
+    path, layers = layer_list(model)  # raises when num_hidden_layers no longer matches the list
+    for position, layer in enumerate(layers):
+        for module in layer.modules():
+            for attr in INDEX_ATTRS:
+                value = getattr(module, attr, None)
+                if isinstance(value, int) and not isinstance(value, bool) and value != position:
+                    raise SurgeryError(f"{path}.{position}: {type(module).__name__}.{attr} is {value}, not {position}")
+
+
+def remove_layers(model: nn.Module, names: list[str] | tuple[str, ...], input_ids: torch.Tensor | None = None,
+                  *, inplace: bool = False, atol: float | None = None) -> nn.Module:
+    """``model`` without the layers ``names``: deleted from its layer list, the rest renumbered, its
+    configuration cut to match, and its logits checked against the original's with those layers
+    skipped. ``inplace=True`` edits ``model`` itself (no copy: for models that fit in memory once);
+    otherwise a copy is edited and ``model`` is left as it was."""
+    input_ids = check_tokens(model, input_ids)
+    path, removed = plan(model, names)
+    reference = skip_reference(model, path, removed, input_ids)
+    count = len(model.get_submodule(path))
+    kept = [i for i in range(count) if i not in removed]
+    pruned = model if inplace else copy.deepcopy(model)
+    layers = pruned.get_submodule(path)
+    parent_name, _, attr = path.rpartition(".")
+    parent = pruned.get_submodule(parent_name) if parent_name else pruned
+    setattr(parent, attr, nn.ModuleList([layers[i] for i in kept]))
+    renumber(parent.get_submodule(attr), kept)
+    cut_config(pruned, kept, count)
+    check_consistent(pruned)
+    with torch.no_grad(), eval_mode(pruned):
+        out = _logits(pruned(input_ids))
+    tolerance = atol if atol is not None else (1e-4 if out.dtype == torch.float32 else 5e-2)
+    if out.shape != reference.shape or not torch.allclose(out.float(), reference.float(), atol=tolerance, rtol=0):
+        gap = (out.float() - reference.float()).abs().max().item() if out.shape == reference.shape else float("nan")
+        raise SurgeryError(f"{type(model).__name__}: after removing {', '.join(names)} the logits differ from the "
+                           f"original's with those layers skipped (max |Δ| {gap:.3g} > {tolerance:g})")
+    return pruned
+
+
+def layer_indices(model: nn.Module) -> Iterator[tuple[str, int]]:
+    """``(module path, index)`` of every per-layer index in the layer list (for checks and tests)."""
+    path, layers = layer_list(model)
+    for position, layer in enumerate(layers):
+        for name, module in layer.named_modules():
+            for attr in INDEX_ATTRS:
+                value = getattr(module, attr, None)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    yield f"{path}.{position}{'.' + name if name else ''}.{attr}", value
+
+
+__all__ = ["count_macs", "find_blocks", "is_hf_model", "layer_list", "remove_layers", "skip_reference"]
