@@ -37,13 +37,22 @@ def _task_of(config, source: str) -> str:
     names = getattr(config, "architectures", None) or []
     if any(n.endswith("ForSequenceClassification") for n in names):
         return "sequence-classification"
-    if names and not any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names):
-        known = ", ".join(names)
-        transformers = require_transformers()
-        if type(config) not in transformers.MODEL_FOR_CAUSAL_LM_MAPPING:
-            raise ModelError(f"{source}: its architectures ({known}) are neither a causal LM nor a sequence "
-                             f"classifier; give task: one of {', '.join(TASKS)}")
     return "causal-lm"
+
+
+def _check_task(config, task: str, source: str) -> None:
+    """:class:`ModelError` when transformers has no ``task`` class for this configuration."""
+    transformers = require_transformers()
+    mapping = (transformers.MODEL_FOR_CAUSAL_LM_MAPPING if task == "causal-lm"
+               else transformers.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING)
+    if type(config) in mapping:
+        return
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelError(f"{source}: an encoder-decoder model ({type(config).__name__}); only decoder-only "
+                         "causal LMs and encoder sequence classifiers are handled")
+    other = [t for t in TASKS if t != task]
+    raise ModelError(f"{source}: transformers has no {TASKS[task]} for {type(config).__name__} (task: {task}); "
+                     f"another task ({', '.join(other)})?")
 
 
 def load_hf_model(path_or_id: str, task: str | None = None, **kwargs: Any):
@@ -74,10 +83,8 @@ def load_hf_model(path_or_id: str, task: str | None = None, **kwargs: Any):
             where = "" if local else ("; without network, give a local folder (or fetch it once with network: the "
                                       "Hugging Face cache keeps it)")
             raise ModelError(f"{source}: cannot load its configuration ({first}){where}") from None
-        if getattr(config, "is_encoder_decoder", False):
-            raise ModelError(f"{source}: an encoder-decoder model ({type(config).__name__}); only decoder-only "
-                             "causal LMs and encoder sequence classifiers are handled")
         task = task or _task_of(config, source)
+        _check_task(config, task, source)
         auto = getattr(transformers, TASKS[task])
         try:
             model = auto.from_pretrained(source, **kwargs)

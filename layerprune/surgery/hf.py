@@ -49,33 +49,66 @@ def _text_config(model: nn.Module):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def layer_count(model: nn.Module) -> int:
-    count = getattr(_text_config(model), "num_hidden_layers", None)
-    if not isinstance(count, int):
-        raise SurgeryError(f"{type(model).__name__}: its configuration has no num_hidden_layers, so its layer list "
-                           "cannot be told from other lists of modules")
-    return count
+# Configuration keys that count a stack's layers, most common first.
+COUNT_KEYS = ("num_hidden_layers", "decoder_layers", "num_decoder_layers", "n_layer", "num_layers", "n_layers")
+
+
+def layer_counts(model: nn.Module) -> dict[str, int]:
+    """The layer counts the (text) configuration states, by key."""
+    config = _text_config(model)
+    counts = {}
+    for key in COUNT_KEYS:
+        try:
+            value = getattr(config, key, None)
+        except Exception:  # noqa: BLE001 - a property of an odd configuration
+            value = None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            counts[key] = value
+    if not counts:
+        raise SurgeryError(f"{type(model).__name__}: its configuration states no layer count "
+                           f"({', '.join(COUNT_KEYS)}), so its layer list cannot be told from other lists of modules")
+    return counts
+
+
+def count_key(model: nn.Module, path: str, length: int) -> str:
+    """The configuration key that counts the stack at ``path`` (of ``length`` layers): a decoder's
+    own count for a stack under ``decoder``, else ``num_hidden_layers`` where it agrees."""
+    keys = [k for k, v in layer_counts(model).items() if v == length]
+    if "decoder" in path.split("."):
+        keys.sort(key=lambda k: "decoder" not in k)
+    return keys[0]
+
+
+def _has_encoder(model: nn.Module) -> bool:
+    """Whether the model runs an encoder of its own (a seq2seq model; ``BartForCausalLM`` is the
+    decoder alone though its configuration says encoder-decoder)."""
+    try:
+        encoder = model.get_encoder()
+    except (AttributeError, NotImplementedError, ValueError):
+        return False
+    return isinstance(encoder, nn.Module) and encoder is not model
 
 
 def layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The model's layer list: its dotted name and the ``ModuleList``; :class:`SurgeryError` when
     the model is not one the engine handles (an encoder-decoder, no such list, or several)."""
     config = model.config
-    if getattr(config, "is_encoder_decoder", False):
+    if getattr(config, "is_encoder_decoder", False) and _has_encoder(model):
         raise SurgeryError(f"{type(model).__name__}: an encoder-decoder model (two layer stacks joined by "
                            "cross-attention); only decoder-only and encoder-only models are handled")
-    count = layer_count(model)
+    lengths = set(layer_counts(model).values())
     found = [(name, module) for name, module in model.named_modules()
-             if isinstance(module, nn.ModuleList) and len(module) == count and count > 0
+             if isinstance(module, nn.ModuleList) and len(module) in lengths
              and len({type(m) for m in module}) == 1 and all(any(True for _ in m.parameters()) for m in module)]
     if not found:
-        raise SurgeryError(f"{type(model).__name__}: no list of {count} layers of one class (num_hidden_layers) "
-                           "was found in the model")
+        stated = ", ".join(f"{k} = {v}" for k, v in layer_counts(model).items())
+        raise SurgeryError(f"{type(model).__name__}: no list of layers of one class as long as its configuration "
+                           f"says ({stated}) was found in the model")
     # A list nested in another found one (a layer's own sub-lists) is not the stack.
     outer = [(n, m) for n, m in found if not any(n != o and n.startswith(o + ".") for o, _ in found)]
     if len(outer) > 1:
-        raise SurgeryError(f"{type(model).__name__}: several lists of {count} layers "
-                           f"({', '.join(n for n, _ in outer)}); which one is the stack is ambiguous")
+        raise SurgeryError(f"{type(model).__name__}: several lists of layers ({', '.join(n for n, _ in outer)}); "
+                           "which one is the stack is ambiguous")
     return outer[0]
 
 
@@ -253,13 +286,15 @@ def per_layer_keys(config, count: int) -> list[str]:
             if isinstance(v, (list, tuple)) and len(v) == count and count > 1 and k != "architectures"]
 
 
-def cut_config(model: nn.Module, kept: list[int], count: int) -> None:
-    """``num_hidden_layers`` and every per-layer list of the (text) configuration cut to ``kept``."""
+def cut_config(model: nn.Module, path: str, kept: list[int], count: int) -> None:
+    """The layer count of the stack at ``path`` (``num_hidden_layers``, or a decoder's own) and every
+    per-layer list of the (text) configuration cut to ``kept``."""
     config = _text_config(model)
-    for key in per_layer_keys(config, count):
-        value = getattr(config, key)
-        setattr(config, key, type(value)(value[i] for i in kept))
-    config.num_hidden_layers = len(kept)
+    key = count_key(model, path, count)
+    for name in per_layer_keys(config, count):
+        value = getattr(config, name)
+        setattr(config, name, type(value)(value[i] for i in kept))
+    setattr(config, key, len(kept))
 
 
 def check_consistent(model: nn.Module) -> None:
@@ -290,7 +325,7 @@ def remove_layers(model: nn.Module, names: list[str] | tuple[str, ...], input_id
     parent = pruned.get_submodule(parent_name) if parent_name else pruned
     setattr(parent, attr, nn.ModuleList([layers[i] for i in kept]))
     renumber(parent.get_submodule(attr), kept)
-    cut_config(pruned, kept, count)
+    cut_config(pruned, path, kept, count)
     check_consistent(pruned)
     with torch.no_grad(), eval_mode(pruned):
         out = _logits(pruned(input_ids))
