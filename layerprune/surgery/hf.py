@@ -349,3 +349,70 @@ def layer_indices(model: nn.Module) -> Iterator[tuple[str, int]]:
 
 
 __all__ = ["count_macs", "find_blocks", "is_hf_model", "layer_list", "remove_layers", "skip_reference"]
+
+
+# -- saving -----------------------------------------------------------------------------------------
+def is_hf_folder(directory) -> bool:
+    """Whether ``directory`` holds a transformers model (its ``config.json`` names a ``model_type``)."""
+    import json
+    from pathlib import Path
+
+    config = Path(directory) / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "model_type" in data and "architecture" not in data
+
+
+def model_card(model: nn.Module, *, base_model: str | None, removed: list[str], original_layers: int | None = None,
+               info: dict[str, Any] | None = None) -> str:
+    """The ``README.md`` of a pruned transformers model: YAML front matter the hub reads
+    (``base_model``, ``library_name``, tags), what was removed and how to load it."""
+    info = info or {}
+    path, layers = layer_list(model)
+    causal = type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+    lines = ["---", "library_name: transformers"]
+    if base_model:
+        lines += [f"base_model: {base_model}"]
+    lines += [f"pipeline_tag: {'text-generation' if causal else 'text-classification'}", "tags:", "- layerprune",
+              "- pruned", "---", "", f"# {base_model or type(model).__name__}, {len(removed)} layers removed by layerprune",
+              ""]
+    before = original_layers or len(layers) + len(removed)
+    lines += [f"`{type(model).__name__}` with {len(layers)} of its {before} layers (`{path}`): removed "
+              + ", ".join(f"`{n}`" for n in removed) + " (numbered as in the original)"
+              + (f", chosen by the `{info['criterion']}` criterion" if info.get("criterion") else "") + ".", "",
+              "The configuration says so (`num_hidden_layers` and every per-layer list cut to the kept layers, the "
+              "layers renumbered), so the folder loads with transformers alone:", "", "```python",
+              "import transformers", "",
+              f"model = transformers.{'AutoModelForCausalLM' if causal else 'AutoModelForSequenceClassification'}"
+              '.from_pretrained("THIS_FOLDER")', "```", ""]
+    params = sum(p.numel() for p in model.parameters())
+    lines += [f"Parameters: {params:,}.", ""]
+    for key, value in info.items():
+        if key != "criterion":
+            lines.append(f"- {key}: {value}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def save_pruned(model: nn.Module, directory, *, base_model: str | None = None, removed: list[str] = (),
+                tokenizer: Any = None, original_layers: int | None = None, info: dict[str, Any] | None = None):
+    """The model's own ``save_pretrained`` folder (config.json, model.safetensors,
+    generation_config.json), with the tokenizer's files when there is a tokenizer and a README.md
+    model card; written atomically (all or nothing). Returns the folder."""
+    from pathlib import Path
+
+    from layerprune.io import atomic_dir
+
+    if not is_hf_model(model):
+        raise SurgeryError(f"{type(model).__name__}: not a transformers model (timm models are saved with "
+                           "layerprune.save_pruned and a PruneSpec)")
+    check_consistent(model)
+    directory = Path(directory)
+    card = model_card(model, base_model=base_model, removed=list(removed), original_layers=original_layers, info=info)
+    with atomic_dir(directory) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+    return directory

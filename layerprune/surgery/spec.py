@@ -209,11 +209,18 @@ def save_pruned(model: nn.Module, spec: PruneSpec, directory: str | Path, *,
 
 def load_pruned(directory: str | Path) -> nn.Module:
     """Rebuild a pruned model saved by :func:`save_pruned` (or a format-1 folder): timm model +
-    edits + weights, in eval mode."""
+    edits + weights, in eval mode; a transformers folder (``save_pretrained``) loads through
+    transformers itself."""
     from layerprune.models import create_model, load_checkpoint
     from layerprune.models.checkpoint import load_state
 
     directory = Path(directory)
+    from layerprune.surgery import hf
+
+    if hf.is_hf_folder(directory):  # a transformers model's own folder (save_pretrained)
+        from layerprune.models.hf import load_hf_model
+
+        return load_hf_model(str(directory))
     spec = PruneSpec.load(directory)
     model = apply_spec(create_model(spec.model, **spec.model_kwargs), spec)
     if (directory / WEIGHTS_FILE).is_file() or not (directory / OLD_WEIGHTS_FILE).is_file():

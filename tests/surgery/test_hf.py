@@ -232,3 +232,46 @@ def test_without_the_extra_one_line_says_what_to_install():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: transformers models need the optional extra [hf]: pip install 'layerprune[hf]'"
+
+
+def _tokenizer():
+    """A real fast tokenizer, trained here on a few lines (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["the layers of a model", "remove a layer and reload the model"] * 20,
+                            trainers.BpeTrainer(vocab_size=60, special_tokens=["<unk>", "<pad>"]))
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>")
+
+
+def test_layerprunes_own_folder_adds_the_tokenizer_and_a_model_card(tmp_path):
+    from layerprune import load_pruned
+    from layerprune.surgery.hf import save_pruned
+
+    model, x = tiny("llama"), tokens()
+    pruned = remove_blocks(model, ["model.layers.0", "model.layers.2"], x)
+    folder = save_pruned(pruned, tmp_path / "model", base_model="org/tiny-llama",
+                         removed=["model.layers.0", "model.layers.2"], tokenizer=_tokenizer())
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md"} <= names
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\nbase_model: org/tiny-llama\n")
+    assert "`model.layers.0`, `model.layers.2`" in card and "2 of its 4 layers" in card
+    assert transformers.AutoTokenizer.from_pretrained(folder)("remove a layer")["input_ids"]
+    again = load_pruned(folder)  # a transformers folder loads through transformers
+    assert type(again) is type(pruned) and again.config.num_hidden_layers == 2
+    with torch.no_grad():
+        assert torch.equal(again(x).logits, pruned(x).logits)
+    # a failed save leaves an earlier folder as it was
+    with pytest.raises(SurgeryError, match="ModuleList: not a transformers model"):
+        save_pruned(model.model.layers, tmp_path / "model")
+
+    class Broken:
+        def save_pretrained(self, folder):
+            raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        save_pruned(model, tmp_path / "model", tokenizer=Broken())
+    assert (tmp_path / "model" / "README.md").read_text() == card
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left
