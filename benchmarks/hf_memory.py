@@ -51,6 +51,7 @@ def main() -> None:
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
     built = time.perf_counter() - start
     size = sum(p.numel() * p.element_size() for p in model.parameters())
+    params_before = sum(p.numel() for p in model.parameters())
     ids = torch.randint(0, args.vocab, (1, args.tokens))
     reset_peak()
     base = rss_kib("VmRSS")
@@ -66,7 +67,8 @@ def main() -> None:
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     added = (peak - base) * 1024
     print(json.dumps({
-        "params": sum(p.numel() for p in model.parameters()), "model_bytes_before": size,
+        "params_before": params_before, "params_after": sum(p.numel() for p in model.parameters()),
+        "model_bytes_before": size,
         "layers": [args.layers, args.layers - len(names)], "build_s": round(built, 1), "find_s": round(found, 2),
         "remove_s": round(removed, 2), "rss_before_mib": round(base / 1024), "peak_mib": round(peak / 1024),
         "peak_added_mib": round(added / 2**20, 1), "peak_added_share_of_model": round(added / size, 4),
