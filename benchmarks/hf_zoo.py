@@ -114,7 +114,7 @@ def check(model_type: str, task: str, limit: int) -> dict:
     import transformers
 
     from layerprune import find_blocks, remove_blocks
-    from layerprune.surgery.hf import layer_list, skip_reference
+    from layerprune.surgery.hf import layer_list, skip_reference, skipping
 
     record: dict = {"model_type": model_type, "task": task, **{c: None for c in CHECKS}, "sublayers": None}
     auto = transformers.AutoModelForCausalLM if task == "causal-lm" else transformers.AutoModelForSequenceClassification
@@ -160,19 +160,8 @@ def check(model_type: str, task: str, limit: int) -> dict:
                 step = "generate"
                 prompt = ids[:1, :6]
                 kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
-                layers_ = model.get_submodule(path)
-
-                def skip(module, args, kw, output):
-                    hidden = args[0] if args else kw["hidden_states"]
-                    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-                handles = [layers_[i].register_forward_hook(skip, with_kwargs=True) for i in removed]
-                try:
-                    with torch.no_grad():
-                        expected = model.generate(prompt, **kwargs)
-                finally:
-                    for h in handles:
-                        h.remove()
+                with skipping(model, path, removed), torch.no_grad():
+                    expected = model.generate(prompt, **kwargs)
                 with torch.no_grad():
                     got = pruned.generate(prompt, **kwargs)
                 if not torch.equal(got, expected):
@@ -223,7 +212,7 @@ def passed(record: dict) -> bool:
 def markdown(records: list[dict]) -> str:
     lines = []
     for task in ("causal-lm", "sequence-classification"):
-        rows = [r for r in records if r["task"] == task]
+        rows = sorted((r for r in records if r["task"] == task), key=lambda r: r["model_type"])
         if not rows:
             continue
         ok = [r for r in rows if passed(r)]

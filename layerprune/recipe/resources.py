@@ -4,7 +4,7 @@ pruner it describes, each built once from the recipe."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn as nn
@@ -22,6 +22,9 @@ from layerprune.recipe.schema import Recipe, TrainSection
 from layerprune.recipe.trainlog import TrainingLog
 from layerprune.train import TrainSettings, train
 
+if TYPE_CHECKING:
+    from layerprune.recipe.cache import BaseCache
+
 ON_DEVICE_LIMIT = 2 * 1024**3  # data.on_device default: in-memory data sets up to this size go to the GPU
 Log = Callable[[str], None]
 
@@ -36,6 +39,9 @@ class Resources:
         self._base: nn.Module | None = None
         self._device: torch.device | None = None
         self.base_checkpoint: str | None = None  # where a pretrained base is kept, if not in the run dir
+        # where the pretrain stage looks for a base already trained for this key (layerprune run: the
+        # bench's cache); None trains it (a bench training into its own cache)
+        self.base_cache: "BaseCache | None" = None
         self._log: TrainingLog | None = None
 
     @property

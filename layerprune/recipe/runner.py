@@ -28,6 +28,7 @@ from layerprune.errors import LayerpruneError
 from layerprune.hooks import model_device
 from layerprune.pruner import PruneStep
 from layerprune.pruner.pipeline import BUDGET_REPEATS
+from layerprune.recipe.cache import BaseCache, cache_root
 from layerprune.recipe.preflight import preflight
 from layerprune.recipe.resources import Log, Resources
 from layerprune.recipe.rundir import RunDir
@@ -54,7 +55,7 @@ class Runner(Resources):
     def stage_pretrain(self) -> None:
         if self.recipe.pretrain is None:
             return
-        if (cached := distributed.on_main(self._cached_base)) is not None:
+        if self.base_cache is not None and (cached := distributed.on_main(self._cached_base)) is not None:
             distributed.on_main(lambda: self._take_cached_base(cached))
             return
         # With a checkpoint, training starts from it: the checkpoint adapted to this data.
@@ -73,10 +74,8 @@ class Runner(Resources):
 
     def _cached_base(self) -> str | None:
         """The base model ``layerprune bench`` trained for this recipe's key (model, checkpoint, data,
-        pretraining, seed: :func:`~layerprune.recipe.cache.base_key`), when its cache holds one."""
-        from layerprune.recipe.cache import BaseCache, cache_root
-
-        cache = BaseCache(cache_root())
+        pretraining, seed: :func:`~layerprune.recipe.cache.base_key`), when :attr:`base_cache` holds one."""
+        cache = self.base_cache
         return str(cache.weights(self.recipe)) if cache.has(self.recipe) else None
 
     def _take_cached_base(self, weights: str) -> None:
@@ -286,6 +285,7 @@ def run_recipe(recipe: Recipe, *, out: str | None = None, fresh: bool = False, p
     try:
         main = distributed.is_main()
         runner = Runner(recipe, progress=progress and main, log=log if main else _quiet)
+        runner.base_cache = BaseCache(cache_root())  # a base that layerprune bench trained is reused
         # Before the run directory exists: a recipe that cannot run leaves nothing. Every rank checks
         # (a data set may be missing on one node only); a failure anywhere stops all of them.
         distributed.check_everywhere(runner.preflight)

@@ -19,6 +19,7 @@ removed layers skipped (a hook passes their input through), on the example token
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 from typing import Any, Iterator
@@ -253,22 +254,34 @@ def plan(model: nn.Module, names: list[str] | tuple[str, ...]) -> tuple[str, lis
     return path, sorted(set(indices))
 
 
-@torch.no_grad()
-def skip_reference(model: nn.Module, path: str, removed: list[int], input_ids: torch.Tensor) -> torch.Tensor:
-    """The original model's logits with the ``removed`` layers skipped: each passes its input on."""
+def _pass_input_on(module, args, kwargs, output):
+    """A forward hook that makes a layer return its input hidden states (in its output's structure:
+    a tensor, or a tuple or list whose first entry is the hidden states)."""
+    hidden = args[0] if args else kwargs["hidden_states"]
+    if isinstance(output, (tuple, list)):
+        return type(output)([hidden, *output[1:]])
+    return hidden
+
+
+@contextlib.contextmanager
+def skipping(model: nn.Module, path: str, indices: list[int]) -> Iterator[None]:
+    """Within the block, the layers ``indices`` of the stack at ``path`` pass their input on: the
+    reference a removal must equal (the layers still run and fill their part of the KV cache,
+    which nothing reads)."""
     layers = model.get_submodule(path)
-
-    def skip(module, args, kwargs, output):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-    handles = [layers[i].register_forward_hook(skip, with_kwargs=True) for i in removed]
+    handles = [layers[i].register_forward_hook(_pass_input_on, with_kwargs=True) for i in indices]
     try:
-        with eval_mode(model):
-            return _logits(model(input_ids)).detach().clone()
+        yield
     finally:
         for h in handles:
             h.remove()
+
+
+@torch.no_grad()
+def skip_reference(model: nn.Module, path: str, removed: list[int], input_ids: torch.Tensor) -> torch.Tensor:
+    """The original model's logits with the ``removed`` layers skipped: each passes its input on."""
+    with skipping(model, path, removed), eval_mode(model):
+        return _logits(model(input_ids)).detach().clone()
 
 
 def renumber(layers: nn.ModuleList, kept: list[int]) -> None:
@@ -327,8 +340,13 @@ def remove_layers(model: nn.Module, names: list[str] | tuple[str, ...], input_id
     renumber(parent.get_submodule(attr), kept)
     cut_config(pruned, path, kept, count)
     check_consistent(pruned)
-    with torch.no_grad(), eval_mode(pruned):
-        out = _logits(pruned(input_ids))
+    try:
+        with torch.no_grad(), eval_mode(pruned):
+            out = _logits(pruned(input_ids))
+    except Exception as exc:  # noqa: BLE001 - whatever the model raises, the removal is what failed
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise SurgeryError(f"{type(model).__name__} fails after removing {', '.join(names)}: "
+                           f"{type(exc).__name__}: {first}") from exc
     tolerance = atol if atol is not None else (1e-4 if out.dtype == torch.float32 else 5e-2)
     if out.shape != reference.shape or not torch.allclose(out.float(), reference.float(), atol=tolerance, rtol=0):
         gap = (out.float() - reference.float()).abs().max().item() if out.shape == reference.shape else float("nan")
@@ -348,7 +366,6 @@ def layer_indices(model: nn.Module) -> Iterator[tuple[str, int]]:
                     yield f"{path}.{position}{'.' + name if name else ''}.{attr}", value
 
 
-__all__ = ["count_macs", "find_blocks", "is_hf_model", "layer_list", "remove_layers", "skip_reference"]
 
 
 # -- saving -----------------------------------------------------------------------------------------
@@ -416,3 +433,7 @@ def save_pruned(model: nn.Module, directory, *, base_model: str | None = None, r
             tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")
     return directory
+
+
+__all__ = ["count_macs", "find_blocks", "is_hf_model", "layer_list", "remove_layers", "save_pruned", "skip_reference",
+           "skipping"]

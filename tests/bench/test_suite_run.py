@@ -208,3 +208,21 @@ def test_two_benches_sharing_a_cache_train_the_base_once(tmp_path):
     assert len(list((cache / "bases").iterdir())) == 1
     bases = {json.loads((tmp_path / n / "settings/digits_resnet20/base.json").read_text())["cache"] for n in "ab"}
     assert len(bases) == 1
+
+
+def test_a_bench_trains_into_its_own_cache_not_from_the_users(tmp_path, monkeypatch):
+    """A suite's cache_dir is where its bases come from: a base for the same key in
+    $LAYERPRUNE_CACHE (which layerprune run reads) is not taken instead of training."""
+    overrides = TINY + ["bench.seeds=[0]", "bench.criteria=[tail]", "bench.finetune_epochs=0", "pretrain.epochs=1",
+                        f"cache_dir={tmp_path / 'suite_cache'}"]
+    suite = load_suite(SMALL, overrides, only=["digits_resnet20"])
+    user = tmp_path / "user_cache"
+    monkeypatch.setenv(CACHE_ENV, str(user))
+    planted = BaseCache(user).weights(suite.recipes[0])
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(b"not a model: must never be read")
+    result = runner.invoke(app, ["bench", str(SMALL), "--out", str(tmp_path / "out"), "--setting", "digits_resnet20",
+                                 *_sets(overrides)])
+    assert result.exit_code == 0, result.output
+    assert "pretrain epoch 1/1" in result.output and "pretrain: skipped" not in result.output
+    assert BaseCache(tmp_path / "suite_cache").has(suite.recipes[0])

@@ -53,7 +53,7 @@ def skipped(model, path: str, indices, fn):
 
     def skip(module, args, kwargs, output):
         hidden = args[0] if args else kwargs["hidden_states"]
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+        return type(output)([hidden, *output[1:]]) if isinstance(output, (tuple, list)) else hidden
 
     handles = [layers[i].register_forward_hook(skip, with_kwargs=True) for i in indices]
     try:
@@ -275,3 +275,32 @@ def test_layerprunes_own_folder_adds_the_tokenizer_and_a_model_card(tmp_path):
         save_pruned(model, tmp_path / "model", tokenizer=Broken())
     assert (tmp_path / "model" / "README.md").read_text() == card
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left
+
+
+def test_a_layer_that_returns_a_list_is_skipped_and_removed_alike():
+    """OpenAI GPT's blocks return a list ([hidden, *attention]): the skip reference keeps that
+    structure, and the removal equals it."""
+    config = transformers.AutoConfig.for_model("openai-gpt", n_embd=64, n_layer=4, n_head=4, vocab_size=VOCAB,
+                                               n_positions=64)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    x = tokens()
+    reference = skipped(model, "transformer.h", [1, 3], lambda: model(x).logits)
+    pruned = remove_blocks(model, ["transformer.h.1", "transformer.h.3"], x)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x).logits, reference, atol=1e-5, rtol=0)
+
+
+def test_a_removal_the_model_cannot_run_is_a_surgery_error():
+    """Qwen3-Next without its one full-attention layer holds only linear-attention layers, which
+    transformers' masking cannot run: one SurgeryError naming the removal, the model unchanged."""
+    config = transformers.AutoConfig.for_model(
+        "qwen3_next", hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+        num_hidden_layers=4, head_dim=16, vocab_size=VOCAB, num_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=64, shared_expert_intermediate_size=64,
+        layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"])
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with pytest.raises(SurgeryError, match=r"^Qwen3NextForCausalLM fails after removing model.layers.3: ValueError"):
+        remove_blocks(model, ["model.layers.3"], tokens())
+    assert len(model.model.layers) == 4 and model.config.layer_types[3] == "full_attention"
