@@ -42,21 +42,32 @@ __all__ = [
 
 
 class _RegisterWithTimm(importlib.abc.MetaPathFinder):
-    """Imports :mod:`layerprune.models` (which registers the CIFAR models) right after timm."""
+    """Imports :mod:`layerprune.models` (which registers the CIFAR models) right after timm.
+
+    It stays in ``sys.meta_path`` until timm really runs: a library that only looks timm up
+    (``importlib.util.find_spec("timm")``, as transformers does to see what is installed) gets a
+    spec that is never executed, and the import that follows must still be caught."""
+
+    def __init__(self) -> None:
+        self._looking = False
 
     def find_spec(self, fullname, path, target=None):  # noqa: D102
-        if fullname != "timm":
+        if fullname != "timm" or self._looking:
             return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)  # once; the other finders locate timm itself
-        spec = importlib.util.find_spec("timm")
+        self._looking = True  # the other finders locate timm itself
+        try:
+            spec = importlib.util.find_spec("timm")
+        finally:
+            self._looking = False
         loader = getattr(spec, "loader", None)
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
-        run = loader.exec_module
+        run, finder = loader.exec_module, self
 
         def exec_module(module):
             run(module)
+            if finder in sys.meta_path:
+                sys.meta_path.remove(finder)  # once timm has run
             importlib.import_module("layerprune.models").register_with_timm()
 
         loader.exec_module = exec_module

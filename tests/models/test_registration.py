@@ -124,3 +124,23 @@ def test_reset_classifier_keeps_or_changes_pooling():
 def test_create_model_bad_kwargs_is_a_model_error():
     with pytest.raises(ModelError, match="cifar_resnet20: .*unexpected keyword argument 'bogus'"):
         layerprune.create_model("cifar_resnet20", bogus=1)
+
+
+@pytest.mark.parametrize("first", [
+    "",                                                        # timm imported after layerprune
+    "import importlib.util; importlib.util.find_spec('timm')",  # only looked up first (as transformers does)
+    "import transformers",                                      # a library that checks what is installed
+])
+def test_the_models_are_registered_whatever_looks_timm_up_first(first):
+    """In a fresh process: layerprune, then something that may look timm up without importing it,
+    then timm itself: the CIFAR models are registered, and the import hook is gone once used."""
+    import subprocess
+    import sys
+
+    if "transformers" in first:
+        pytest.importorskip("transformers", reason="needs the [hf] extra")
+    code = (f"import sys, layerprune\n{first}\nimport timm\n"
+            "print(timm.is_model('cifar_resnet56'), any(type(f).__name__ == '_RegisterWithTimm' for f in sys.meta_path))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["True", "False"]
