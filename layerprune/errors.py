@@ -7,6 +7,13 @@ block; the CLI prints it without a traceback and exits with code 2.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, empty: str | None = None) -> str:
+    """The first line of an exception's message, for a one-line error that quotes it; ``empty``
+    (default: the exception's class name) when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else (type(exc).__name__ if empty is None else empty)
+
+
 class LayerpruneError(Exception):
     """Base class for errors caused by bad input (exit code 2 on the command line)."""
 

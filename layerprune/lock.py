@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from layerprune.errors import DirectoryInUseError
 from layerprune.io import make_dir
@@ -73,6 +73,14 @@ class DirectoryLock:
         os.ftruncate(fd, 0)
         os.write(fd, (json.dumps(me) + "\n").encode())
         return cls(directory, fd, previous if previous and previous.get("pid") != os.getpid() else None)
+
+    @classmethod
+    def wait_for(cls, directory: str | Path, *, log: Callable[[str], None], doing: str) -> "DirectoryLock":
+        """:meth:`acquire` with ``wait``, first saying which other process holds the lock and what it
+        may be ``doing`` (a wait that may last long is never silent)."""
+        if (other := holder(directory)) and other.get("pid") != os.getpid():
+            log(f"waiting for process {other.get('pid')}, which may be {doing}")
+        return cls.acquire(directory, wait=True)
 
     def release(self) -> None:
         """Unlock and delete the lock file (a finished run leaves no trace of it)."""

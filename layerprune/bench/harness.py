@@ -19,7 +19,6 @@ atomically: a killed bench, rerun, computes only what is missing. Base models co
 from __future__ import annotations
 
 import copy
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from layerprune.criteria.base import CriterionResult
 from layerprune.criteria.catalog import criterion_parameters
 from layerprune.errors import LayerpruneError
 from layerprune.io import make_dir, remove_partial, write_json, write_text
-from layerprune.lock import DirectoryLock, holder
+from layerprune.lock import DirectoryLock
 from layerprune.recipe.load import RecipeError
 from layerprune.recipe.preflight import unreachable
 from layerprune.recipe.rundir import RunDir, claimed, is_empty, unused_beside
@@ -126,10 +125,8 @@ class SettingBench:
             # Two processes (benches sharing a cache, or ranks whose settings share a base) never
             # train the same base at once: the second waits, then finds it in the cache. A killed
             # pretraining resumes from the partial folder.
-            lock = self.cache.lock_dir(r)
-            if (other := holder(lock)) and other.get("pid") != os.getpid():
-                self.log(f"{self.name}: waiting for process {other.get('pid')}, which may be training this base model")
-            with DirectoryLock.acquire(lock, wait=True):
+            with DirectoryLock.wait_for(self.cache.lock_dir(r), log=lambda m: self.log(f"{self.name}: {m}"),
+                                        doing="training this base model"):
                 if not self.cache.has(r):
                     partial = self.cache.partial(r)
                     remove_partial(partial)

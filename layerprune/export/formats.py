@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from layerprune.errors import ExportMismatchError, LayerpruneError, MissingExtraError
+from layerprune.errors import ExportMismatchError, LayerpruneError, MissingExtraError, first_line
 from layerprune.io import atomic_path
 from layerprune.export.runtime import ort_session, require
 from layerprune.registry import did_you_mean
@@ -148,7 +148,7 @@ def export_one(model: nn.Module, fmt: str, path: Path, samples: torch.Tensor, to
     except MissingExtraError:
         raise
     except Exception as exc:  # the exporters raise many kinds; one line names the format and model
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc, "")
         raise LayerpruneError(f"{fmt}: exporting {type(model).__name__} failed ({type(exc).__name__}: {first[:300]})") \
             from exc
     run = load(data)

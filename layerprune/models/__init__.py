@@ -16,7 +16,7 @@ import sys
 import urllib.parse
 from typing import Iterator
 
-from layerprune.errors import ModelError, UnknownNameError
+from layerprune.errors import ModelError, UnknownNameError, first_line
 from layerprune.lazy import lazy_exports, lazy_import
 from layerprune.registry import did_you_mean
 
@@ -96,7 +96,7 @@ def create_model(name: str, *, checkpoint: str | None = None, **kwargs):
             raise
         # timm fetches pretrained weights from the Hugging Face Hub or a URL; offline that fails
         # deep inside huggingface_hub/urllib with a long traceback.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc, "")
         raise ModelError(
             f"{name}: pretrained weights could not be fetched ({type(exc).__name__}: {first}); "
             "connect to the network once (timm caches them), or pass a checkpoint file instead"

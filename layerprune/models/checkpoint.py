@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from layerprune.errors import CheckpointError, LayerpruneError
+from layerprune.errors import CheckpointError, LayerpruneError, first_line
 
 # Keys under which training scripts nest the model's state dict, most specific first.
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
@@ -92,7 +92,7 @@ def read_checkpoint(path: str | Path) -> object:
             "unpickling can run code; if you trust the file, re-save its weights as a plain state dict "
             "(torch.save(model.state_dict(), PATH))") from None
     except Exception as exc:  # noqa: BLE001 - a damaged file can fail in many ways inside torch.load
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(f"{path}: a damaged or truncated PyTorch checkpoint ({type(exc).__name__}: "
                               f"{first}); was the download or copy interrupted?") from None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from layerprune.errors import MissingExtraError, ModelError
+from layerprune.errors import MissingExtraError, ModelError, first_line
 
 #: The tasks a model is loaded for, and the auto class of each.
 TASKS = {"causal-lm": "AutoModelForCausalLM", "sequence-classification": "AutoModelForSequenceClassification"}
@@ -32,7 +32,7 @@ def is_hf_name(name: str) -> bool:
     return isinstance(name, str) and name.startswith(PREFIX)
 
 
-def _task_of(config, source: str) -> str:
+def _task_of(config) -> str:
     """The task a configuration's architectures name (causal LM unless they name a classifier)."""
     names = getattr(config, "architectures", None) or []
     if any(n.endswith("ForSequenceClassification") for n in names):
@@ -79,18 +79,16 @@ def load_hf_model(path_or_id: str, task: str | None = None, **kwargs: Any):
         try:
             config = transformers.AutoConfig.from_pretrained(source)
         except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             where = "" if local else ("; without network, give a local folder (or fetch it once with network: the "
                                       "Hugging Face cache keeps it)")
-            raise ModelError(f"{source}: cannot load its configuration ({first}){where}") from None
-        task = task or _task_of(config, source)
+            raise ModelError(f"{source}: cannot load its configuration ({first_line(exc)}){where}") from None
+        task = task or _task_of(config)
         _check_task(config, task, source)
         auto = getattr(transformers, TASKS[task])
         try:
             model = auto.from_pretrained(source, **kwargs)
         except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{source}: cannot load it as {task} ({first})") from None
+            raise ModelError(f"{source}: cannot load it as {task} ({first_line(exc)})") from None
     return model.eval()
 
 

@@ -44,13 +44,17 @@ def is_url(spec: object) -> bool:
 
 def url_problem(url: str) -> str | None:
     """What makes ``url`` unfetchable without trying it (for recipe validation), or ``None``."""
+    return f"{url}: {problem}" if (problem := _unfetchable(url)) else None
+
+
+def _unfetchable(url: str) -> str | None:
     parts = urllib.parse.urlparse(url)
     if parts.scheme.lower() not in SCHEMES:
-        return f"{url}: only http:// and https:// URLs can be fetched; give a local file for {parts.scheme}://"
+        return f"only http:// and https:// URLs can be fetched; give a local file for {parts.scheme}://"
     if not parts.netloc:
-        return f"{url}: no host in the URL"
+        return "no host in the URL"
     if not file_name(url):
-        return f"{url}: the URL names no file (it must end in the checkpoint's file name)"
+        return "the URL names no file (it must end in the checkpoint's file name)"
     return None
 
 
@@ -81,8 +85,8 @@ def fetch(url: str, *, progress: bool | None = None, how: str = LOCAL_FILE) -> P
     """The local path of ``url``'s file: from the cache, else downloaded into it (verified against
     the hash prefix in its name, written atomically). ``progress``: a progress bar on stderr
     (default: when stderr is a terminal). ``how``: what :class:`FetchError` tells the user to do."""
-    if problem := url_problem(url):
-        raise FetchError(url, problem.removeprefix(f"{url}: "), how)
+    if problem := _unfetchable(url):
+        raise FetchError(url, problem, how)
     target = cached(url)
     if target.is_file():
         return target

@@ -3,8 +3,6 @@ met, so that a recipe that cannot run fails in seconds and leaves nothing behind
 
 from __future__ import annotations
 
-import os
-
 from layerprune import distributed
 from layerprune.criteria.selection import budget_target, max_reduction
 from layerprune.errors import LayerpruneError
@@ -59,17 +57,15 @@ def fetch_inputs(res: Resources) -> None:
     Downloads hold one lock per user cache (torchrun's ranks, or runs started side by side, would
     otherwise write the same archive at once): the first process fetches, the others then find
     the files."""
-    from layerprune.lock import DirectoryLock, holder
+    from layerprune.lock import DirectoryLock
     from layerprune.models.remote import is_url
     from layerprune.recipe.cache import cache_root
 
     if not (res.recipe.data.download or is_url(res.recipe.model.checkpoint)):
         problems = _fetch(res)
     else:
-        lock = cache_root() / "locks" / "downloads"
-        if (other := holder(lock)) and other.get("pid") != os.getpid():
-            res.log(f"waiting for process {other.get('pid')}, which may be downloading the same files")
-        with DirectoryLock.acquire(lock, wait=True):
+        with DirectoryLock.wait_for(cache_root() / "locks" / "downloads", log=res.log,
+                                    doing="downloading the same files"):
             problems = _fetch(res)
     if len(problems) == 1:
         raise LayerpruneError(problems[0])

@@ -83,16 +83,16 @@ class Resources:
         url = self.recipe.model.checkpoint
         if is_url(url):
             try:
-                local_checkpoint(url, how=local_instead("model.checkpoint"))
+                local_checkpoint(url)
             except FetchError as exc:
-                raise LayerpruneError(f"model.checkpoint: {exc}") from None
+                raise _checkpoint_not_fetched(exc) from None
 
     def new_model(self, checkpoint: str | None = None) -> nn.Module:
         try:
             model = create_model_for(self.recipe.model.name, self.build_data(), checkpoint=checkpoint,
                                      seed=self.recipe.seed, **self.recipe.model.kwargs)
         except FetchError as exc:
-            raise LayerpruneError(f"model.checkpoint: {exc.instead(local_instead('model.checkpoint'))}") from None
+            raise _checkpoint_not_fetched(exc) from None
         except LayerpruneError as exc:
             raise LayerpruneError(f"model: {exc}") from None
         return model.to(self.device)
@@ -196,3 +196,9 @@ class Resources:
                         progress=self.progress, log=self.log, description=name,
                         on_epoch=self.training_log().stage(name))
         return [dataclasses.asdict(h) for h in history]
+
+
+def _checkpoint_not_fetched(exc: FetchError) -> LayerpruneError:
+    """A failed download of ``model.checkpoint``, naming the key and the ``--set`` that gives a
+    local file instead."""
+    return LayerpruneError(f"model.checkpoint: {exc.instead(local_instead('model.checkpoint'))}")

@@ -2,7 +2,8 @@
 
 One file per concern: ``blocks`` (the Block record and the keep-one-per-stage rule), ``find``
 (discover and classify), ``inputs`` (example inputs), ``hf`` (transformers models: the layer list
-as blocks, removal that keeps config, indices and cache consistent), ``edit`` (plan and swap), ``verify`` (run and re-trace), ``remove``
+as blocks, removal that keeps config, indices and cache consistent), ``edit`` (plan and swap),
+``verify`` (run and re-trace), ``remove``
 (the three together on a copy), ``spec`` (save and rebuild), ``cost`` (params, MACs, latency, and
 each block's share of it), ``width`` (channel pruning inside blocks, with Torch-Pruning).
 """

@@ -64,7 +64,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from layerprune.errors import SurgeryError
+from layerprune.errors import SurgeryError, first_line
 from layerprune.hooks import eval_mode, forward_hooks, main_tensor
 from layerprune.surgery.blocks import ACTIVATIONS, SHORTCUT_NAMES, WEIGHT_LAYERS, Block
 from layerprune.surgery.cost import count_macs, count_params
@@ -740,7 +740,7 @@ def _find_blocks(model: nn.Module, example_input: torch.Tensor, level: str = "bl
     try:
         calls, out = _record_calls(model, names, kept, example_input)
     except (RuntimeError, AssertionError, ValueError, TypeError) as exc:  # inputs the model cannot take
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise SurgeryError(
             f"{type(model).__name__}: forward pass failed on input {tuple(example_input.shape)}: {first}"
         ) from exc

@@ -27,8 +27,8 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
-from layerprune.errors import SurgeryError
-from layerprune.hooks import eval_mode
+from layerprune.errors import SurgeryError, first_line
+from layerprune.hooks import eval_mode, forward_hooks, model_device
 from layerprune.surgery.blocks import Block
 
 # Attributes that number a layer (the KV cache and per-layer settings are looked up by them).
@@ -116,9 +116,8 @@ def layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
 def default_tokens(model: nn.Module, batch_size: int = 1, length: int = EXAMPLE_TOKENS) -> torch.Tensor:
     """Random token ids within the model's vocabulary."""
     vocab = getattr(_text_config(model), "vocab_size", None) or 100
-    device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(0)
-    return torch.randint(0, vocab, (batch_size, length), generator=generator).to(device)
+    return torch.randint(0, vocab, (batch_size, length), generator=generator).to(model_device(model))
 
 
 def check_tokens(model: nn.Module, input_ids: Any) -> torch.Tensor:
@@ -148,7 +147,6 @@ def _linear_macs(model: nn.Module, input_ids: torch.Tensor) -> tuple[dict[str, i
     hidden-state shapes into and out of each module called."""
     macs: dict[str, int] = {}
     shapes: dict[str, tuple] = {}
-    handles = []
 
     def hook(name: str, weighted: bool):
         def record(module, args, kwargs, output):
@@ -161,17 +159,14 @@ def _linear_macs(model: nn.Module, input_ids: torch.Tensor) -> tuple[dict[str, i
                     macs[name] = macs.get(name, 0) + tokens * module.weight.numel()
         return record
 
-    for name, module in model.named_modules():
+    def weighted(module: nn.Module) -> bool:
         weight = getattr(module, "weight", None)
-        weighted = (isinstance(weight, torch.Tensor) and weight.dim() == 2 and not isinstance(module, nn.Embedding)
-                    and not module._modules)
-        handles.append(module.register_forward_hook(hook(name, weighted), with_kwargs=True))
-    try:
-        with torch.no_grad():
-            model(input_ids[:1])
-    finally:
-        for h in handles:
-            h.remove()
+        return (isinstance(weight, torch.Tensor) and weight.dim() == 2 and not isinstance(module, nn.Embedding)
+                and not module._modules)
+
+    hooks = {name: hook(name, weighted(module)) for name, module in model.named_modules()}
+    with forward_hooks(model, after=hooks, with_kwargs=True), torch.no_grad():
+        model(input_ids[:1])
     return macs, shapes
 
 
@@ -268,13 +263,8 @@ def skipping(model: nn.Module, path: str, indices: list[int]) -> Iterator[None]:
     """Within the block, the layers ``indices`` of the stack at ``path`` pass their input on: the
     reference a removal must equal (the layers still run and fill their part of the KV cache,
     which nothing reads)."""
-    layers = model.get_submodule(path)
-    handles = [layers[i].register_forward_hook(_pass_input_on, with_kwargs=True) for i in indices]
-    try:
+    with forward_hooks(model, after={f"{path}.{i}": _pass_input_on for i in indices}, with_kwargs=True):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @torch.no_grad()
@@ -284,13 +274,23 @@ def skip_reference(model: nn.Module, path: str, removed: list[int], input_ids: t
         return _logits(model(input_ids)).detach().clone()
 
 
-def renumber(layers: nn.ModuleList, kept: list[int]) -> None:
-    """Give the kept layers' per-layer indices (:data:`INDEX_ATTRS`) their new positions."""
-    for new, old in enumerate(kept):
-        for module in layers[new].modules():
+def _indices(layers: nn.ModuleList) -> Iterator[tuple[int, str, nn.Module, str, int]]:
+    """Every per-layer index (:data:`INDEX_ATTRS`) inside the layers: ``(position in the list,
+    module name inside the layer, module, attribute, value)``."""
+    for position, layer in enumerate(layers):
+        for name, module in layer.named_modules():
             for attr in INDEX_ATTRS:
-                if getattr(module, attr, None) == old and isinstance(getattr(module, attr), int):
-                    setattr(module, attr, new)
+                value = getattr(module, attr, None)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    yield position, name, module, attr, value
+
+
+def renumber(layers: nn.ModuleList, kept: list[int]) -> None:
+    """Give the kept layers' per-layer indices their new positions (``layers`` holds the kept ones,
+    ``kept`` their old positions)."""
+    for position, _, module, attr, value in list(_indices(layers)):
+        if value == kept[position]:
+            setattr(module, attr, position)
 
 
 def per_layer_keys(config, count: int) -> list[str]:
@@ -311,14 +311,11 @@ def cut_config(model: nn.Module, path: str, kept: list[int], count: int) -> None
 
 
 def check_consistent(model: nn.Module) -> None:
-    """The layer list, ``num_hidden_layers``, the per-layer lists and the layer indices agree."""
-    path, layers = layer_list(model)  # raises when num_hidden_layers no longer matches the list
-    for position, layer in enumerate(layers):
-        for module in layer.modules():
-            for attr in INDEX_ATTRS:
-                value = getattr(module, attr, None)
-                if isinstance(value, int) and not isinstance(value, bool) and value != position:
-                    raise SurgeryError(f"{path}.{position}: {type(module).__name__}.{attr} is {value}, not {position}")
+    """The layer list, its configured count, the per-layer lists and the layer indices agree."""
+    path, layers = layer_list(model)  # raises when the configured count no longer matches the list
+    for position, _, module, attr, value in _indices(layers):
+        if value != position:
+            raise SurgeryError(f"{path}.{position}: {type(module).__name__}.{attr} is {value}, not {position}")
 
 
 def remove_layers(model: nn.Module, names: list[str] | tuple[str, ...], input_ids: torch.Tensor | None = None,
@@ -344,9 +341,8 @@ def remove_layers(model: nn.Module, names: list[str] | tuple[str, ...], input_id
         with torch.no_grad(), eval_mode(pruned):
             out = _logits(pruned(input_ids))
     except Exception as exc:  # noqa: BLE001 - whatever the model raises, the removal is what failed
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise SurgeryError(f"{type(model).__name__} fails after removing {', '.join(names)}: "
-                           f"{type(exc).__name__}: {first}") from exc
+                           f"{type(exc).__name__}: {first_line(exc, '')}") from exc
     tolerance = atol if atol is not None else (1e-4 if out.dtype == torch.float32 else 5e-2)
     if out.shape != reference.shape or not torch.allclose(out.float(), reference.float(), atol=tolerance, rtol=0):
         gap = (out.float() - reference.float()).abs().max().item() if out.shape == reference.shape else float("nan")
@@ -358,14 +354,8 @@ def remove_layers(model: nn.Module, names: list[str] | tuple[str, ...], input_id
 def layer_indices(model: nn.Module) -> Iterator[tuple[str, int]]:
     """``(module path, index)`` of every per-layer index in the layer list (for checks and tests)."""
     path, layers = layer_list(model)
-    for position, layer in enumerate(layers):
-        for name, module in layer.named_modules():
-            for attr in INDEX_ATTRS:
-                value = getattr(module, attr, None)
-                if isinstance(value, int) and not isinstance(value, bool):
-                    yield f"{path}.{position}{'.' + name if name else ''}.{attr}", value
-
-
+    for position, name, _, attr, value in _indices(layers):
+        yield f"{path}.{position}{'.' + name if name else ''}.{attr}", value
 
 
 # -- saving -----------------------------------------------------------------------------------------

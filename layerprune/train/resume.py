@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from layerprune.errors import CheckpointError
+from layerprune.errors import CheckpointError, first_line
 from layerprune.io import save_torch
 from layerprune.models.checkpoint import read_checkpoint
 from layerprune.train.settings import SPEED_ONLY, TrainSettings
@@ -80,7 +80,7 @@ def load_training_checkpoint(
         if scaler is not None and "scaler" in state:
             scaler.load_state_dict(state["scaler"])
     except (RuntimeError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(f"{path} does not fit this model or optimizer: {first}") from exc
     history = list(state["history"])
     if state["epochs_done"] != len(history):
