@@ -30,9 +30,8 @@ import torch.nn as nn
 from layerprune.errors import SurgeryError, first_line
 from layerprune.hooks import eval_mode, forward_hooks, model_device
 from layerprune.surgery.blocks import Block
+from layerprune.surgery.hf_config import INDEX_ATTRS, cut_checked, text_config
 
-# Attributes that number a layer (the KV cache and per-layer settings are looked up by them).
-INDEX_ATTRS = ("layer_idx", "layer_id", "layer_index", "block_idx")
 EXAMPLE_TOKENS = 16
 
 
@@ -46,8 +45,7 @@ def is_hf_model(model: Any) -> bool:
 
 
 def _text_config(model: nn.Module):
-    config = model.config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
+    return text_config(model.config)
 
 
 # Configuration keys that count a stack's layers, most common first.
@@ -293,23 +291,6 @@ def renumber(layers: nn.ModuleList, kept: list[int]) -> None:
             setattr(module, attr, position)
 
 
-def per_layer_keys(config, count: int) -> list[str]:
-    """The configuration's per-layer lists: list values with one entry per layer."""
-    return [k for k, v in config.to_dict().items()
-            if isinstance(v, (list, tuple)) and len(v) == count and count > 1 and k != "architectures"]
-
-
-def cut_config(model: nn.Module, path: str, kept: list[int], count: int) -> None:
-    """The layer count of the stack at ``path`` (``num_hidden_layers``, or a decoder's own) and every
-    per-layer list of the (text) configuration cut to ``kept``."""
-    config = _text_config(model)
-    key = count_key(model, path, count)
-    for name in per_layer_keys(config, count):
-        value = getattr(config, name)
-        setattr(config, name, type(value)(value[i] for i in kept))
-    setattr(config, key, len(kept))
-
-
 def check_consistent(model: nn.Module) -> None:
     """The layer list, its configured count, the per-layer lists and the layer indices agree."""
     path, layers = layer_list(model)  # raises when the configured count no longer matches the list
@@ -321,21 +302,24 @@ def check_consistent(model: nn.Module) -> None:
 def remove_layers(model: nn.Module, names: list[str] | tuple[str, ...], input_ids: torch.Tensor | None = None,
                   *, inplace: bool = False, atol: float | None = None) -> nn.Module:
     """``model`` without the layers ``names``: deleted from its layer list, the rest renumbered, its
-    configuration cut to match, and its logits checked against the original's with those layers
-    skipped. ``inplace=True`` edits ``model`` itself (no copy: for models that fit in memory once);
+    configuration cut to match (checked first to rebuild the kept layers as they are:
+    :mod:`layerprune.surgery.hf_config`), and its logits checked against the original's with those
+    layers skipped. ``inplace=True`` edits ``model`` itself (no copy: for models that fit in memory once);
     otherwise a copy is edited and ``model`` is left as it was."""
     input_ids = check_tokens(model, input_ids)
     path, removed = plan(model, names)
-    reference = skip_reference(model, path, removed, input_ids)
     count = len(model.get_submodule(path))
     kept = [i for i in range(count) if i not in removed]
+    config = cut_checked(model, path, count_key(model, path, count), kept, count)
+    reference = skip_reference(model, path, removed, input_ids)
     pruned = model if inplace else copy.deepcopy(model)
     layers = pruned.get_submodule(path)
     parent_name, _, attr = path.rpartition(".")
     parent = pruned.get_submodule(parent_name) if parent_name else pruned
     setattr(parent, attr, nn.ModuleList([layers[i] for i in kept]))
     renumber(parent.get_submodule(attr), kept)
-    cut_config(pruned, path, kept, count)
+    # The live configuration object is shared with the modules that read it: updated, not replaced.
+    vars(_text_config(pruned)).update(vars(text_config(config)))
     check_consistent(pruned)
     try:
         with torch.no_grad(), eval_mode(pruned):

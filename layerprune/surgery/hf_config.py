@@ -1,0 +1,214 @@
+"""The configuration side of removing layers from a transformers model.
+
+A transformers folder is rebuilt from its ``config.json`` alone: ``from_pretrained`` constructs the
+model from the configuration and only then loads the weights. A removal is therefore correct for
+the library only when the cut configuration rebuilds, layer for layer, the model the removal left.
+This module cuts the configuration to the kept layers and checks exactly that, before anything is
+changed:
+
+* the layer count, every per-layer list (``layer_types``, sliding-window flags, ...) and every
+  per-layer mapping keyed by layer index (``per_layer_config``) keep the kept layers' entries;
+* lists of layer indices (``moe_layers``, ``mlp_only_layers``, ...) keep the kept layers,
+  renumbered; ``first_k_dense_replace`` counts the dense layers kept; a residual scale divided by
+  the square root of the layer count (``scale_depth``) is kept as it was; where mixture-of-experts
+  layers are placed by a step (``decoder_sparse_step``), the kept dense layers are listed in
+  ``mlp_only_layers`` instead;
+* the cut configuration is round-tripped through JSON as ``save_pretrained`` writes it, the model
+  is rebuilt from it on the ``meta`` device (no memory), and each kept layer is compared with the
+  layer the rebuild puts in its place: module classes, weight names and shapes, and the plain
+  numbers and strings a module keeps (a layer whose computation depends on its index or on the
+  layer count, DiffLlama's ``lambda_init`` say, differs there). A difference is a
+  :class:`SurgeryError` that names it: the removal would save a folder that reloads as another model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from layerprune.errors import SurgeryError, first_line
+
+# Attributes that number a layer (the KV cache and per-layer settings are looked up by them).
+INDEX_ATTRS = ("layer_idx", "layer_id", "layer_index", "block_idx")
+
+
+def text_config(config):
+    """The configuration of the language part (``text_config`` of a multimodal model, else itself)."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _is_index(value: Any, count: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < count
+
+
+def index_list_keys(config, count: int) -> list[str]:
+    """Lists of layer indices: named for layers, strictly increasing integers within the stack."""
+    keys = []
+    for key, value in config.to_dict().items():
+        if (isinstance(value, (list, tuple)) and value and ("layer" in key or "idx" in key)
+                and all(_is_index(v, count) for v in value) and list(value) == sorted(set(value))
+                and not (len(value) == count and list(value) != list(range(count)))):
+            keys.append(key)
+    return keys
+
+
+def per_layer_keys(config, count: int) -> list[str]:
+    """Per-layer lists: one entry per layer (lists of layer indices excepted)."""
+    indices = set(index_list_keys(config, count))
+    return [k for k, v in config.to_dict().items()
+            if isinstance(v, (list, tuple)) and len(v) == count and count > 1 and k != "architectures"
+            and k not in indices]
+
+
+def _layer_key(key: Any, count: int) -> int | None:
+    if _is_index(key, count):
+        return key
+    if isinstance(key, str) and key.isdigit() and int(key) < count:
+        return int(key)
+    return None
+
+
+def per_layer_mappings(config, count: int) -> list[str]:
+    """Mappings named for layers and keyed by layer index (every key one), such as transformers'
+    ``per_layer_config`` of per-layer overrides (``id2label`` is keyed by small integers too)."""
+    return [k for k, v in config.to_dict().items()
+            if isinstance(v, dict) and v and "layer" in k and all(_layer_key(key, count) is not None for key in v)]
+
+
+def cut(config, key: str, kept: list[int], count: int) -> None:
+    """Cut ``config`` (a text configuration) to the ``kept`` layers of a stack of ``count``, whose
+    count is ``key``."""
+    new = {old: position for position, old in enumerate(kept)}
+    for name in index_list_keys(config, count):
+        value = getattr(config, name)
+        setattr(config, name, type(value)(new[i] for i in value if i in new))
+    for name in per_layer_keys(config, count):
+        value = getattr(config, name)
+        setattr(config, name, type(value)(value[i] for i in kept))
+    mappings = {name: config.to_dict()[name] for name in per_layer_mappings(config, count)}
+    first_dense = getattr(config, "first_k_dense_replace", None)
+    if _is_index(first_dense, count + 1):
+        config.first_k_dense_replace = sum(1 for i in kept if i < first_dense)
+    scale = getattr(config, "scale_depth", None)
+    if isinstance(scale, float) and key == "num_hidden_layers":
+        # A residual branch scaled by scale_depth / sqrt(layer count) (MiniCPM) keeps its scale.
+        config.scale_depth = scale * math.sqrt(len(kept) / count)
+    setattr(config, key, len(kept))
+    # Set after the count: a mapping's keys are checked against it (transformers' per_layer_config).
+    for name, value in mappings.items():
+        setattr(config, name, {new[_layer_key(k, count)]: v for k, v in value.items() if _layer_key(k, count) in new})
+
+
+def rebuild(model: nn.Module, config) -> nn.Module:
+    """The model ``from_pretrained`` would construct from ``config`` as ``save_pretrained`` writes
+    it (through JSON), on the ``meta`` device: structure without memory."""
+    try:
+        data = json.loads(config.to_json_string(use_diff=False))
+        fresh_config = type(config).from_dict(data)
+    except Exception as exc:  # noqa: BLE001 - whatever the library raises on the saved configuration
+        raise SurgeryError(f"{type(model).__name__}: the configuration cut to the kept layers is refused when "
+                           f"reloaded: {type(exc).__name__}: {first_line(exc, '')}") from exc
+    ours, theirs = text_config(config).to_dict(), text_config(fresh_config).to_dict()
+    for key, value in ours.items():
+        if isinstance(value, list) and theirs.get(key) != value:
+            raise SurgeryError(f"{type(model).__name__}: the configuration cut to the kept layers is rewritten when "
+                               f"reloaded ({key}: {value} → {theirs.get(key)}), so a saved folder would be another model")
+    try:
+        with torch.device("meta"):
+            return type(model)._from_config(fresh_config)
+    except Exception as exc:  # noqa: BLE001 - whatever the library raises building from it
+        raise SurgeryError(f"{type(model).__name__}: the configuration cut to the kept layers is refused when "
+                           f"rebuilt: {type(exc).__name__}: {first_line(exc, '')}") from exc
+
+
+def _scalars(module: nn.Module) -> dict[str, Any]:
+    return {k: v for k, v in vars(module).items()
+            if not k.startswith("_") and k != "training" and k not in INDEX_ATTRS
+            and (v is None or isinstance(v, (bool, int, float, str)))}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return type(a) is type(b) and a == b
+
+
+def layer_differences(layer: nn.Module, fresh: nn.Module, name: str) -> list[str]:
+    """How ``fresh`` (a rebuilt layer) differs from ``layer``: module classes, weights and buffers
+    (names and shapes), and the plain values the modules keep."""
+    found = []
+    ours, theirs = dict(layer.named_modules()), dict(fresh.named_modules())
+    for sub in sorted(set(ours) | set(theirs), key=lambda s: (s.count("."), s)):
+        where = f"{name}.{sub}" if sub else name
+        a, b = ours.get(sub), theirs.get(sub)
+        if a is None or b is None or type(a) is not type(b):
+            found.append(f"{where}: {type(b).__name__ if b is not None else 'nothing'} when rebuilt, "
+                         f"{type(a).__name__ if a is not None else 'nothing'} here")
+            continue
+        tensors_a = {k: tuple(v.shape) for k, v in [*a.named_parameters(recurse=False), *a.named_buffers(recurse=False)]
+                     if v is not None}
+        tensors_b = {k: tuple(v.shape) for k, v in [*b.named_parameters(recurse=False), *b.named_buffers(recurse=False)]
+                     if v is not None}
+        for key in sorted(set(tensors_a) | set(tensors_b)):
+            if tensors_a.get(key) != tensors_b.get(key):
+                found.append(f"{where}.{key}: {tensors_b.get(key, 'absent')} when rebuilt, {tensors_a.get(key, 'absent')} "
+                             "here")
+        values_a, values_b = _scalars(a), _scalars(b)
+        for key in sorted(set(values_a) & set(values_b)):
+            if not _same(values_a[key], values_b[key]):
+                found.append(f"{where}.{key}: {values_b[key]!r} when rebuilt, {values_a[key]!r} here")
+    return found
+
+
+def differences(model: nn.Module, path: str, kept: list[int], config) -> list[str]:
+    """How the model rebuilt from ``config`` differs from ``model`` with only the ``kept`` layers of
+    the stack at ``path`` (compared before anything is removed: kept layer ``i`` against rebuilt
+    layer ``kept.index(i)``)."""
+    fresh = rebuild(model, config)
+    layers, rebuilt = model.get_submodule(path), fresh.get_submodule(path)
+    if len(rebuilt) != len(kept):
+        return [f"{path}: {len(rebuilt)} layers when rebuilt, {len(kept)} kept"]
+    found = []
+    for position, old in enumerate(kept):
+        found += layer_differences(layers[old], rebuilt[position], f"{path}.{old}")
+    outside = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(path + ".")}
+    rebuilt_outside = {k: tuple(v.shape) for k, v in fresh.state_dict().items() if not k.startswith(path + ".")}
+    for key in sorted(set(outside) ^ set(rebuilt_outside)):
+        found.append(f"{key}: {'absent' if key not in rebuilt_outside else 'present'} when rebuilt")
+    return found
+
+
+def _mlp_only(model: nn.Module, path: str, kept: list[int], config) -> bool:
+    """Where mixture-of-experts layers are placed by a step (``decoder_sparse_step``, a layer is
+    sparse when ``(index + 1) % step == 0`` unless listed in ``mlp_only_layers``): step 1 and the
+    kept layers the rebuild makes sparse but are dense here listed instead. Whether it applied."""
+    text = text_config(config)
+    if not hasattr(text, "decoder_sparse_step") or not isinstance(getattr(text, "mlp_only_layers", None), list):
+        return False
+    text.decoder_sparse_step, text.mlp_only_layers = 1, []
+    fresh = rebuild(model, config).get_submodule(path)
+    layers = model.get_submodule(path)
+    text.mlp_only_layers = [position for position, old in enumerate(kept)
+                            if layer_differences(layers[old], fresh[position], "")]
+    return True
+
+
+def cut_checked(model: nn.Module, path: str, key: str, kept: list[int], count: int):
+    """A copy of the model's configuration cut to ``kept``, checked to rebuild the kept layers as
+    they are (:class:`SurgeryError` naming what would differ). The model is not changed."""
+    config = copy.deepcopy(model.config)
+    cut(text_config(config), key, kept, count)
+    found = differences(model, path, kept, config)
+    if found and _mlp_only(model, path, kept, config):
+        found = differences(model, path, kept, config)
+    if found:
+        more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+        raise SurgeryError(f"{type(model).__name__}: its configuration cannot describe the model left after removing "
+                           f"{', '.join(f'{path}.{i}' for i in range(count) if i not in kept)}: a folder saved from it "
+                           f"would reload as another model ({'; '.join(found[:3])}{more})")
+    return config
