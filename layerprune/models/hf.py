@@ -7,6 +7,7 @@ a folder without ``config.json``, a hub id that cannot be reached.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +86,31 @@ def load_hf_model(path_or_id: str, task: str | None = None, **kwargs: Any):
         task = task or _task_of(config)
         _check_task(config, task, source)
         auto = getattr(transformers, TASKS[task])
+        from layerprune.surgery.hf_sublayers import STAND_INS_FILE, apply_stand_ins
+
+        stand_ins = local and (path / STAND_INS_FILE).is_file()
         try:
-            model = auto.from_pretrained(source, **kwargs)
+            if stand_ins:  # removed sub-layers: their weights are absent on purpose, so quietly
+                with _quiet(transformers):
+                    model, info = auto.from_pretrained(source, output_loading_info=True, **kwargs)
+                apply_stand_ins(model, path, list(info["missing_keys"]))
+            else:
+                model = auto.from_pretrained(source, **kwargs)
         except (OSError, ValueError) as exc:
             raise ModelError(f"{source}: cannot load it as {task} ({first_line(exc)})") from None
     return model.eval()
+
+
+@contextlib.contextmanager
+def _quiet(transformers):
+    """transformers' loading report (missing weights) silenced."""
+    logging = transformers.utils.logging
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 __all__ = ["TASKS", "is_hf_name", "load_hf_model", "require_transformers"]

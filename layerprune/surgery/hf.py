@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import sys
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -30,7 +30,10 @@ import torch.nn as nn
 from layerprune.errors import SurgeryError, first_line
 from layerprune.hooks import eval_mode, forward_hooks, model_device
 from layerprune.surgery.blocks import Block
+from layerprune.surgery.inputs import check_level
 from layerprune.surgery.hf_config import INDEX_ATTRS, cut_checked, text_config
+from layerprune.surgery.hf_sublayers import (check_sublayers, replace, residual_branches, split, stand_ins,
+                                             write_stand_ins, zero_hooks)
 
 EXAMPLE_TOKENS = 16
 
@@ -178,13 +181,12 @@ def count_macs(model: nn.Module, input_ids: torch.Tensor | None = None) -> int:
 def find_blocks(model: nn.Module, input_ids: torch.Tensor | None = None, level: str = "block") -> list[Block]:
     """The layers of a transformers model as blocks (every one removable), with its embeddings,
     final norm and head as fixed parts, in forward order. Nothing is copied."""
-    if level != "block":
-        raise SurgeryError(f"{type(model).__name__}: level={level!r}: the attention and MLP sub-layers of transformers "
-                           "models are not offered yet; use level='block' (whole layers)")
+    check_level(level)
     input_ids = check_tokens(model, input_ids)
     path, layers = layer_list(model)
     with eval_mode(model):
         macs, shapes = _linear_macs(model, input_ids)
+    subs = residual_branches(model, path, input_ids)[0] if level == "sublayer" else {}
     total = max(sum(macs.values()), 1)
 
     def under(prefix: str) -> int:
@@ -199,6 +201,16 @@ def find_blocks(model: nn.Module, input_ids: torch.Tensor | None = None, level: 
         blocks.append(_fixed(model, name, under(name), total, shapes, "embeddings, before the layers"))
     for i, layer in enumerate(layers):
         name = f"{path}.{i}"
+        mine = {n: kind for n, kind in subs.items() if n.startswith(name + ".")}
+        for sub, kind in mine.items():
+            in_shape, out_shape = shapes.get(sub, ((), ()))
+            blocks.append(Block(name=sub, stage=path, kind="plain", removable=True, stand_in="zeros",
+                                reason=f"the {kind} residual branch of {name} (replaced by zeros"
+                                       + ("; the KV cache still counts its tokens)" if kind == "attention" else ")"),
+                                params=sum(p.numel() for p in model.get_submodule(sub).parameters()), macs=under(sub),
+                                macs_share=under(sub) / total, in_shape=in_shape, out_shape=out_shape))
+        if mine:
+            continue
         in_shape, out_shape = shapes.get(name, ((), ()))
         blocks.append(Block(name=name, stage=path, kind="identity", removable=True,
                             reason="a layer of the stack (deleted from the list, the rest renumbered)",
@@ -231,8 +243,8 @@ def _fixed(model: nn.Module, name: str, macs: int, total: int, shapes: dict, whe
 
 # -- removal ----------------------------------------------------------------------------------------
 def plan(model: nn.Module, names: list[str] | tuple[str, ...]) -> tuple[str, list[int]]:
-    """The layer list's name and the indices to remove; :class:`SurgeryError` for a name that is not
-    one of its layers, and for a plan that removes every layer."""
+    """The layer list's name and the indices of the layers to remove; :class:`SurgeryError` for a
+    name that is not one of its layers, and for a plan that removes every layer."""
     path, layers = layer_list(model)
     indices = []
     for name in names:
@@ -257,18 +269,21 @@ def _pass_input_on(module, args, kwargs, output):
 
 
 @contextlib.contextmanager
-def skipping(model: nn.Module, path: str, indices: list[int]) -> Iterator[None]:
-    """Within the block, the layers ``indices`` of the stack at ``path`` pass their input on: the
-    reference a removal must equal (the layers still run and fill their part of the KV cache,
-    which nothing reads)."""
-    with forward_hooks(model, after={f"{path}.{i}": _pass_input_on for i in indices}, with_kwargs=True):
+def skipping(model: nn.Module, path: str, indices: list[int], zeroed: Iterable[str] = ()) -> Iterator[None]:
+    """Within the block, the layers ``indices`` of the stack at ``path`` pass their input on and
+    the sub-layers ``zeroed`` answer zeros: the reference a removal must equal (they still run and
+    fill their part of the KV cache, which nothing reads)."""
+    hooks = {**zero_hooks(zeroed), **{f"{path}.{i}": _pass_input_on for i in indices}}
+    with forward_hooks(model, after=hooks, with_kwargs=True):
         yield
 
 
 @torch.no_grad()
-def skip_reference(model: nn.Module, path: str, removed: list[int], input_ids: torch.Tensor) -> torch.Tensor:
-    """The original model's logits with the ``removed`` layers skipped: each passes its input on."""
-    with skipping(model, path, removed), eval_mode(model):
+def skip_reference(model: nn.Module, path: str, removed: list[int], input_ids: torch.Tensor,
+                   zeroed: Iterable[str] = ()) -> torch.Tensor:
+    """The original model's logits with the ``removed`` layers skipped (each passes its input on)
+    and the sub-layers ``zeroed`` answering zeros."""
+    with skipping(model, path, removed, zeroed), eval_mode(model):
         return _logits(model(input_ids)).detach().clone()
 
 
@@ -304,22 +319,31 @@ def remove_layers(model: nn.Module, names: list[str] | tuple[str, ...], input_id
     """``model`` without the layers ``names``: deleted from its layer list, the rest renumbered, its
     configuration cut to match (checked first to rebuild the kept layers as they are:
     :mod:`layerprune.surgery.hf_config`), and its logits checked against the original's with those
-    layers skipped. ``inplace=True`` edits ``model`` itself (no copy: for models that fit in memory once);
-    otherwise a copy is edited and ``model`` is left as it was."""
+    layers skipped. Names may also be attention or MLP sub-layers of layers
+    (``find_blocks(..., level="sublayer")``): each becomes a
+    :class:`~layerprune.surgery.hf_sublayers.ZeroBranch`, checked against the original with that
+    sub-layer answering zeros. ``inplace=True`` edits ``model`` itself (no copy: for models that fit
+    in memory once); otherwise a copy is edited and ``model`` is left as it was."""
     input_ids = check_tokens(model, input_ids)
-    path, removed = plan(model, names)
+    path, _ = layer_list(model)
+    layer_names, sub_names = split(list(names), path)
+    removed = plan(model, layer_names)[1] if layer_names else []
+    gone = {f"{path}.{i}." for i in removed}
+    subs = check_sublayers(model, path, [n for n in sub_names if not any(n.startswith(g) for g in gone)], input_ids)
     count = len(model.get_submodule(path))
     kept = [i for i in range(count) if i not in removed]
-    config = cut_checked(model, path, count_key(model, path, count), kept, count)
-    reference = skip_reference(model, path, removed, input_ids)
+    config = cut_checked(model, path, count_key(model, path, count), kept, count) if removed else None
+    reference = skip_reference(model, path, removed, input_ids, subs)
     pruned = model if inplace else copy.deepcopy(model)
-    layers = pruned.get_submodule(path)
-    parent_name, _, attr = path.rpartition(".")
-    parent = pruned.get_submodule(parent_name) if parent_name else pruned
-    setattr(parent, attr, nn.ModuleList([layers[i] for i in kept]))
-    renumber(parent.get_submodule(attr), kept)
-    # The live configuration object is shared with the modules that read it: updated, not replaced.
-    vars(_text_config(pruned)).update(vars(text_config(config)))
+    replace(pruned, subs)
+    if removed:
+        layers = pruned.get_submodule(path)
+        parent_name, _, attr = path.rpartition(".")
+        parent = pruned.get_submodule(parent_name) if parent_name else pruned
+        setattr(parent, attr, nn.ModuleList([layers[i] for i in kept]))
+        renumber(parent.get_submodule(attr), kept)
+        # The live configuration object is shared with the modules that read it: updated, not replaced.
+        vars(_text_config(pruned)).update(vars(text_config(config)))
     check_consistent(pruned)
     try:
         with torch.no_grad(), eval_mode(pruned):
@@ -362,22 +386,34 @@ def model_card(model: nn.Module, *, base_model: str | None, removed: list[str], 
     (``base_model``, ``library_name``, tags), what was removed and how to load it."""
     info = info or {}
     path, layers = layer_list(model)
+    gone, subs = split(list(removed), path)
+    zeroed = stand_ins(model)
     causal = type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+    auto = "AutoModelForCausalLM" if causal else "AutoModelForSequenceClassification"
     lines = ["---", "library_name: transformers"]
     if base_model:
         lines += [f"base_model: {base_model}"]
+    what = ", ".join(part for part in (f"{len(gone)} layers" if gone else "", f"{len(subs)} sub-layers" if subs else "")
+                     if part) or "nothing"
     lines += [f"pipeline_tag: {'text-generation' if causal else 'text-classification'}", "tags:", "- layerprune",
-              "- pruned", "---", "", f"# {base_model or type(model).__name__}, {len(removed)} layers removed by layerprune",
-              ""]
-    before = original_layers or len(layers) + len(removed)
-    lines += [f"`{type(model).__name__}` with {len(layers)} of its {before} layers (`{path}`): removed "
-              + ", ".join(f"`{n}`" for n in removed) + " (numbered as in the original)"
-              + (f", chosen by the `{info['criterion']}` criterion" if info.get("criterion") else "") + ".", "",
-              "The configuration says so (`num_hidden_layers` and every per-layer list cut to the kept layers, the "
-              "layers renumbered), so the folder loads with transformers alone:", "", "```python",
-              "import transformers", "",
-              f"model = transformers.{'AutoModelForCausalLM' if causal else 'AutoModelForSequenceClassification'}"
-              '.from_pretrained("THIS_FOLDER")', "```", ""]
+              "- pruned", "---", "", f"# {base_model or type(model).__name__}, {what} removed by layerprune", ""]
+    before = original_layers or len(layers) + len(gone)
+    chosen = f", chosen by the `{info['criterion']}` criterion" if info.get("criterion") else ""
+    lines += [f"`{type(model).__name__}` with {len(layers)} of its {before} layers (`{path}`)"
+              + (": removed " + ", ".join(f"`{n}`" for n in gone) + " (numbered as in the original)" if gone else "")
+              + (chosen if gone else "") + ".", ""]
+    if subs:
+        lines += ["Sub-layers removed (numbered as in the original; each now answers zeros, so its layer adds nothing "
+                  "there, and its weights are gone)" + chosen + ": " + ", ".join(f"`{n}`" for n in subs) + ".", ""]
+    if zeroed:
+        lines += ["A stock configuration cannot say that a layer lacks its attention or MLP, so this folder loads "
+                  "with layerprune (`layerprune.json` names the removed sub-layers). Plain transformers would build "
+                  "them again with fresh random weights (reporting their weights as missing):", "", "```python",
+                  "import layerprune", "", 'model = layerprune.load_pruned("THIS_FOLDER")', "```", ""]
+    else:
+        lines += ["The configuration says so (`num_hidden_layers` and every per-layer list cut to the kept layers, "
+                  "the layers renumbered), so the folder loads with transformers alone:", "", "```python",
+                  "import transformers", "", f'model = transformers.{auto}.from_pretrained("THIS_FOLDER")', "```", ""]
     params = sum(p.numel() for p in model.parameters())
     lines += [f"Parameters: {params:,}.", ""]
     for key, value in info.items():
@@ -403,6 +439,7 @@ def save_pruned(model: nn.Module, directory, *, base_model: str | None = None, r
     card = model_card(model, base_model=base_model, removed=list(removed), original_layers=original_layers, info=info)
     with atomic_dir(directory) as tmp:
         model.save_pretrained(tmp)
+        write_stand_ins(model, tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")

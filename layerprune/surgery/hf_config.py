@@ -141,9 +141,15 @@ def _same(a: Any, b: Any) -> bool:
 def layer_differences(layer: nn.Module, fresh: nn.Module, name: str) -> list[str]:
     """How ``fresh`` (a rebuilt layer) differs from ``layer``: module classes, weights and buffers
     (names and shapes), and the plain values the modules keep."""
+    from layerprune.surgery.hf_sublayers import ZeroBranch
+
     found = []
     ours, theirs = dict(layer.named_modules()), dict(fresh.named_modules())
+    # A removed sub-layer stands in for what the configuration builds there: not a difference.
+    removed = [sub for sub, module in ours.items() if isinstance(module, ZeroBranch)]
     for sub in sorted(set(ours) | set(theirs), key=lambda s: (s.count("."), s)):
+        if any(sub == r or sub.startswith(r + ".") for r in removed):
+            continue
         where = f"{name}.{sub}" if sub else name
         a, b = ours.get(sub), theirs.get(sub)
         if a is None or b is None or type(a) is not type(b):
