@@ -30,6 +30,7 @@ from layerprune.evaluation import EvalResult, evaluate, model_device
 from layerprune.surgery.blocks import Block
 from layerprune.surgery.cost import Latency, compare_latency, measure_block_latency
 from layerprune.surgery.find import check_level, find_blocks
+from layerprune.surgery.hf import is_hf_model
 from layerprune.surgery.remove import remove_blocks
 
 Evaluate = Callable[[nn.Module], EvalResult]
@@ -107,8 +108,8 @@ class Pruner:
     ``budget`` until the removed blocks carry the budget's share of the unpruned model. The
     ``run`` rule removes one run at once (``steps=1``). ``level="sublayer"`` scores and removes
     the residual branches inside blocks (a transformer block's ``attn`` and ``mlp``) instead of
-    whole blocks (see :func:`~layerprune.surgery.find.find_blocks`). The input model is never
-    modified.
+    whole blocks (see :func:`~layerprune.surgery.find.find_blocks`). The input model is not
+    modified, unless ``prune(..., inplace=True)`` asks for it.
     """
 
     def __init__(
@@ -204,16 +205,20 @@ class Pruner:
         example_input: torch.Tensor | None = None,
         evaluate_with: Evaluate | None = None,
         step: int = 1,
+        inplace: bool = False,
     ) -> tuple[nn.Module, PruneStep]:
         """A copy of ``model`` without ``names``, repaired; the record has its accuracy after
-        surgery and after repair (``evaluate_with``, default: the calibration samples)."""
+        surgery and after repair (``evaluate_with``, default: the calibration samples). With
+        ``inplace=True`` a transformers model is edited itself, without a copy (a timm model is
+        always edited on a copy)."""
         measure = evaluate_with or self._calibration_eval(data)
         if example_input is None:  # one calibration sample, on the model's device
             ds = self.calibration.dataset(data)
             example_input = load_samples(ds, self.calibration.indices(data)[0][:1])[0].to(model_device(model))
         if blocks is None:  # at this pruner's level
             blocks = find_blocks(model, example_input, level=self.level)
-        pruned = remove_blocks(model, list(names), example_input, collapse=self.collapse, blocks=blocks)
+        own = {"inplace": True} if inplace and is_hf_model(model) else {}
+        pruned = remove_blocks(model, list(names), example_input, collapse=self.collapse, blocks=blocks, **own)
         record = PruneStep(step, list(names), {}, after_surgery=measure(pruned))
         if self.repair.enabled:
             self.repair_model(pruned, data)
@@ -230,11 +235,14 @@ class Pruner:
         *,
         evaluate_with: Evaluate | None = None,
         after_step: Callable[[PruneStep, nn.Module], None] | None = None,
+        inplace: bool = False,
     ) -> PruneResult:
         """Prune ``model`` (left untouched) on ``data``: ``steps`` rounds of score → plan → remove →
         repair. ``after_step(record, pruned_model)`` runs after each step — between steps a recipe
-        finetunes there (in place), and what it puts in ``record.extra`` is kept."""
-        current = copy.deepcopy(model)
+        finetunes there (in place), and what it puts in ``record.extra`` is kept. With
+        ``inplace=True`` ``model`` itself is pruned, without the copy (for a transformers model that
+        fits in memory once: every step then edits it in place)."""
+        current = model if inplace else copy.deepcopy(model)
         measure = evaluate_with or self._calibration_eval(data)
         records: list[PruneStep] = []
         removed: list[str] = []
@@ -272,8 +280,9 @@ class Pruner:
                 records[-1].last = True
                 break
             chosen = sorted(chosen, key=lambda n: scores[n])  # removal order: least important first
-            current, record = self.remove(current, chosen, data, blocks=blocks,
-                                          example_input=scored.example_input, evaluate_with=measure, step=i)
+            # ``current`` is this prune's own (a copy, or the model given in place): no copy more.
+            current, record = self.remove(current, chosen, data, blocks=blocks, example_input=scored.example_input,
+                                          evaluate_with=measure, step=i, inplace=True)
             record.scores, record.result = dict(scores), scored.result
             removed.extend(chosen)
             if not each:

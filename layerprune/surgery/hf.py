@@ -306,6 +306,24 @@ def renumber(layers: nn.ModuleList, kept: list[int]) -> None:
             setattr(module, attr, position)
 
 
+def renumber_device_map(model: nn.Module, path: str, kept: list[int]) -> None:
+    """A dispatched model's ``hf_device_map`` (``device_map=``: where each module lives, read when
+    the KV cache is placed) follows the kept layers to their new names; removed ones leave it."""
+    mapping = getattr(model, "hf_device_map", None)
+    if not isinstance(mapping, dict):
+        return
+    new = {old: position for position, old in enumerate(kept)}
+    renamed = {}
+    for key, device in mapping.items():
+        index, _, rest = key[len(path) + 1:].partition(".") if key.startswith(path + ".") else ("", "", "")
+        if index.isdigit():
+            if int(index) not in new:
+                continue
+            key = f"{path}.{new[int(index)]}" + (f".{rest}" if rest else "")
+        renamed[key] = device
+    model.hf_device_map = renamed
+
+
 def check_consistent(model: nn.Module) -> None:
     """The layer list, its configured count, the per-layer lists and the layer indices agree."""
     path, layers = layer_list(model)  # raises when the configured count no longer matches the list
@@ -344,6 +362,7 @@ def remove_layers(model: nn.Module, names: list[str] | tuple[str, ...], input_id
         renumber(parent.get_submodule(attr), kept)
         # The live configuration object is shared with the modules that read it: updated, not replaced.
         vars(_text_config(pruned)).update(vars(text_config(config)))
+        renumber_device_map(pruned, path, kept)
     check_consistent(pruned)
     try:
         with torch.no_grad(), eval_mode(pruned):

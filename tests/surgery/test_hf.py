@@ -304,3 +304,45 @@ def test_a_removal_the_model_cannot_run_is_a_surgery_error():
     with pytest.raises(SurgeryError, match=r"^Qwen3NextForCausalLM fails after removing model.layers.3: ValueError"):
         remove_blocks(model, ["model.layers.3"], tokens())
     assert len(model.model.layers) == 4 and model.config.layer_types[3] == "full_attention"
+
+
+def test_a_dispatched_model_keeps_each_kept_layer_where_it_was(tmp_path):
+    """device_map with one layer offloaded to disk (accelerate's hooks): removal in place keeps
+    every kept layer where it was, renames hf_device_map's entries to the new layer names, and the
+    logits and cached generation equal the skip reference."""
+    tiny("llama").save_pretrained(tmp_path / "base")
+    where = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu",
+             "model.layers.2": "disk", "model.layers.3": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base", device_map=where,
+                                                              offload_folder=tmp_path / "offload").eval()
+    x = tokens()
+    prompt = x[:1, :6]
+    expected_logits = skipped(model, "model.layers", [1], lambda: model(x).logits)
+    expected = skipped(model, "model.layers", [1], lambda: model.generate(prompt, max_new_tokens=8, do_sample=False,
+                                                                          pad_token_id=0))
+    offloaded = model.model.layers[2]
+    pruned = remove_blocks(model, ["model.layers.1"], x, inplace=True)
+    assert pruned is model and pruned.model.layers[1] is offloaded
+    assert next(offloaded.parameters()).device.type == "meta"  # still on disk, loaded per call
+    assert pruned.hf_device_map == {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+                                    "model.layers.1": "disk", "model.layers.2": "cpu", "model.norm": "cpu",
+                                    "lm_head": "cpu"}
+    with torch.no_grad():
+        assert torch.allclose(pruned(x).logits, expected_logits, atol=1e-5)
+        assert torch.equal(pruned.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0), expected)
+
+
+def test_the_pruner_removes_from_a_transformers_model_in_place_without_a_copy():
+    from layerprune import Pruner, Repair
+    from layerprune.evaluation import EvalResult
+
+    model, x = tiny("llama"), tokens()
+    first = model.model.layers[0]
+    pruner = Pruner("random", repair=Repair(enabled=False))
+    kept_copy, _ = pruner.remove(model, ["model.layers.2"], None, example_input=x,
+                                 evaluate_with=lambda m: EvalResult(0.0, 0.0, 0))
+    assert kept_copy is not model and len(model.model.layers) == 4
+    pruned, record = pruner.remove(model, ["model.layers.2"], None, example_input=x, inplace=True,
+                                   evaluate_with=lambda m: EvalResult(0.0, 0.0, 0))
+    assert pruned is model and pruned.model.layers[0] is first and len(model.model.layers) == 3
+    assert record.removed == ["model.layers.2"] and model.config.num_hidden_layers == 3
