@@ -1,12 +1,32 @@
 """Layer surgery across transformers: every model type of its causal-LM and sequence-classification
 auto mappings, built from a tiny configuration on the CPU (a benchmark, not a test).
 
-Each model type gets its own configuration's defaults with the sizes made tiny (hidden 64, 4 layers
-of 4 heads, 2 key/value heads, vocabulary 256, 4 experts where it has experts; the same in a
-``text_config`` where the model keeps one), random weights, float32, eval mode. Then:
+Each model type gets its own configuration's defaults made tiny (``tiny_config``), random weights,
+float32, eval mode. The tiny configuration:
+
+* sizes: hidden 64, heads of 16 (4 query heads; 2 key/value heads, or 4 where the default has as
+  many as query heads), vocabulary 256, 4 experts (2 per token, or the default's 1), multi-head
+  latent attention of rank 16 with 8 rotary + 8 other query dimensions; sizes that depend on each
+  other keep the default's relation (a head size equal to the rotary part, an indexer's heads, an
+  adapter as wide as the model, Mamba-2 heads spanning the inner width, ...); a size the default
+  turns off (0) stays off. The same in each sub-configuration (``text_config``, a
+  ``decoder``, ...); vision and audio towers get hidden 32 and one layer;
+* 4 layers chosen from the default stack so that each per-layer setting keeps its kinds: every list
+  with an entry per layer, list of layer indices and dict keyed by layer index is cut to 4 layers of
+  the default (renumbered), chosen so that each kind (sliding and full attention, linear and full
+  attention, dense and MoE, ...) sits at an even and an odd position where it can: removing layers
+  1 and 3 then keeps one of each, and the family must accept the choice (KV sharing keeps its
+  producing layers); counts of a part of the stack (KV-shared layers, input and output layers, ...)
+  shrink in proportion; placements set by integers (an attention period and offset, an interval)
+  are searched for the values that keep the kinds the same way;
+* a decoder, for a causal LM of an encoder family whose configuration says (``is_decoder``);
+* ``FAMILY``: what a family needs that its defaults lack (each its own rule, commented there).
+
+Then:
 
 * ``built``: the tiny model exists (a model type that cannot be built this way fails here, with
-  transformers' reason);
+  transformers' reason); where the auto class's model is made from a sub-configuration (a
+  ``decoder``'s), from that sub-configuration, as transformers itself does for a ``text_config``;
 * ``found``: ``find_blocks`` offers exactly the layer list's entries (as many as the configuration's
   layer count), its time as a multiple of one forward pass of the same tokens (batch 2 × 16);
 * ``removed``: layers 1 and 3 taken out (``remove_blocks``), logits equal to the original with
@@ -24,7 +44,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
+import re
 import signal
 import statistics
 import sys
@@ -36,18 +58,70 @@ from pathlib import Path
 import torch
 
 VOCAB = 256
+LAYERS = 4
 SIZES = {
     "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
-    "num_hidden_layers": 4, "head_dim": 16, "vocab_size": VOCAB, "max_position_embeddings": 256,
-    "d_model": 64, "encoder_layers": 4, "decoder_layers": 4, "encoder_attention_heads": 4,
-    "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "num_layers": 4,
+    "num_hidden_layers": LAYERS, "head_dim": 16, "vocab_size": VOCAB, "max_position_embeddings": 256,
+    "d_model": 64, "encoder_layers": LAYERS, "decoder_layers": LAYERS, "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "num_layers": LAYERS,
     "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
     "moe_intermediate_size": 64, "shared_expert_intermediate_size": 64, "ffn_hidden_size": 128,
     "n_shared_experts": 1, "first_k_dense_replace": 1, "kv_lora_rank": 16, "q_lora_rank": 16,
     "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16, "sliding_window": 8, "rotary_dim": 8,
+    "index_head_dim": 16, "index_n_heads": 4, "vocab_size_per_layer_input": VOCAB, "hidden_size_per_layer_input": 16,
 }
+VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "depth": 1,
+          "num_heads": 2, "num_experts": 4, "num_local_experts": 4, "moe_intermediate_size": 32}
+# The keys that count a configuration's layers, in the order they are looked for.
+COUNT_KEYS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "decoder_layers")
+# Integer settings that place layer kinds by index (a period, an offset, an interval, ...) or count a part of
+# the stack: searched for the placement that keeps every layer kind (see `_place`).
+PLACEMENT = re.compile(r"period|offset|interval|_step$|_freq$|every|_layers$")
+# Integer settings that count a part of the stack: kept in proportion.
+PART = re.compile(r"(n|num)_\w+_layers")
+# Widths that are, by default, one of the hidden sizes (an adapter's output is the text model's width, ...).
+WIDTH = re.compile(r"(hidden|adapter|embed)\w*_(dim|size)$")
+# Integer lists that name layers by index (attention layers, MoE layers, ...).
+INDEX_LIST = re.compile(r"(_layers|_ids|_idxs|_indices)$")
 TOKEN_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id",
               "cls_token_id", "mask_token_id", "unk_token_id")
+# What a family needs that its defaults lack or that no general rule derives, by the model type of the
+# (sub-)configuration it applies to, or as "<model type>.<sub-configuration>": each is that family's own rule.
+FAMILY = {
+    # The defaults place no attention layer, and transformers' masking needs one (released checkpoints have some).
+    "bamba": {"attn_layer_indices": [1, 2]},
+    "granitemoehybrid": {"layer_types": ["linear_attention", "full_attention", "full_attention", "linear_attention"]},
+    # `block_types` is a pattern the stack cycles through (3 entries by default); 4 entries give each of the 4
+    # layers its own, so that each kind sits at an even and an odd position.
+    "recurrent_gemma": {"block_types": ["recurrent", "attention", "attention", "recurrent"]},
+    # The rotary settings are per layer type, and the default has none (released checkpoints set them).
+    "cohere_compass_text": {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0}}},
+    # The attention sub-configuration carries the rotary base in released checkpoints; the class omits it.
+    "dbrx.attn_config": {"rope_theta": 10000.0, "clip_qkv": 8.0},
+    # An assistant reads every layer's keys and values from its target model: no per-layer inputs.
+    "gemma4_assistant": {"text_config": {"hidden_size_per_layer_input": 0, "vocab_size_per_layer_input": 0}},
+    # The default names no layer kinds (released checkpoints mix short convolutions and attention).
+    "lfm2_moe": {"layer_types": ["conv", "full_attention", "full_attention", "conv"]},
+    # Indexed-attention layers need the QSA indexer's sizes, which default to None.
+    "qwen4_exp_text": {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 16, "indexer_budget": 8,
+                       "indexer_compress_ratio": 4},
+    # The decoder reads its codebooks as consecutive rows of input ids: one codebook, one row per example; its
+    # generation starts from the decoder start token (which released generation configurations set).
+    "musicgen_decoder": {"num_codebooks": 1, "decoder_start_token_id": 1},
+    "musicgen_melody_decoder": {"num_codebooks": 1, "decoder_start_token_id": 1},
+    # Input, recurrent and output sections (8, 20, 8 by default): one input and one output layer around 2 recurrent.
+    "dory": {"n_input_layers": 1, "n_output_layers": 1},
+    # The language the adapters use when the input names none (what `set_default_language` stores).
+    "xmod": {"default_language": "en_XX"},
+    # The query/key width (hidden × qk_dim_factor) must be a multiple of 64: the cache rounds it up, the layer not.
+    "xlstm": {"hidden_size": 128, "embedding_dim": 128},
+    # The 2-D position embedding concatenates 4 coordinates and 2 shapes to the hidden size: 4 × 12 + 2 × 8 = 64.
+    "layoutlmv3": {"coordinate_size": 12, "shape_size": 8},
+    # The layout embedding concatenates 6 embeddings of hidden_size // 6: the hidden size is a multiple of 6.
+    "lilt": {"hidden_size": 96},
+    # Axial position embeddings: the shape multiplies to the longest sequence, the widths sum to the hidden size.
+    "reformer": {"axial_pos_shape": (16, 16), "axial_pos_embds_dim": (16, 48)},
+}
 CHECKS = ("built", "found", "removed", "generate", "reload")
 
 
@@ -69,9 +143,151 @@ def time_limit(seconds: int):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _tiny(values: dict, reference) -> dict:
-    known = set(values) | set(getattr(reference, "attribute_map", {}))
-    out = {k: v for k, v in SIZES.items() if k in known}
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _layer_count(config) -> tuple[str | None, int]:
+    for key in COUNT_KEYS:
+        value = getattr(config, key, None)
+        if _is_int(value) and value > 0:
+            return key, value
+    return None, 0
+
+
+def _kind(name: str, value, count: int) -> str | None:
+    """How ``value`` is a per-layer setting of a ``count``-layer stack: ``"index"`` (a list of layer indices),
+    ``"source"`` (a list naming, for each layer, the earlier layer it reads from), ``"list"`` (one entry per layer),
+    ``"dict"`` (keyed by layer index); None when it is none."""
+    if count < 2 or name in ("architectures", "id2label", "label2id"):
+        return None
+    if isinstance(value, (list, tuple)) and value and all(_is_int(v) for v in value) and INDEX_LIST.search(name):
+        if all(0 <= v < count for v in value) and list(value) == sorted(set(value)):
+            return "index"
+        if len(value) == count and all(0 <= v <= i for i, v in enumerate(value)):
+            return "source"
+    if isinstance(value, (list, tuple)) and len(value) == count:
+        return "list"
+    if isinstance(value, dict) and value and "layer" in name and all(str(k).isdigit() for k in value) \
+            and all(int(k) < count for k in value):
+        return "dict"
+    return None
+
+
+def _per_layer(name: str, value, count: int) -> list | None:
+    """``value`` as one hashable entry per layer (see `_kind`), or None."""
+    kind = _kind(name, value, count)
+    if kind == "index":
+        return [i in value for i in range(count)]
+    if kind == "source":
+        return ["own" if v == i else "earlier" for i, v in enumerate(value)]
+    if kind == "dict":
+        by_index = {int(k): v for k, v in value.items()}
+        return [json.dumps(by_index.get(i), sort_keys=True, default=str) for i in range(count)]
+    if kind == "list":
+        return [json.dumps(v, sort_keys=True, default=str) for v in value]
+    return None
+
+
+def _layer_settings(config, count: int) -> dict[str, list] | None:
+    """Every per-layer setting of ``config`` (its fields and its properties, such as a ``layers_block_type``
+    derived from a period), as one hashable entry per layer; None when a property refuses the configuration."""
+    values = config.to_dict()
+    names = set(values) | {n for n in dir(type(config))
+                           if not n.startswith("_") and isinstance(getattr(type(config), n, None), property)}
+    out = {}
+    for name in sorted(names):
+        try:
+            value = values[name] if name in values else getattr(config, name)
+        except ValueError:
+            return None  # e.g. KV sharing whose producing layers are missing
+        except Exception:  # noqa: BLE001 - a property that is no per-layer setting
+            continue
+        entries = _per_layer(name, value, count)
+        if entries is not None:
+            out[name] = entries
+    return out
+
+
+def _variety(rows) -> tuple[int, int, int]:
+    """How well 4 layers keep each setting's kinds: kinds present, kinds at both an even and an odd position
+    (removing layers 1 and 3 keeps one and removes one), kinds among the kept layers."""
+    present = both = kept = 0
+    for row in rows:
+        even, odd = set(row[0::2]), set(row[1::2])
+        present, both, kept = present + len(even | odd), both + len(even & odd), kept + len(even)
+    return present, both, kept
+
+
+def _choices(settings: dict[str, list], values: dict, count: int, layers: int) -> list[list[int]]:
+    """Choices of ``layers`` layers of the default stack (in order), the ones that keep the most of the variety
+    of its per-layer settings (``settings``: those the configuration takes, an entry per layer) first, the
+    earliest first among equals."""
+    kinds = [tuple(s[i] for s in settings.values()) for i in range(count)]
+    where = {kind: [i for i, k in enumerate(kinds) if k == kind] for kind in dict.fromkeys(kinds)}
+    pool = sorted({i for at in where.values() for i in at[:layers] + at[-1:]})[:28]
+    sources = [values[n] for n in settings if _kind(n, values[n], count) == "source"]
+
+    def score(chosen):
+        if any(value[i] not in chosen for value in sources for i in chosen):
+            return None  # a layer would read from a layer left out
+        return _variety([[s[i] for i in chosen] for s in settings.values()]), -sum(chosen)
+
+    scored = [(s, chosen) for chosen in itertools.combinations(pool, layers) if (s := score(chosen)) is not None]
+    return [list(chosen) for _, chosen in sorted(scored, reverse=True)]
+
+
+def _cut(name: str, value, chosen: list[int], count: int):
+    """The per-layer setting ``value`` for the layers ``chosen`` (renumbered 0…3)."""
+    kind = _kind(name, value, count)
+    if kind == "dict":
+        by_index = {int(k): v for k, v in value.items()}
+        return {new: by_index[old] for new, old in enumerate(chosen) if old in by_index}
+    if kind == "index":
+        return type(value)(new for new, old in enumerate(chosen) if old in value)
+    if kind == "source":
+        return type(value)(chosen.index(value[old]) for old in chosen)
+    return type(value)(value[old] for old in chosen)
+
+
+def _sizes(values: dict, config, sizes: dict, widths: dict | None = None) -> dict:
+    """The tiny ``sizes`` for the keys this configuration has (under their own names, not their aliases; a size
+    the default turns off with 0 stays off), with the sizes that depend on one another kept in the
+    relation the default has; ``widths`` maps other default widths (a text model's) to their tiny ones."""
+    aliases = getattr(config, "attribute_map", {})
+
+    def default(key):
+        return values.get(aliases.get(key, key))
+
+    out = {aliases.get(k, k): v for k, v in sizes.items() if (k in values or k in aliases) and default(k) != 0}
+    if default("num_key_value_heads") == default("num_attention_heads") and "num_key_value_heads" in out:
+        out["num_key_value_heads"] = out.get(aliases.get("num_attention_heads", "num_attention_heads"))  # no GQA
+    rope, nope = default("qk_rope_head_dim"), default("qk_nope_head_dim")
+    for key in ("head_dim", "qk_head_dim"):  # multi-head latent attention: the rotary part, or rotary + rest
+        if key in values and rope is not None and values[key] == rope:
+            out[key] = SIZES["qk_rope_head_dim"]
+        elif key in values and rope is not None and nope is not None and values[key] == rope + nope:
+            out[key] = SIZES["qk_rope_head_dim"] + SIZES["qk_nope_head_dim"]
+    if _is_int(values.get("index_num_heads")):  # the indexer's heads read one key/value head's query heads
+        out["index_num_heads"] = out.get("num_attention_heads", 4) // out.get("num_key_value_heads", 2)
+    if _is_int(default("n_group")) and default("n_group") > 1:  # expert groups: 2 of 2 experts, 1 chosen
+        out.update({aliases.get("n_group", "n_group"): 2, aliases.get("topk_group", "topk_group"): 1})
+    top_k = aliases.get("num_experts_per_tok", "num_experts_per_tok")
+    if _is_int(values.get(top_k)) and values[top_k] < SIZES["num_experts_per_tok"]:
+        out[top_k] = values[top_k]
+    if all(_is_int(values.get(k)) for k in ("expand", "num_heads", "head_dim")):  # Mamba-2: heads span the inner width
+        out["num_heads"] = out.get("hidden_size", 64) * values["expand"] // out["head_dim"]
+    widths = {default("hidden_size"): out.get(aliases.get("hidden_size", "hidden_size")), **(widths or {})}
+    for key, value in values.items():  # adapters and embeddings as wide as this model or the text model
+        if key not in out and _is_int(value) and WIDTH.search(key) and widths.get(value):
+            out[key] = widths[value]
+    return out
+
+
+def _tiny(values: dict, config, base: dict, sizes: dict = SIZES, layers: int = LAYERS, widths=None) -> dict:
+    """The tiny settings (``sizes``, ``layers`` layers) of one (sub-)configuration whose defaults are ``values``
+    (``config`` built from them) and which is made from ``base`` updated with them."""
+    out = _sizes(values, config, sizes, widths)
     for key in TOKEN_KEYS:
         token = values.get(key)
         if isinstance(token, int) and token >= VOCAB:
@@ -80,30 +296,128 @@ def _tiny(values: dict, reference) -> dict:
             out[key] = [t if t < VOCAB else 1 for t in token]
     if "pad_token_id" in values and values.get("pad_token_id") is None:
         out["pad_token_id"] = 0  # a classifier reads the last token before padding
-    if isinstance(values.get("layer_types"), list):
-        out["layer_types"] = None  # made again for 4 layers where the configuration derives it
+    key, count = _layer_count(config)
+    if count <= layers:
+        return out
+    for name, value in values.items():
+        if isinstance(value, list) and len(value) == count and name in sizes:  # a size per layer
+            out[name] = [sizes[name]] * layers
+        elif _is_int(value) and 0 < value <= count and PART.fullmatch(name) and name not in out:
+            out[name] = max(1, round(value * layers / count))  # a part of the stack, in proportion
+    defaults = _layer_settings(config, count) or {}
+    settings = {n: s for n, s in defaults.items() if n in values and n not in out}  # those the configuration takes
+    best = None
+    for chosen, ratio in itertools.product((_choices(settings, values, count, layers) if settings else [])[:50],
+                                           (True, False)):
+        trial = dict(out)  # the first choice the family accepts (KV sharing needs its producing layers, ...)
+        for name in settings:
+            trial[name] = _cut(name, values[name], chosen, count)
+            size = next((k for k in sizes if k in name and _is_int(values.get(k)) and k in out), None)
+            if size and isinstance(trial[name], list) and all(_is_int(v) for v in trial[name]):
+                trial[name] = [max(1, round(out[size] * v / values[size])) for v in trial[name]]  # a size per layer
+            if isinstance(trial[name], dict):  # per-layer overrides: their sizes made tiny too
+                trial[name] = {i: _override(entry, values, out, config, sizes, ratio)
+                               for i, entry in trial[name].items()}
+        best = best or trial
+        if _accepted(type(config), {**base, **trial}, layers):
+            best = trial
+            break
+    kinds = {n: set(s) for n, s in defaults.items()  # the layer kinds by name, or whether a layer is named
+             if all(isinstance(e, bool) or e.startswith('"') for e in s)}
+    return _place(type(config), values, base, best or out, key, layers, kinds)
+
+
+def _override(entry, values: dict, out: dict, config, sizes: dict, ratio: bool):
+    """A per-layer override's sizes made tiny: in the ratio the default has to the global size (``ratio``), or
+    as the tiny global size with the relations of `_sizes`."""
+    if not isinstance(entry, dict):
+        return entry
+    plain = {k: v for k, v in _sizes({**values, **entry}, config, sizes).items() if k in entry}
+    scaled = {k: max(1, round(out[k] * v / values[k])) for k, v in entry.items()
+              if ratio and _is_int(v) and _is_int(values.get(k)) and values[k] and _is_int(out.get(k))}
+    return {**entry, **plain, **scaled}
+
+
+def _accepted(cls, settings: dict, layers: int) -> bool:
+    try:
+        return _layer_settings(cls(**settings), layers) is not None
+    except Exception:  # noqa: BLE001 - a configuration this family refuses
+        return False
+
+
+def _place(cls, values: dict, base: dict, out: dict, count_key: str | None, layers: int, kinds: dict) -> dict:
+    """``out`` with the integer placement settings (periods, offsets, intervals, ...) changed where that keeps
+    more of the default's layer kinds (``kinds``, by setting) in ``layers`` layers (each kind at an even and an
+    odd position where it can be), and no kind the default lacks."""
+
+    def rate(settings: dict):
+        try:
+            config = cls(**{**base, **settings})
+        except Exception:  # noqa: BLE001 - a configuration this family refuses
+            return None
+        lists = _layer_settings(config, layers)
+        if lists is None or any(not set(s) <= kinds[n] for n, s in lists.items() if n in kinds):
+            return None
+        return _variety(lists.values())
+
+    knobs = [k for k, v in values.items() if _is_int(v) and v >= 0 and PLACEMENT.search(k)
+             and not PART.fullmatch(k) and k not in SIZES and k not in COUNT_KEYS and k != count_key]
+    best = rate(out) if knobs else None
+    for _ in range(2 if knobs else 0):
+        for knob in knobs:
+            for value in range(layers + 1):
+                trial = {**out, knob: value}
+                score = rate(trial)
+                if score is not None and (best is None or score > best):
+                    out, best = trial, score
     return out
 
 
-def tiny_config(model_type: str):
+def _tiny_tree(config, keys: tuple[str, ...], base: dict, widths: dict, tower: bool = False) -> dict:
+    """The tiny settings of ``config`` and of each of its sub-configurations, with what ``FAMILY`` holds for it
+    under any of ``keys``: vision and audio towers (``tower``) with `VISION`'s sizes and one layer."""
+    values = config.to_dict()
+    out = _tiny(values, config, base, *((VISION, 1) if tower else (SIZES, LAYERS)), widths=widths)
+    family = {k: v for key in keys for k, v in FAMILY.get(key, {}).items()}
+    subs = getattr(config, "sub_configs", {})
+    for name in subs:
+        sub = getattr(config, name, None)
+        if sub is not None and hasattr(sub, "to_dict"):
+            own = _tiny_tree(sub, (sub.model_type, f"{keys[0]}.{name}"), sub.to_dict(), widths,
+                             tower or "vision" in name or "audio" in name)
+            out[name] = {**sub.to_dict(), **own, **family.get(name, {})}
+    return {**out, **{k: v for k, v in family.items() if k not in subs}}
+
+
+def tiny_config(model_type: str, task: str = "causal-lm"):
+    """``model_type``'s configuration with the tiny sizes and 4 layers that keep its layer kinds (a decoder where
+    the family's configuration says whether it is one and ``task`` is a causal LM)."""
     import transformers
 
-    default = transformers.AutoConfig.for_model(model_type)
-    kwargs = _tiny(default.to_dict(), default)
-    sub = getattr(default, "text_config", None)
-    if sub is not None and hasattr(sub, "to_dict"):
-        kwargs["text_config"] = {**sub.to_dict(), **_tiny(sub.to_dict(), sub)}
-    for name in ("vision_config", "audio_config"):
-        part = getattr(default, name, None)
-        if part is not None and hasattr(part, "to_dict"):
-            values = part.to_dict()
-            kwargs[name] = {**values, **{k: v for k, v in {"hidden_size": 32, "intermediate_size": 64,
-                                                          "num_hidden_layers": 1, "num_attention_heads": 2,
-                                                          "depth": 1, "num_heads": 2}.items() if k in values}}
-    config = transformers.AutoConfig.for_model(model_type, **kwargs)
-    if getattr(config, "layer_types", "absent") is None:
-        config = transformers.AutoConfig.for_model(model_type, **{k: v for k, v in kwargs.items() if k != "layer_types"})
-    return config
+    try:
+        default = transformers.AutoConfig.for_model(model_type)
+    except Exception:  # noqa: BLE001 - a default that only builds with the family's own settings
+        default = transformers.AutoConfig.for_model(model_type, **FAMILY.get(model_type, {}))
+    try:
+        text = default.get_text_config(decoder=True)
+    except ValueError:  # more than one
+        text = default
+    kwargs = _tiny_tree(default, (model_type,), {}, {getattr(text, "hidden_size", None): SIZES["hidden_size"]})
+    if task == "causal-lm" and "is_decoder" in default.to_dict():
+        kwargs["is_decoder"] = True  # an encoder family's causal LM (BertLMHeadModel, ...) runs as a decoder
+    return transformers.AutoConfig.for_model(model_type, **kwargs)
+
+
+def build(auto, config):
+    """``auto``'s model for ``config``; where that model's class is made from a sub-configuration (a decoder's),
+    from that sub-configuration, as transformers does for a ``text_config``."""
+    model_class = auto._model_mapping[type(config)]
+    wanted = getattr(model_class, "config_class", None)
+    if wanted is not None and not isinstance(config, wanted):
+        for name in getattr(config, "sub_configs", {}):
+            if isinstance(getattr(config, name, None), wanted):
+                return model_class._from_config(getattr(config, name))
+    return auto.from_config(config)
 
 
 def logits(out) -> torch.Tensor:
@@ -122,7 +436,7 @@ def check(model_type: str, task: str, limit: int) -> dict:
     try:
         with time_limit(limit):
             torch.manual_seed(0)
-            model = auto.from_config(tiny_config(model_type)).eval()
+            model = build(auto, tiny_config(model_type, task)).eval()
             record.update(built=True, cls=type(model).__name__)
             step = "found"
             ids = torch.randint(3, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
