@@ -1,8 +1,11 @@
 """Surgery: find blocks, remove them safely, save and rebuild pruned models, measure cost.
 
 One file per concern: ``blocks`` (the Block record and the keep-one-per-stage rule), ``find``
-(discover and classify), ``inputs`` (example inputs), ``hf`` (transformers models: the layer list
-as blocks, removal that keeps config, indices and cache consistent), ``edit`` (plan and swap),
+(the entry point: ``calls`` records a forward pass, ``discover`` finds the stages and their blocks,
+``named`` the blocks timm's group matcher names, ``sublayers`` the residual sub-layers of a block,
+``classify`` classifies a unit, ``check`` checks a removal), ``inputs`` (example inputs), ``hf``
+(transformers models: the layer list as blocks, removal that keeps config, indices and cache
+consistent), ``edit`` (plan and swap),
 ``verify`` (run and re-trace), ``remove``
 (the three together on a copy), ``spec`` (save and rebuild), ``cost`` (params, MACs, latency, and
 each block's share of it), ``width`` (channel pruning inside blocks, with Torch-Pruning).

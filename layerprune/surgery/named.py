@@ -10,18 +10,21 @@ modules a two-index pattern matches exactly. A model whose matcher names no such
 ``^stages\\.(\\d+)`` only, a function, or no matcher at all) but whose modules are laid out as
 ``stages.N.blocks.M`` has those modules as its blocks.
 
-Discovery (:mod:`layerprune.surgery.find`) never offers the inside of a named block at the block
-level and always searches the modules that hold one.
+Discovery (:mod:`layerprune.surgery.discover`) never offers the inside of a named block at the block
+level and always searches the modules that hold one, whose other parts (:meth:`NamedBlocks.beside`)
+are fixed.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch.nn as nn
 
 LAYOUT = r"(^|\.)stages\.\d+\.blocks\.\d+$"
+STEM = "stem, not a block (timm's group_matcher)"  # why a module of the stem group is fixed
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class NamedBlocks:
     # each named block's stage as its pattern numbers it (DPN's features.conv4_2 → "conv…:4")
     stages: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
-    @property
+    @cached_property
     def ancestors(self) -> frozenset[str]:
         """Every module that holds a named block (the model itself as "")."""
         out = set()
@@ -43,6 +46,20 @@ class NamedBlocks:
             parts = name.split(".")
             out.update(".".join(parts[:i]) for i in range(len(parts)))
         return frozenset(out)
+
+    def beside(self, name: str) -> bool:
+        """The module sits inside a module that holds named blocks (other than the model itself)
+        and is not one of them: a downsample or a global-query block of a stage, say."""
+        parent = name.rpartition(".")[0]
+        if not parent or parent not in self.ancestors:
+            return False
+        # a module holding the matcher's stem (a CIFAR VGG's stages.0, whose first conv is the
+        # stem) is searched as it always was
+        return not any(s == name or s.startswith(name + ".") for s in self.stem)
+
+    def beside_reason(self, name: str) -> str:
+        """Why a module beside named blocks is fixed."""
+        return f"part of {name.rpartition('.')[0]!r}, not one of the model's own blocks ({self.pattern})"
 
 
 NONE = NamedBlocks(frozenset(), "", "none")
