@@ -34,7 +34,11 @@ Then:
 * ``generate`` (causal LMs): 8 greedy new tokens through the KV cache equal the reference's;
 * ``reload``: ``save_pretrained`` → ``AutoModelFor….from_pretrained``: no missing or unexpected
   keys, the same logits, the layer count and per-layer lists as saved;
-* ``sublayers``: whether attention and MLP sub-layers are offered.
+* ``sublayers``: how many attention and MLP sub-layers ``find_blocks(level="sublayer")`` offers
+  (none is an answer: a post-norm layer is offered whole); where it offers some, the first layer's
+  attention and the last layer's MLP removed, logits equal to the original with them answering
+  zeros within 1e-5, 8 greedy tokens through the KV cache equal to that reference's (causal LMs),
+  and ``save_pruned`` → ``load_pruned`` the same logits. A wrong sub-layer removal fails the model.
 
     python benchmarks/hf_zoo.py --out hf_zoo.jsonl --markdown hf_zoo.md     # resumes an earlier --out
     python benchmarks/hf_zoo.py --only llama gpt2 --task causal-lm --out /tmp/z.jsonl
@@ -61,7 +65,8 @@ VOCAB = 256
 LAYERS = 4
 SIZES = {
     "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
-    "num_hidden_layers": LAYERS, "head_dim": 16, "vocab_size": VOCAB, "max_position_embeddings": 256,
+    "num_hidden_layers": LAYERS, "head_dim": 16, "vocab_size": VOCAB, "unpadded_vocab_size": VOCAB,
+    "max_position_embeddings": 256,
     "d_model": 64, "encoder_layers": LAYERS, "decoder_layers": LAYERS, "encoder_attention_heads": 4,
     "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "num_layers": LAYERS,
     "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
@@ -497,10 +502,7 @@ def check(model_type: str, task: str, limit: int) -> dict:
                     raise AssertionError("; ".join(problems))
             record["reload"] = True
             step = "sublayers"
-            try:
-                record["sublayers"] = sum(b.removable for b in find_blocks(model, ids, level="sublayer"))
-            except Exception:  # noqa: BLE001 - not offered is the answer
-                record["sublayers"] = 0
+            record["sublayers"] = sublayers(model, path, ids, task)
     except Exception as exc:  # noqa: BLE001 - one model never stops the sweep
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         record[step] = False
@@ -508,6 +510,43 @@ def check(model_type: str, task: str, limit: int) -> dict:
         if "--trace" in sys.argv:
             traceback.print_exc()
     return record
+
+
+def sublayers(model, path: str, ids: torch.Tensor, task: str) -> int:
+    """How many sub-layers ``find_blocks(level="sublayer")`` offers; where it offers some, the first
+    layer's attention and the last layer's MLP are removed: logits equal to the original with them
+    answering zeros (within 1e-5), 8 greedy tokens through the KV cache equal to that reference's
+    (causal LMs), and ``save_pruned`` → ``load_pruned`` gives the same logits (AssertionError if not)."""
+    from layerprune import find_blocks, load_pruned, remove_blocks
+    from layerprune.surgery.hf import save_pruned, skip_reference, skipping
+    from layerprune.surgery.hf_sublayers import residual_branches
+
+    offered = [b.name for b in find_blocks(model, ids, level="sublayer") if b.stand_in == "zeros"]
+    if not offered:
+        return 0
+    kinds = residual_branches(model, path, ids)[0]
+    attention = [n for n in offered if kinds.get(n) == "attention"]
+    mlp = [n for n in offered if kinds.get(n) == "mlp"]
+    names = attention[:1] + mlp[-1:]
+    reference = skip_reference(model, path, [], ids, names)
+    pruned = remove_blocks(model, names, ids)
+    with torch.no_grad():
+        gap = (logits(pruned(ids)) - reference).abs().max().item()
+    if gap > 1e-5:
+        raise AssertionError(f"sub-layers {names}: max |Δ| {gap:.3g} vs the reference")
+    if task == "causal-lm":
+        prompt, kwargs = ids[:1, :6], dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+        with skipping(model, path, [], names), torch.no_grad():
+            expected = model.generate(prompt, **kwargs)
+        with torch.no_grad():
+            if not torch.equal(pruned.generate(prompt, **kwargs), expected):
+                raise AssertionError(f"sub-layers {names}: generated tokens differ from the reference's")
+    with tempfile.TemporaryDirectory() as folder:
+        again = load_pruned(save_pruned(pruned, Path(folder) / "m", removed=names))
+        with torch.no_grad():
+            if not torch.equal(logits(again(ids)), logits(pruned(ids))):
+                raise AssertionError(f"sub-layers {names}: other logits after load_pruned")
+    return len(offered)
 
 
 def families(task: str) -> list[str]:
@@ -520,7 +559,7 @@ def families(task: str) -> list[str]:
 
 def passed(record: dict) -> bool:
     needed = CHECKS if record["task"] == "causal-lm" else tuple(c for c in CHECKS if c != "generate")
-    return all(record.get(c) for c in needed)
+    return all(record.get(c) for c in needed) and record.get("sublayers") is not False
 
 
 def markdown(records: list[dict]) -> str:
@@ -534,12 +573,13 @@ def markdown(records: list[dict]) -> str:
         lines += [f"### {task}: {len(ok)} of {len(rows)} model types pass every check", "",
                   f"Median `find_blocks` time: {statistics.median(times):.2f}× one forward pass "
                   f"(max {max(times):.2f}×)." if times else "", "",
-                  "| model type | class | layers | found | removed | generate | reload | find × fwd | failure |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| model type | class | layers | found | removed | generate | reload | sub-layers | find × fwd | failure |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         mark = {True: "yes", False: "**no**", None: ""}
         for r in rows:
             lines.append(f"| {r['model_type']} | {r.get('cls', '')} | {r.get('layers', '')} | {mark[r['found']]} | "
                          f"{mark[r['removed']]} | {mark[r['generate']]} | {mark[r['reload']]} | "
+                         f"{mark.get(r.get('sublayers'), r.get('sublayers'))} | "
                          f"{r.get('find_x_forward', '')} | {r.get('failure', '').replace('|', '/')} |")
         lines.append("")
     return "\n".join(lines)

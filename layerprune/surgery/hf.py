@@ -4,7 +4,9 @@ removal that leaves a model the library itself can run, cache, save and reload.
 The blocks are the entries of the model's own layer list (``model.layers.N``, ``transformer.h.N``,
 ``gpt_neox.layers.N``, ``bert.encoder.layer.N``, ...), found from the model's structure: the one
 ``ModuleList`` whose length is the configuration's ``num_hidden_layers`` and whose entries are all
-of one class and hold weights. Everything else (embeddings, final norm, head) is fixed.
+of one class and hold weights (or, in a hybrid stack, entries of several classes that are all
+transformers' layers: Jamba's attention and Mamba layers). Everything else (embeddings, final
+norm, head) is fixed.
 
 A removed layer is deleted from the list (nothing stands in for it), and the model is made
 consistent again: the per-layer indices of the kept layers (``layer_idx`` and its kin, which the KV
@@ -91,6 +93,13 @@ def _has_encoder(model: nn.Module) -> bool:
     return isinstance(encoder, nn.Module) and encoder is not model
 
 
+def _is_library_layer(module: nn.Module) -> bool:
+    """Whether ``module`` is one of transformers' layers (its ``GradientCheckpointingLayer``)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return isinstance(module, GradientCheckpointingLayer)
+
+
 def layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The model's layer list: its dotted name and the ``ModuleList``; :class:`SurgeryError` when
     the model is not one the engine handles (an encoder-decoder, no such list, or several)."""
@@ -99,9 +108,12 @@ def layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
         raise SurgeryError(f"{type(model).__name__}: an encoder-decoder model (two layer stacks joined by "
                            "cross-attention); only decoder-only and encoder-only models are handled")
     lengths = set(layer_counts(model).values())
-    found = [(name, module) for name, module in model.named_modules()
+    lists = [(name, module) for name, module in model.named_modules()
              if isinstance(module, nn.ModuleList) and len(module) in lengths
-             and len({type(m) for m in module}) == 1 and all(any(True for _ in m.parameters()) for m in module)]
+             and all(any(True for _ in m.parameters()) for m in module)]
+    found = [(name, module) for name, module in lists if len({type(m) for m in module}) == 1]
+    if not found:  # a hybrid stack: layers of several classes, each one of transformers' decoder layers
+        found = [(name, module) for name, module in lists if all(map(_is_library_layer, module))]
     if not found:
         stated = ", ".join(f"{k} = {v}" for k, v in layer_counts(model).items())
         raise SurgeryError(f"{type(model).__name__}: no list of layers of one class as long as its configuration "
@@ -139,6 +151,8 @@ def _logits(output: Any) -> torch.Tensor:
     logits = getattr(output, "logits", None)
     if isinstance(logits, torch.Tensor):
         return logits
+    if isinstance(output, dict) and not hasattr(output, "to_tuple"):  # a plain dict (SqueezeBERT's modules)
+        return output.get("hidden_states", next(iter(output.values())))
     return output[0]
 
 
@@ -261,10 +275,16 @@ def plan(model: nn.Module, names: list[str] | tuple[str, ...]) -> tuple[str, lis
 
 def _pass_input_on(module, args, kwargs, output):
     """A forward hook that makes a layer return its input hidden states (in its output's structure:
-    a tensor, or a tuple or list whose first entry is the hidden states)."""
+    a tensor, a tuple, namedtuple or list whose first entry is the hidden states, or a dict holding
+    them)."""
     hidden = args[0] if args else kwargs["hidden_states"]
+    if isinstance(output, tuple) and hasattr(output, "_fields"):  # a namedtuple
+        return output._replace(**{output._fields[0]: hidden})
     if isinstance(output, (tuple, list)):
         return type(output)([hidden, *output[1:]])
+    if isinstance(output, dict):
+        key = "hidden_states" if "hidden_states" in output else next(iter(output))
+        return type(output)({**output, key: hidden})
     return hidden
 
 
@@ -298,12 +318,25 @@ def _indices(layers: nn.ModuleList) -> Iterator[tuple[int, str, nn.Module, str, 
                     yield position, name, module, attr, value
 
 
+def _slots(layers: nn.ModuleList, numbers: list[int]) -> int:
+    """How many per-layer indices each layer holds: 1, or ``k`` where the layer numbered ``i``
+    holds ``k·i … k·i + k − 1`` (LongCat-Flash's two attentions per layer, each its own cache slot)."""
+    values: dict[int, set[int]] = {}
+    for position, _, _, _, value in _indices(layers):
+        values.setdefault(position, set()).add(value)
+    k = max((len(v) for v in values.values()), default=1)
+    if k > 1 and all(v == set(range(k * numbers[p], k * numbers[p] + k)) for p, v in values.items()):
+        return k
+    return 1
+
+
 def renumber(layers: nn.ModuleList, kept: list[int]) -> None:
     """Give the kept layers' per-layer indices their new positions (``layers`` holds the kept ones,
-    ``kept`` their old positions)."""
+    ``kept`` their old positions; ``k`` slots a layer: ``k·old + j`` becomes ``k·new + j``)."""
+    k = _slots(layers, kept)
     for position, _, module, attr, value in list(_indices(layers)):
-        if value == kept[position]:
-            setattr(module, attr, position)
+        if k * kept[position] <= value < k * kept[position] + k:
+            setattr(module, attr, value - k * kept[position] + k * position)
 
 
 def renumber_device_map(model: nn.Module, path: str, kept: list[int]) -> None:
@@ -327,9 +360,11 @@ def renumber_device_map(model: nn.Module, path: str, kept: list[int]) -> None:
 def check_consistent(model: nn.Module) -> None:
     """The layer list, its configured count, the per-layer lists and the layer indices agree."""
     path, layers = layer_list(model)  # raises when the configured count no longer matches the list
+    k = _slots(layers, list(range(len(layers))))
     for position, _, module, attr, value in _indices(layers):
-        if value != position:
-            raise SurgeryError(f"{path}.{position}: {type(module).__name__}.{attr} is {value}, not {position}")
+        if not k * position <= value < k * position + k:
+            expected = position if k == 1 else f"{k * position} … {k * position + k - 1}"
+            raise SurgeryError(f"{path}.{position}: {type(module).__name__}.{attr} is {value}, not {expected}")
 
 
 def remove_layers(model: nn.Module, names: list[str] | tuple[str, ...], input_ids: torch.Tensor | None = None,

@@ -9,7 +9,9 @@ changed:
 * the layer count, every per-layer list (``layer_types``, sliding-window flags, ...) and every
   per-layer mapping keyed by layer index (``per_layer_config``) keep the kept layers' entries;
 * lists of layer indices (``moe_layers``, ``mlp_only_layers``, ...) keep the kept layers,
-  renumbered; ``first_k_dense_replace`` counts the dense layers kept; a residual scale divided by
+  renumbered; lists naming the earlier layer each layer reads from (``kv_source_layers``) are
+  renumbered too; ``first_k_dense_replace`` counts the dense layers kept, ``num_kv_shared_layers``
+  the sharing layers kept, and a second count of the same layers (``num_blocks``) follows; a residual scale divided by
   the square root of the layer count (``scale_depth``) is kept as it was; where mixture-of-experts
   layers are placed by a step (``decoder_sparse_step``), the kept dense layers are listed in
   ``mlp_only_layers`` instead;
@@ -17,15 +19,17 @@ changed:
   is rebuilt from it on the ``meta`` device (no memory), and each kept layer is compared with the
   layer the rebuild puts in its place: module classes, weight names and shapes, and the plain
   numbers and strings a module keeps (a layer whose computation depends on its index or on the
-  layer count, DiffLlama's ``lambda_init`` say, differs there). A difference is a
+  layer count, DiffLlama's ``lambda_init`` say, differs there; what already differs between the
+  model and a rebuild of its own configuration is state a forward pass set, and is not compared).
+  A difference is a
   :class:`SurgeryError` that names it: the removal would save a folder that reloads as another model.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
+import tempfile
 from typing import Any
 
 import torch
@@ -33,6 +37,9 @@ import torch.nn as nn
 
 from layerprune.errors import SurgeryError, first_line
 
+# Other keys that count the same layers in some configurations (xLSTM's num_blocks beside
+# num_hidden_layers): cut with the count where they equal it.
+SECOND_COUNTS = ("num_blocks", "num_layers", "n_layer", "n_layers", "num_hidden_layers")
 # Attributes that number a layer (the KV cache and per-layer settings are looked up by them).
 INDEX_ATTRS = ("layer_idx", "layer_id", "layer_index", "block_idx")
 
@@ -55,6 +62,14 @@ def index_list_keys(config, count: int) -> list[str]:
                 and not (len(value) == count and list(value) != list(range(count)))):
             keys.append(key)
     return keys
+
+
+def _is_source_list(key: str, value: Any, count: int) -> bool:
+    """A per-layer list naming, for each layer, a layer at or before it (``kv_source_layers``: the
+    layer whose keys and values it reads)."""
+    return (isinstance(value, (list, tuple)) and len(value) == count and ("layer" in key or "source" in key)
+            and all(_is_index(v, count) and v <= i for i, v in enumerate(value)) and list(value) != list(range(count))
+            and any(v != i for i, v in enumerate(value)))
 
 
 def per_layer_keys(config, count: int) -> list[str]:
@@ -89,7 +104,20 @@ def cut(config, key: str, kept: list[int], count: int) -> None:
         setattr(config, name, type(value)(new[i] for i in value if i in new))
     for name in per_layer_keys(config, count):
         value = getattr(config, name)
-        setattr(config, name, type(value)(value[i] for i in kept))
+        if _is_source_list(name, value, count):
+            lost = [(i, value[i]) for i in kept if value[i] not in new]
+            if lost:
+                raise SurgeryError(f"{name}: layer {lost[0][0]} reads from layer {lost[0][1]}, which would be removed")
+            setattr(config, name, type(value)(new[value[i]] for i in kept))
+        else:
+            setattr(config, name, type(value)(value[i] for i in kept))
+    shared = getattr(config, "num_kv_shared_layers", None)
+    if _is_index(shared, count + 1) and shared:
+        # The last N layers read the keys and values of earlier ones: as many as are kept of them.
+        config.num_kv_shared_layers = sum(1 for i in kept if i >= count - shared)
+    for other in SECOND_COUNTS:
+        if other != key and getattr(config, other, None) == count:
+            setattr(config, other, len(kept))
     mappings = {name: config.to_dict()[name] for name in per_layer_mappings(config, count)}
     first_dense = getattr(config, "first_k_dense_replace", None)
     if _is_index(first_dense, count + 1):
@@ -106,10 +134,11 @@ def cut(config, key: str, kept: list[int], count: int) -> None:
 
 def rebuild(model: nn.Module, config) -> nn.Module:
     """The model ``from_pretrained`` would construct from ``config`` as ``save_pretrained`` writes
-    it (through JSON), on the ``meta`` device: structure without memory."""
+    it (``config.json`` written and read back), on the ``meta`` device: structure without memory."""
     try:
-        data = json.loads(config.to_json_string(use_diff=False))
-        fresh_config = type(config).from_dict(data)
+        with tempfile.TemporaryDirectory() as folder:
+            config.save_pretrained(folder)
+            fresh_config = type(config).from_pretrained(folder)
     except Exception as exc:  # noqa: BLE001 - whatever the library raises on the saved configuration
         raise SurgeryError(f"{type(model).__name__}: the configuration cut to the kept layers is refused when "
                            f"reloaded: {type(exc).__name__}: {first_line(exc, '')}") from exc
@@ -138,23 +167,23 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def layer_differences(layer: nn.Module, fresh: nn.Module, name: str) -> list[str]:
-    """How ``fresh`` (a rebuilt layer) differs from ``layer``: module classes, weights and buffers
-    (names and shapes), and the plain values the modules keep."""
+def _layer_diffs(layer: nn.Module, fresh: nn.Module) -> dict[str, str]:
+    """How ``fresh`` (a rebuilt layer) differs from ``layer``, by what differs inside the layer
+    (``sub`` for a module's class, ``sub.key`` for a weight, buffer or value): module classes,
+    weights and buffers (names and shapes), and the plain values the modules keep."""
     from layerprune.surgery.hf_sublayers import ZeroBranch
 
-    found = []
+    found: dict[str, str] = {}
     ours, theirs = dict(layer.named_modules()), dict(fresh.named_modules())
     # A removed sub-layer stands in for what the configuration builds there: not a difference.
     removed = [sub for sub, module in ours.items() if isinstance(module, ZeroBranch)]
     for sub in sorted(set(ours) | set(theirs), key=lambda s: (s.count("."), s)):
         if any(sub == r or sub.startswith(r + ".") for r in removed):
             continue
-        where = f"{name}.{sub}" if sub else name
         a, b = ours.get(sub), theirs.get(sub)
         if a is None or b is None or type(a) is not type(b):
-            found.append(f"{where}: {type(b).__name__ if b is not None else 'nothing'} when rebuilt, "
-                         f"{type(a).__name__ if a is not None else 'nothing'} here")
+            found[sub] = (f"{type(b).__name__ if b is not None else 'nothing'} when rebuilt, "
+                          f"{type(a).__name__ if a is not None else 'nothing'} here")
             continue
         tensors_a = {k: tuple(v.shape) for k, v in [*a.named_parameters(recurse=False), *a.named_buffers(recurse=False)]
                      if v is not None}
@@ -162,13 +191,18 @@ def layer_differences(layer: nn.Module, fresh: nn.Module, name: str) -> list[str
                      if v is not None}
         for key in sorted(set(tensors_a) | set(tensors_b)):
             if tensors_a.get(key) != tensors_b.get(key):
-                found.append(f"{where}.{key}: {tensors_b.get(key, 'absent')} when rebuilt, {tensors_a.get(key, 'absent')} "
-                             "here")
+                found[f"{sub}.{key}"] = f"{tensors_b.get(key, 'absent')} when rebuilt, {tensors_a.get(key, 'absent')} here"
         values_a, values_b = _scalars(a), _scalars(b)
         for key in sorted(set(values_a) & set(values_b)):
             if not _same(values_a[key], values_b[key]):
-                found.append(f"{where}.{key}: {values_b[key]!r} when rebuilt, {values_a[key]!r} here")
+                found[f"{sub}.{key}"] = f"{values_b[key]!r} when rebuilt, {values_a[key]!r} here"
     return found
+
+
+def layer_differences(layer: nn.Module, fresh: nn.Module, name: str, ignore: set[str] = frozenset()) -> list[str]:
+    """:func:`_layer_diffs` as messages naming ``name``, except those ``ignore`` holds."""
+    return [f"{name}.{key}".rstrip(".") + f": {message}" for key, message in _layer_diffs(layer, fresh).items()
+            if key not in ignore]
 
 
 def differences(model: nn.Module, path: str, kept: list[int], config) -> list[str]:
@@ -179,14 +213,26 @@ def differences(model: nn.Module, path: str, kept: list[int], config) -> list[st
     layers, rebuilt = model.get_submodule(path), fresh.get_submodule(path)
     if len(rebuilt) != len(kept):
         return [f"{path}: {len(rebuilt)} layers when rebuilt, {len(kept)} kept"]
+    noise = _runtime_values(model, path)
     found = []
     for position, old in enumerate(kept):
-        found += layer_differences(layers[old], rebuilt[position], f"{path}.{old}")
+        found += layer_differences(layers[old], rebuilt[position], f"{path}.{old}", noise)
     outside = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(path + ".")}
     rebuilt_outside = {k: tuple(v.shape) for k, v in fresh.state_dict().items() if not k.startswith(path + ".")}
     for key in sorted(set(outside) ^ set(rebuilt_outside)):
         found.append(f"{key}: {'absent' if key not in rebuilt_outside else 'present'} when rebuilt")
     return found
+
+
+def _runtime_values(model: nn.Module, path: str) -> set[str]:
+    """What inside a layer (:func:`_layer_diffs`' keys) already differs between the model and a
+    rebuild of its own, uncut configuration: state a forward pass changed (BigBird swaps its
+    attention for short inputs), not something a removal did."""
+    layers, rebuilt = model.get_submodule(path), rebuild(model, copy.deepcopy(model.config)).get_submodule(path)
+    noise: set[str] = set()
+    for layer, fresh in zip(layers, rebuilt):
+        noise.update(_layer_diffs(layer, fresh))
+    return noise
 
 
 def _mlp_only(model: nn.Module, path: str, kept: list[int], config) -> bool:

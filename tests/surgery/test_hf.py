@@ -179,12 +179,12 @@ def test_an_encoder_decoder_model_is_refused_with_the_reason():
         find_blocks(model, tokens())
 
 
-def test_image_inputs_and_sublayers_of_a_language_model_are_refused_in_one_line():
+def test_image_inputs_to_a_language_model_are_refused_in_one_line():
     model = tiny("llama")
     with pytest.raises(SurgeryError, match="token ids"):
         find_blocks(model, torch.randn(1, 3, 32, 32))
-    with pytest.raises(SurgeryError, match="sub-layers of transformers models are not offered yet"):
-        find_blocks(model, tokens(), level="sublayer")
+    with pytest.raises(SurgeryError, match="batch × length"):
+        find_blocks(model, tokens()[0])
 
 
 # -- by folder or hub id ---------------------------------------------------------------------------
