@@ -117,7 +117,10 @@ def cut(config, key: str, kept: list[int], count: int) -> None:
         config.num_kv_shared_layers = sum(1 for i in kept if i >= count - shared)
     for other in SECOND_COUNTS:
         if other != key and getattr(config, other, None) == count:
-            setattr(config, other, len(kept))
+            try:
+                setattr(config, other, len(kept))
+            except (AttributeError, NotImplementedError):  # derived from the counted keys (ProphetNet)
+                pass
     mappings = {name: config.to_dict()[name] for name in per_layer_mappings(config, count)}
     first_dense = getattr(config, "first_k_dense_replace", None)
     if _is_index(first_dense, count + 1):

@@ -60,7 +60,9 @@ class ZeroBranch(nn.Module):
         hidden = _hidden(args, kwargs)
         if self.kind == "attention" and hasattr(self, "layer_idx"):
             cache = next((kwargs[k] for k in CACHE_KWARGS if kwargs.get(k) is not None), None)
-            if cache is not None and hasattr(cache, "update"):
+            layers = getattr(cache, "layers", None)
+            entry = layers[self.layer_idx] if isinstance(layers, list) and self.layer_idx < len(layers) else cache
+            if cache is not None and hasattr(cache, "update") and hasattr(entry, "update"):
                 token = hidden.new_zeros(hidden.shape[0], 1, hidden.shape[1], 1)
                 cache.update(token, token, self.layer_idx)
         zeros = torch.zeros_like(hidden)
