@@ -56,11 +56,12 @@ def _check_task(config, task: str, source: str) -> None:
                      f"another task ({', '.join(other)})?")
 
 
-def load_hf_model(path_or_id: str, task: str | None = None, **kwargs: Any):
+def load_hf_model(path_or_id: str, task: str | None = None, *, expect_missing: bool = False, **kwargs: Any):
     """The model at ``path_or_id`` (a local folder or a Hugging Face hub id) for ``task``
     (``causal-lm`` or ``sequence-classification``; default: what its configuration's architectures
     say), in eval mode. ``kwargs`` go to ``from_pretrained`` (``dtype=torch.bfloat16``,
-    ``device_map=...``)."""
+    ``device_map=...``). With ``expect_missing=True``: ``(model, missing weight names)``, without
+    transformers' report of them (a folder whose removed sub-layers have no weights)."""
     transformers = require_transformers()
     source = str(path_or_id).removeprefix(PREFIX)
     if task is not None and task not in TASKS:
@@ -86,16 +87,12 @@ def load_hf_model(path_or_id: str, task: str | None = None, **kwargs: Any):
         task = task or _task_of(config)
         _check_task(config, task, source)
         auto = getattr(transformers, TASKS[task])
-        from layerprune.surgery.hf_sublayers import STAND_INS_FILE, apply_stand_ins
-
-        stand_ins = local and (path / STAND_INS_FILE).is_file()
         try:
-            if stand_ins:  # removed sub-layers: their weights are absent on purpose, so quietly
+            if expect_missing:  # weights absent on purpose (removed sub-layers): no report, the caller checks
                 with _quiet(transformers):
                     model, info = auto.from_pretrained(source, output_loading_info=True, **kwargs)
-                apply_stand_ins(model, path, list(info["missing_keys"]))
-            else:
-                model = auto.from_pretrained(source, **kwargs)
+                return model.eval(), list(info["missing_keys"])
+            model = auto.from_pretrained(source, **kwargs)
         except (OSError, ValueError) as exc:
             raise ModelError(f"{source}: cannot load it as {task} ({first_line(exc)})") from None
     return model.eval()

@@ -11,6 +11,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 SHORTCUT_NAMES = ("shortcut", "downsample", "skip", "residual")
+LEVELS = ("block", "sublayer")  # what blocks are found at: whole blocks, or residual sub-layers inside them
+
+
+def check_level(level: str) -> str:
+    if level not in LEVELS:
+        from layerprune.errors import SurgeryError
+
+        raise SurgeryError(f"level must be one of {', '.join(map(repr, LEVELS))}, got {level!r}")
+    return level
 
 
 def __getattr__(name: str) -> Any:

@@ -31,8 +31,7 @@ import torch.nn as nn
 
 from layerprune.errors import SurgeryError, first_line
 from layerprune.hooks import eval_mode, forward_hooks, model_device
-from layerprune.surgery.blocks import Block
-from layerprune.surgery.inputs import check_level
+from layerprune.surgery.blocks import Block, check_level
 from layerprune.surgery.hf_config import INDEX_ATTRS, cut_checked, text_config
 from layerprune.surgery.hf_sublayers import (check_sublayers, replace, residual_branches, split, stand_ins,
                                              write_stand_ins, zero_hooks)

@@ -174,12 +174,11 @@ def _layer_diffs(layer: nn.Module, fresh: nn.Module) -> dict[str, str]:
     """How ``fresh`` (a rebuilt layer) differs from ``layer``, by what differs inside the layer
     (``sub`` for a module's class, ``sub.key`` for a weight, buffer or value): module classes,
     weights and buffers (names and shapes), and the plain values the modules keep."""
-    from layerprune.surgery.hf_sublayers import ZeroBranch
-
     found: dict[str, str] = {}
     ours, theirs = dict(layer.named_modules()), dict(fresh.named_modules())
-    # A removed sub-layer stands in for what the configuration builds there: not a difference.
-    removed = [sub for sub, module in ours.items() if isinstance(module, ZeroBranch)]
+    # A removed sub-layer (hf_sublayers.ZeroBranch) stands in for what the configuration builds
+    # there: not a difference.
+    removed = [sub for sub, module in ours.items() if getattr(module, "stands_in", False)]
     for sub in sorted(set(ours) | set(theirs), key=lambda s: (s.count("."), s)):
         if any(sub == r or sub.startswith(r + ".") for r in removed):
             continue

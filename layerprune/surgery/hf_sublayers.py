@@ -49,6 +49,8 @@ class ZeroBranch(nn.Module):
     other entries are ``None``). A removed attention keeps the KV cache's count of tokens for its
     layer (``layer_idx``), storing one number per token."""
 
+    stands_in = True  # for a removed sub-layer (what a rebuild from the configuration does not see)
+
     def __init__(self, kind: str, outputs: int = 0, layer_idx: int | None = None) -> None:
         super().__init__()
         self.kind = kind

@@ -10,8 +10,7 @@ import torch.nn as nn
 
 from layerprune.errors import SurgeryError
 from layerprune.hooks import model_device
-
-LEVELS = ("block", "sublayer")
+from layerprune.surgery.blocks import LEVELS, check_level  # noqa: F401 - re-exported
 
 
 def default_input(model: nn.Module, batch_size: int = 1) -> torch.Tensor:
@@ -31,9 +30,3 @@ def check_input(example_input: Any) -> torch.Tensor:
     if not isinstance(example_input, torch.Tensor):
         raise SurgeryError(f"example_input must be one tensor (a batch of inputs), got {type(example_input).__name__}")
     return example_input
-
-
-def check_level(level: str) -> str:
-    if level not in LEVELS:
-        raise SurgeryError(f"level must be one of {', '.join(map(repr, LEVELS))}, got {level!r}")
-    return level

@@ -219,8 +219,12 @@ def load_pruned(directory: str | Path) -> nn.Module:
 
     if hf.is_hf_folder(directory):  # a transformers model's own folder (save_pretrained)
         from layerprune.models.hf import load_hf_model
+        from layerprune.surgery.hf_sublayers import STAND_INS_FILE, apply_stand_ins
 
-        return load_hf_model(str(directory))
+        if not (directory / STAND_INS_FILE).is_file():
+            return load_hf_model(str(directory))
+        model, missing = load_hf_model(str(directory), expect_missing=True)  # removed sub-layers
+        return apply_stand_ins(model, directory, missing)
     spec = PruneSpec.load(directory)
     model = apply_spec(create_model(spec.model, **spec.model_kwargs), spec)
     if (directory / WEIGHTS_FILE).is_file() or not (directory / OLD_WEIGHTS_FILE).is_file():
