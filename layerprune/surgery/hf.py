@@ -33,8 +33,8 @@ from layerprune.errors import SurgeryError, first_line
 from layerprune.hooks import eval_mode, forward_hooks, model_device
 from layerprune.surgery.blocks import Block, check_level
 from layerprune.surgery.hf_config import INDEX_ATTRS, cut_checked, text_config
-from layerprune.surgery.hf_sublayers import (check_sublayers, replace, residual_branches, split, stand_ins,
-                                             write_stand_ins, zero_hooks)
+from layerprune.surgery.hf_sublayers import (check_sublayers, hidden_input, replace, residual_branches, split,
+                                             stand_ins, write_stand_ins, zero_hooks)
 
 EXAMPLE_TOKENS = 16
 
@@ -164,7 +164,7 @@ def _linear_macs(model: nn.Module, input_ids: torch.Tensor) -> tuple[dict[str, i
 
     def hook(name: str, weighted: bool):
         def record(module, args, kwargs, output):
-            x = args[0] if args else kwargs.get("hidden_states")
+            x = hidden_input(args, kwargs)
             if isinstance(x, torch.Tensor):
                 y = _logits(output) if not isinstance(output, torch.Tensor) else output
                 shapes.setdefault(name, (tuple(x.shape[1:]), tuple(y.shape[1:]) if isinstance(y, torch.Tensor) else ()))
@@ -276,7 +276,7 @@ def _pass_input_on(module, args, kwargs, output):
     """A forward hook that makes a layer return its input hidden states (in its output's structure:
     a tensor, a tuple, namedtuple or list whose first entry is the hidden states, or a dict holding
     them)."""
-    hidden = args[0] if args else kwargs["hidden_states"]
+    hidden = hidden_input(args, kwargs)
     if isinstance(output, tuple) and hasattr(output, "_fields"):  # a namedtuple
         return output._replace(**{output._fields[0]: hidden})
     if isinstance(output, (tuple, list)):

@@ -59,7 +59,7 @@ class ZeroBranch(nn.Module):
             self.layer_idx = int(layer_idx)
 
     def forward(self, *args: Any, **kwargs: Any):  # noqa: D102
-        hidden = _hidden(args, kwargs)
+        hidden = hidden_input(args, kwargs)
         if self.kind == "attention" and hasattr(self, "layer_idx"):
             cache = next((kwargs[k] for k in CACHE_KWARGS if kwargs.get(k) is not None), None)
             layers = getattr(cache, "layers", None)
@@ -108,7 +108,8 @@ def _zero_output(output: Any) -> Any:
     return output
 
 
-def _hidden(args: tuple, kwargs: dict) -> Any:
+def hidden_input(args: tuple, kwargs: dict) -> Any:
+    """The hidden states a layer or sub-layer was called with (first argument, or by keyword)."""
     return args[0] if args else kwargs.get("hidden_states")
 
 
@@ -133,7 +134,7 @@ def residual_branches(model: nn.Module, path: str, input_ids: torch.Tensor) -> t
 
     def zero(name: str):
         def hook(module, args, kwargs, output):
-            hidden = _hidden(args, kwargs)
+            hidden = hidden_input(args, kwargs)
             first = output if isinstance(output, torch.Tensor) else (output[0] if isinstance(output, (tuple, list))
                                                                      and output else None)
             if isinstance(first, torch.Tensor) and isinstance(hidden, torch.Tensor) and first.shape == hidden.shape:
@@ -143,7 +144,7 @@ def residual_branches(model: nn.Module, path: str, input_ids: torch.Tensor) -> t
 
     def record(i: int):
         def hook(module, args, kwargs):
-            inputs[i] = _hidden(args, kwargs).detach().clone()
+            inputs[i] = hidden_input(args, kwargs).detach().clone()
         return hook
 
     def replay(i: int):
