@@ -125,7 +125,8 @@ def residual_branches(model: nn.Module, path: str, input_ids: torch.Tensor) -> t
     forward order) and the structure each answers with (0: a tensor, N: a tuple of N). Two forward
     passes: one records each layer's input; in the second every layer is given that input again
     (real hidden states, not what earlier zeroed layers made of them) with every candidate
-    answering zeros, and a layer's candidates count only where it then returns that input."""
+    answering zeros, and a layer's candidates count only where it then returns that input (a layer
+    that fails so, using a second value its sub-layers return, answers as before and keeps them)."""
     layers = model.get_submodule(path)
     candidates = {f"{path}.{i}.{name}": kind for i, layer in enumerate(layers) for name, kind in branches(layer).items()}
     outputs: dict[str, int] = {}
@@ -154,23 +155,74 @@ def residual_branches(model: nn.Module, path: str, input_ids: torch.Tensor) -> t
 
     def answer(i: int):
         def hook(module, args, kwargs, output):
-            returned[i] = output if isinstance(output, torch.Tensor) else output[0]
+            returned[i] = output
         return hook
 
+    def keep(i: int):
+        def hook(module, args, kwargs, output):
+            first[i] = output
+        return hook
+
+    first: dict[int, Any] = {}
+    failed: set[int] = set()
+    after = {str(i): keep(i) for i in range(len(layers))}
     with eval_mode(model):
-        with _pre_hooks(layers, record):
+        with _pre_hooks(layers, record), forward_hooks(layers, after=after, with_kwargs=True):
             model(input_ids)
         with _pre_hooks(layers, replay), forward_hooks(model, after={n: zero(n) for n in candidates}, with_kwargs=True), \
-                forward_hooks(layers, after={str(i): answer(i) for i in range(len(layers))}, with_kwargs=True):
+                forward_hooks(layers, after={str(i): answer(i) for i in range(len(layers))}, with_kwargs=True), \
+                _guarded(layers, first, failed):
             model(input_ids)
     found = {}
     for i in range(len(layers)):
         mine = {n: k for n, k in candidates.items() if n.startswith(f"{path}.{i}.")}
-        out = returned.get(i)
-        if (mine and i in inputs and isinstance(out, torch.Tensor) and all(n in outputs for n in mine)
-                and out.shape == inputs[i].shape and torch.equal(out, inputs[i])):
+        out = _first(returned.get(i))
+        if (mine and i in inputs and i not in failed and isinstance(out, torch.Tensor) and all(n in outputs for n in mine)
+                and out.shape == inputs[i].shape and torch.equal(out, inputs[i])
+                and _passed_on(returned[i]) == _passed_on(first.get(i))):
             found.update(mine)
     return found, outputs
+
+
+def _first(output: Any) -> Any:
+    return output[0] if isinstance(output, (tuple, list)) and output else output
+
+
+def _passed_on(output: Any) -> tuple[bool, ...]:
+    """Which of what a layer returns beside its hidden states is there (not ``None``): with its
+    sub-layers answering zeros a layer must pass on what it passed on before (RWKV's recurrent
+    state is returned by its attention; zeroed, the next layer would get none)."""
+    return tuple(x is not None for x in output[1:]) if isinstance(output, (tuple, list)) else ()
+
+
+@contextlib.contextmanager
+def _guarded(layers: nn.ModuleList, fallback: dict[int, Any], failed: set[int]) -> Iterator[None]:
+    """Each layer ``i`` that raises answers ``fallback[i]`` (what it answered before) and is put in
+    ``failed``: a layer that cannot run with its sub-layers answering zeros (it uses a second value
+    they return: a recurrent state, router weights) keeps them, and the other layers are still
+    checked."""
+    def guard(i: int, forward):
+        def call(*args, **kwargs):
+            try:
+                return forward(*args, **kwargs)
+            except Exception:  # noqa: BLE001 - any failure means "not removable", the pass goes on
+                if i not in fallback:
+                    raise
+                failed.add(i)
+                return fallback[i]
+        return call
+
+    own = [layer.__dict__.get("forward") for layer in layers]  # accelerate's hooks set one
+    for i, layer in enumerate(layers):
+        layer.forward = guard(i, layer.forward)
+    try:
+        yield
+    finally:
+        for layer, forward in zip(layers, own):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
 
 
 @contextlib.contextmanager

@@ -129,3 +129,17 @@ def test_a_bad_sublayer_name_is_refused():
         remove_blocks(model, ["model.layers.1.input_layernorm"], tokens())
     with pytest.raises(SurgeryError, match=r"level must be one of"):
         find_blocks(model, tokens(), level="head")
+
+
+def test_sublayers_whose_second_output_the_model_uses_are_not_offered():
+    """RWKV's attention returns the recurrent state its layer passes on: answering zeros (and no
+    state) breaks the next layer, so no sub-layer is offered and removing one is refused; the
+    layers themselves still are."""
+    config = transformers.RwkvConfig(hidden_size=32, attention_hidden_size=32, intermediate_size=64,
+                                     num_hidden_layers=4, vocab_size=VOCAB, context_length=64)
+    torch.manual_seed(0)
+    model = transformers.RwkvForCausalLM(config).eval()
+    blocks = find_blocks(model, tokens(), level="sublayer")
+    assert [b.name for b in blocks if b.removable] == [f"rwkv.blocks.{i}" for i in range(4)]
+    with pytest.raises(SurgeryError, match=r"rwkv.blocks.0.attention: not an attention or MLP residual branch"):
+        remove_blocks(model, ["rwkv.blocks.0.attention"], tokens())
