@@ -10,7 +10,9 @@ norm, head) is fixed.
 
 A removed layer is deleted from the list (nothing stands in for it), and the model is made
 consistent again: the per-layer indices of the kept layers (``layer_idx`` and its kin, which the KV
-cache is addressed by) run ``0 … n−1``, ``config.num_hidden_layers`` is the new count, and every
+cache is addressed by) are what a rebuild from the cut configuration gives them (``0 … n−1``,
+or the model's own rule: two cache slots a layer, a count of attention layers only), checked to
+number the layers in order, ``config.num_hidden_layers`` is the new count, and every
 per-layer list of the configuration (``layer_types`` and the like) keeps the kept layers' entries.
 The removal is then checked against the reference it must equal: the original model with the
 removed layers skipped (a hook passes their input through), on the example tokens.
@@ -32,7 +34,7 @@ import torch.nn as nn
 from layerprune.errors import SurgeryError, first_line
 from layerprune.hooks import eval_mode, forward_hooks, model_device
 from layerprune.surgery.blocks import Block, check_level
-from layerprune.surgery.hf_config import INDEX_ATTRS, cut_checked, text_config
+from layerprune.surgery.hf_config import cut_checked, indices, text_config
 from layerprune.surgery.hf_sublayers import (check_sublayers, hidden_input, replace, residual_branches, split,
                                              stand_ins, write_stand_ins, zero_hooks)
 
@@ -310,32 +312,46 @@ def _indices(layers: nn.ModuleList) -> Iterator[tuple[int, str, nn.Module, str, 
     """Every per-layer index (:data:`INDEX_ATTRS`) inside the layers: ``(position in the list,
     module name inside the layer, module, attribute, value)``."""
     for position, layer in enumerate(layers):
-        for name, module in layer.named_modules():
-            for attr in INDEX_ATTRS:
-                value = getattr(module, attr, None)
-                if isinstance(value, int) and not isinstance(value, bool):
-                    yield position, name, module, attr, value
+        for (name, attr), value in indices(layer).items():
+            yield position, name, layer.get_submodule(name) if name else layer, attr, value
 
 
-def _slots(layers: nn.ModuleList, numbers: list[int]) -> int:
-    """How many per-layer indices each layer holds: 1, or ``k`` where the layer numbered ``i``
-    holds ``k·i … k·i + k − 1`` (LongCat-Flash's two attentions per layer, each its own cache slot)."""
-    values: dict[int, set[int]] = {}
-    for position, _, _, _, value in _indices(layers):
-        values.setdefault(position, set()).add(value)
-    k = max((len(v) for v in values.values()), default=1)
-    if k > 1 and all(v == set(range(k * numbers[p], k * numbers[p] + k)) for p, v in values.items()):
-        return k
-    return 1
+def renumber(layers: nn.ModuleList, numbers: list[dict[tuple[str, str], int]]) -> None:
+    """Give the kept layers (``layers``) the per-layer indices a rebuild from the cut configuration
+    gives them (``numbers``, from :func:`~layerprune.surgery.hf_config.cut_checked`)."""
+    for position, name, module, attr, _ in list(_indices(layers)):
+        if (name, attr) in numbers[position]:
+            setattr(module, attr, numbers[position][(name, attr)])
 
 
-def renumber(layers: nn.ModuleList, kept: list[int]) -> None:
-    """Give the kept layers' per-layer indices their new positions (``layers`` holds the kept ones,
-    ``kept`` their old positions; ``k`` slots a layer: ``k·old + j`` becomes ``k·new + j``)."""
-    k = _slots(layers, kept)
-    for position, _, module, attr, value in list(_indices(layers)):
-        if k * kept[position] <= value < k * kept[position] + k:
-            setattr(module, attr, value - k * kept[position] + k * position)
+def _numbered(values: dict[int, int], slope: int) -> bool:
+    """Whether one per-layer index, ``{position: value}`` over the layers that have it, numbers
+    them in order: ``a·position + b`` (``a`` ≥ 1 slots a layer, ``0 ≤ b < a``: the position, or
+    LongCat-Flash's two attentions a layer), or the same of its rank among those layers (a count
+    of the attention layers of a hybrid stack). ``slope`` is ``a`` where one entry cannot tell."""
+    positions = sorted(values)
+    for xs in (positions, list(range(len(positions)))):
+        ys = [values[p] for p in positions]
+        a = (ys[1] - ys[0]) // (xs[1] - xs[0]) if len(xs) > 1 and xs[1] != xs[0] else slope
+        b = ys[0] - a * xs[0]
+        if a >= 1 and 0 <= b < a and all(y == a * x + b for x, y in zip(xs, ys)):
+            return True
+    return False
+
+
+def check_consistent(model: nn.Module) -> None:
+    """The layer list, its configured count, the per-layer lists and the layer indices agree."""
+    path, layers = layer_list(model)  # raises when the configured count no longer matches the list
+    found: dict[tuple[str, str], dict[int, int]] = {}
+    for position, name, _, attr, value in _indices(layers):
+        found.setdefault((name, attr), {})[position] = value
+    steps = [(v[q] - v[p]) // (q - p) for v in found.values() if len(v) > 1 for p, q in [sorted(v)[:2]]]
+    slope = max([1, *steps])
+    for (name, attr), values in found.items():
+        if not _numbered(values, slope):
+            where = ", ".join(f"{path}.{p}: {v}" for p, v in sorted(values.items())[:4])
+            raise SurgeryError(f"{path}: {'.'.join(filter(None, [name, attr]))} does not number the layers in order "
+                               f"({where})")
 
 
 def renumber_device_map(model: nn.Module, path: str, kept: list[int]) -> None:
@@ -356,16 +372,6 @@ def renumber_device_map(model: nn.Module, path: str, kept: list[int]) -> None:
     model.hf_device_map = renamed
 
 
-def check_consistent(model: nn.Module) -> None:
-    """The layer list, its configured count, the per-layer lists and the layer indices agree."""
-    path, layers = layer_list(model)  # raises when the configured count no longer matches the list
-    k = _slots(layers, list(range(len(layers))))
-    for position, _, module, attr, value in _indices(layers):
-        if not k * position <= value < k * position + k:
-            expected = position if k == 1 else f"{k * position} … {k * position + k - 1}"
-            raise SurgeryError(f"{path}.{position}: {type(module).__name__}.{attr} is {value}, not {expected}")
-
-
 def remove_layers(model: nn.Module, names: list[str] | tuple[str, ...], input_ids: torch.Tensor | None = None,
                   *, inplace: bool = False, atol: float | None = None) -> nn.Module:
     """``model`` without the layers ``names``: deleted from its layer list, the rest renumbered, its
@@ -384,7 +390,7 @@ def remove_layers(model: nn.Module, names: list[str] | tuple[str, ...], input_id
     subs = check_sublayers(model, path, [n for n in sub_names if not any(n.startswith(g) for g in gone)], input_ids)
     count = len(model.get_submodule(path))
     kept = [i for i in range(count) if i not in removed]
-    config = cut_checked(model, path, count_key(model, path, count), kept, count) if removed else None
+    config, numbers = cut_checked(model, path, count_key(model, path, count), kept, count) if removed else (None, [])
     reference = skip_reference(model, path, removed, input_ids, subs)
     pruned = model if inplace else copy.deepcopy(model)
     replace(pruned, subs)
@@ -393,7 +399,7 @@ def remove_layers(model: nn.Module, names: list[str] | tuple[str, ...], input_id
         parent_name, _, attr = path.rpartition(".")
         parent = pruned.get_submodule(parent_name) if parent_name else pruned
         setattr(parent, attr, nn.ModuleList([layers[i] for i in kept]))
-        renumber(parent.get_submodule(attr), kept)
+        renumber(parent.get_submodule(attr), numbers)
         # The live configuration object is shared with the modules that read it: updated, not replaced.
         vars(_text_config(pruned)).update(vars(text_config(config)))
         renumber_device_map(pruned, path, kept)

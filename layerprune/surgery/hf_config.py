@@ -23,6 +23,9 @@ changed:
   model and a rebuild of its own configuration is state a forward pass set, and is not compared).
   A difference is a
   :class:`SurgeryError` that names it: the removal would save a folder that reloads as another model.
+  The per-layer indices (``layer_idx`` and its kin, which the KV cache is addressed by) the rebuild
+  gives the kept layers are what they are renumbered to: the position, two cache slots a layer
+  (LongCat-Flash), or a count of the attention layers only, whatever the model's own rule is.
 """
 
 from __future__ import annotations
@@ -207,14 +210,20 @@ def layer_differences(layer: nn.Module, fresh: nn.Module, name: str, ignore: set
             if key not in ignore]
 
 
-def differences(model: nn.Module, path: str, kept: list[int], config) -> list[str]:
+def indices(layer: nn.Module) -> dict[tuple[str, str], int]:
+    """The per-layer indices (:data:`INDEX_ATTRS`) inside a layer, ``{(module name, attribute): value}``."""
+    return {(name, attr): value for name, module in layer.named_modules() for attr in INDEX_ATTRS
+            if isinstance(value := getattr(module, attr, None), int) and not isinstance(value, bool)}
+
+
+def differences(model: nn.Module, path: str, kept: list[int], config) -> tuple[list[str], list[dict]]:
     """How the model rebuilt from ``config`` differs from ``model`` with only the ``kept`` layers of
     the stack at ``path`` (compared before anything is removed: kept layer ``i`` against rebuilt
-    layer ``kept.index(i)``)."""
+    layer ``kept.index(i)``), and the per-layer indices the rebuild gives each kept layer."""
     fresh = rebuild(model, config)
     layers, rebuilt = model.get_submodule(path), fresh.get_submodule(path)
     if len(rebuilt) != len(kept):
-        return [f"{path}: {len(rebuilt)} layers when rebuilt, {len(kept)} kept"]
+        return [f"{path}: {len(rebuilt)} layers when rebuilt, {len(kept)} kept"], []
     noise = _runtime_values(model, path)
     found = []
     for position, old in enumerate(kept):
@@ -223,7 +232,7 @@ def differences(model: nn.Module, path: str, kept: list[int], config) -> list[st
     rebuilt_outside = {k: tuple(v.shape) for k, v in fresh.state_dict().items() if not k.startswith(path + ".")}
     for key in sorted(set(outside) ^ set(rebuilt_outside)):
         found.append(f"{key}: {'absent' if key not in rebuilt_outside else 'present'} when rebuilt")
-    return found
+    return found, [indices(layer) for layer in rebuilt]
 
 
 def _runtime_values(model: nn.Module, path: str) -> set[str]:
@@ -252,17 +261,19 @@ def _mlp_only(model: nn.Module, path: str, kept: list[int], config) -> bool:
     return True
 
 
-def cut_checked(model: nn.Module, path: str, key: str, kept: list[int], count: int):
+def cut_checked(model: nn.Module, path: str, key: str, kept: list[int], count: int) -> tuple[Any, list[dict]]:
     """A copy of the model's configuration cut to ``kept``, checked to rebuild the kept layers as
-    they are (:class:`SurgeryError` naming what would differ). The model is not changed."""
+    they are (:class:`SurgeryError` naming what would differ), and the per-layer indices the
+    rebuild gives the kept layers (:func:`indices`, in order: what they are to be renumbered to).
+    The model is not changed."""
     config = copy.deepcopy(model.config)
     cut(text_config(config), key, kept, count)
-    found = differences(model, path, kept, config)
+    found, numbers = differences(model, path, kept, config)
     if found and _mlp_only(model, path, kept, config):
-        found = differences(model, path, kept, config)
+        found, numbers = differences(model, path, kept, config)
     if found:
         more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
         raise SurgeryError(f"{type(model).__name__}: its configuration cannot describe the model left after removing "
                            f"{', '.join(f'{path}.{i}' for i in range(count) if i not in kept)}: a folder saved from it "
                            f"would reload as another model ({'; '.join(found[:3])}{more})")
-    return config
+    return config, numbers

@@ -107,3 +107,32 @@ def test_cut_keeps_the_entries_of_kept_layers():
     assert config.num_hidden_layers == 2
     assert config.mlp_only_layers == [1]
     assert config.layer_types == ["sliding_attention", "full_attention"]
+
+
+def test_layer_indices_follow_the_models_own_rule():
+    """LongCat-Flash numbers its layer i and gives its two attentions the cache slots 2i and 2i+1:
+    after removing layers 0 and 2, the kept layers get what a rebuild gives them, and generation
+    with the cache equals the original's with those layers skipped."""
+    from layerprune.surgery.hf import layer_indices, skipping
+
+    model = tiny("longcat_flash", num_layers=4, num_hidden_layers=8, ffn_hidden_size=64, q_lora_rank=16, kv_lora_rank=16,
+                 qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, qk_head_dim=16, num_key_value_heads=4,
+                 moe_topk=2, n_routed_experts=4, expert_ffn_hidden_size=32)
+    pruned = remove_blocks(model, ["model.layers.0", "model.layers.2"], tokens())
+    found = dict(layer_indices(pruned))
+    assert [found[f"model.layers.{i}.layer_idx"] for i in range(2)] == [0, 1]
+    assert [found[f"model.layers.{i}.self_attn.{j}.layer_idx"] for i in range(2) for j in range(2)] == [0, 1, 2, 3]
+    prompt, kwargs = tokens()[:1, :5], dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with skipping(model, "model.layers", [0, 2]), torch.no_grad():
+        expected = model.generate(prompt, **kwargs)
+    with torch.no_grad():
+        assert torch.equal(pruned.generate(prompt, **kwargs), expected)
+
+
+def test_indices_out_of_order_are_named():
+    from layerprune.surgery.hf import check_consistent
+
+    model = tiny("llama")
+    model.model.layers[2].self_attn.layer_idx = 3  # what a removal without renumbering leaves
+    with pytest.raises(SurgeryError, match=r"self_attn.layer_idx does not number the layers in order"):
+        check_consistent(model)
