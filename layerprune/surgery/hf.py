@@ -34,7 +34,7 @@ import torch.nn as nn
 from layerprune.errors import SurgeryError, first_line
 from layerprune.hooks import eval_mode, forward_hooks, model_device
 from layerprune.surgery.blocks import Block, check_level
-from layerprune.surgery.hf_config import cut_checked, indices, text_config
+from layerprune.surgery.hf_config import Cut, cut_checked, indices, positional, text_config
 from layerprune.surgery.hf_sublayers import (check_sublayers, hidden_input, replace, residual_branches, split,
                                              stand_ins, write_stand_ins, zero_hooks)
 
@@ -316,12 +316,33 @@ def _indices(layers: nn.ModuleList) -> Iterator[tuple[int, str, nn.Module, str, 
             yield position, name, layer.get_submodule(name) if name else layer, attr, value
 
 
-def renumber(layers: nn.ModuleList, numbers: list[dict[tuple[str, str], int]]) -> None:
-    """Give the kept layers (``layers``) the per-layer indices a rebuild from the cut configuration
-    gives them (``numbers``, from :func:`~layerprune.surgery.hf_config.cut_checked`)."""
-    for position, name, module, attr, _ in list(_indices(layers)):
-        if (name, attr) in numbers[position]:
-            setattr(module, attr, numbers[position][(name, attr)])
+def renumber(layers: nn.ModuleList, numbers: list[dict[tuple[str, str], Any]]) -> None:
+    """Give the kept layers (``layers``) the per-layer indices and position flags a rebuild from
+    the cut configuration gives them (``numbers``, from :func:`~layerprune.surgery.hf_config.cut_checked`)."""
+    for layer, given in zip(layers, numbers):
+        for (name, attr) in positional(layer):
+            if (name, attr) in given:
+                setattr(layer.get_submodule(name) if name else layer, attr, given[(name, attr)])
+
+
+def adopt(model: nn.Module, change: Cut, kept: list[int]) -> None:
+    """Outside the layer list, what the rebuild from the cut configuration has: weights holding a
+    slice per layer keep the kept layers' slices (Gemma's per-layer input embeddings and their
+    projection), and plain values derived from the layer count take the rebuild's."""
+    for name, (dim, width) in change.slices.items():
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        old = getattr(module, attr)
+        index = torch.cat([torch.arange(i * width, (i + 1) * width) for i in kept]).to(old.device)
+        new = old.detach().index_select(dim, index)
+        if isinstance(old, nn.Parameter):
+            setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+        else:
+            module._buffers[attr] = new
+    for owner, values in change.values.items():
+        module = model.get_submodule(owner) if owner else model
+        for key, value in values.items():
+            setattr(module, key, value)
 
 
 def _numbered(values: dict[int, int], slope: int) -> bool:
@@ -390,7 +411,7 @@ def remove_layers(model: nn.Module, names: list[str] | tuple[str, ...], input_id
     subs = check_sublayers(model, path, [n for n in sub_names if not any(n.startswith(g) for g in gone)], input_ids)
     count = len(model.get_submodule(path))
     kept = [i for i in range(count) if i not in removed]
-    config, numbers = cut_checked(model, path, count_key(model, path, count), kept, count) if removed else (None, [])
+    change = cut_checked(model, path, count_key(model, path, count), kept, count) if removed else None
     reference = skip_reference(model, path, removed, input_ids, subs)
     pruned = model if inplace else copy.deepcopy(model)
     replace(pruned, subs)
@@ -399,9 +420,10 @@ def remove_layers(model: nn.Module, names: list[str] | tuple[str, ...], input_id
         parent_name, _, attr = path.rpartition(".")
         parent = pruned.get_submodule(parent_name) if parent_name else pruned
         setattr(parent, attr, nn.ModuleList([layers[i] for i in kept]))
-        renumber(parent.get_submodule(attr), numbers)
+        renumber(parent.get_submodule(attr), change.numbers)
+        adopt(pruned, change, kept)
         # The live configuration object is shared with the modules that read it: updated, not replaced.
-        vars(_text_config(pruned)).update(vars(text_config(config)))
+        vars(_text_config(pruned)).update(vars(text_config(change.config)))
         renumber_device_map(pruned, path, kept)
     check_consistent(pruned)
     try:

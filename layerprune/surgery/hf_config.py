@@ -23,9 +23,12 @@ changed:
   model and a rebuild of its own configuration is state a forward pass set, and is not compared).
   A difference is a
   :class:`SurgeryError` that names it: the removal would save a folder that reloads as another model.
-  The per-layer indices (``layer_idx`` and its kin, which the KV cache is addressed by) the rebuild
-  gives the kept layers are what they are renumbered to: the position, two cache slots a layer
-  (LongCat-Flash), or a count of the attention layers only, whatever the model's own rule is.
+* what the rebuild derives from the layers' positions and count is adopted from it: the per-layer
+  indices (``layer_idx`` and its kin, which the KV cache is addressed by: the position, two cache
+  slots a layer in LongCat-Flash, whatever the model's own rule is), which layer stores the keys
+  and values KV-sharing layers read (Gemma 3n and 4), weights outside the stack that hold a slice
+  per layer (Gemma's per-layer input embeddings: the kept layers' slices are kept) and plain values
+  of model-level modules derived from the layer count. The removal's logits check guards all of it.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from __future__ import annotations
 import copy
 import math
 import tempfile
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -45,6 +48,12 @@ from layerprune.errors import SurgeryError, first_line
 SECOND_COUNTS = ("num_blocks", "num_layers", "n_layer", "n_layers", "num_hidden_layers")
 # Attributes that number a layer (the KV cache and per-layer settings are looked up by them).
 INDEX_ATTRS = ("layer_idx", "layer_id", "layer_index", "block_idx")
+# Flags a configuration derives from a layer's position for the library's own bookkeeping: Gemma 3n
+# and 4 mark the last layer of each attention type before the KV-sharing layers to store its keys
+# and values (what the sharing layers, and an assistant model, read). Like the indices, a kept
+# layer takes them from the rebuild: where sharing layers read them, a changed source changes the
+# logits, which the removal's check compares.
+POSITION_FLAGS = ("store_full_length_kv",)
 
 
 def text_config(config):
@@ -163,7 +172,7 @@ def rebuild(model: nn.Module, config) -> nn.Module:
 
 def _scalars(module: nn.Module) -> dict[str, Any]:
     return {k: v for k, v in vars(module).items()
-            if not k.startswith("_") and k != "training" and k not in INDEX_ATTRS
+            if not k.startswith("_") and k != "training" and k not in INDEX_ATTRS + POSITION_FLAGS
             and (v is None or isinstance(v, (bool, int, float, str)))}
 
 
@@ -216,34 +225,86 @@ def indices(layer: nn.Module) -> dict[tuple[str, str], int]:
             if isinstance(value := getattr(module, attr, None), int) and not isinstance(value, bool)}
 
 
-def differences(model: nn.Module, path: str, kept: list[int], config) -> tuple[list[str], list[dict]]:
+def positional(layer: nn.Module) -> dict[tuple[str, str], int | bool]:
+    """What a layer gets from its position (:func:`indices` and :data:`POSITION_FLAGS`)."""
+    flags = {(name, attr): value for name, module in layer.named_modules() for attr in POSITION_FLAGS
+             if isinstance(value := getattr(module, attr, None), bool)}
+    return {**indices(layer), **flags}
+
+
+class Cut(NamedTuple):
+    """What a removal changes besides the layer list, as a rebuild from the cut configuration has it."""
+
+    config: Any  #: the configuration cut to the kept layers
+    numbers: list[dict]  #: per kept layer, what it gets from its position (:func:`positional`)
+    slices: dict[str, tuple[int, int]]  #: model-level weights holding one slice per layer: ``{name: (dim, width)}``
+    values: dict[str, dict[str, Any]]  #: model-level modules' plain values derived from the layer count
+
+
+def _tensors(model: nn.Module, path: str) -> dict[str, tuple[int, ...]]:
+    """Shapes of what is saved outside the stack at ``path`` (weights and persistent buffers)."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(path + ".")}
+
+
+def _slice(ours: tuple[int, ...], theirs: tuple[int, ...], count: int, kept: int) -> tuple[int, int] | None:
+    """``(dim, width)`` where a weight holds ``width`` entries for each of ``count`` layers along
+    ``dim`` and the rebuild holds them for the ``kept`` layers (Gemma's per-layer input embeddings)."""
+    if len(ours) != len(theirs):
+        return None
+    dims = [d for d, (a, b) in enumerate(zip(ours, theirs)) if a != b]
+    if len(dims) != 1 or ours[dims[0]] % count:
+        return None
+    width = ours[dims[0]] // count
+    return (dims[0], width) if theirs[dims[0]] == width * kept else None
+
+
+def _outside_values(model: nn.Module, fresh: nn.Module, path: str) -> dict[str, dict[str, Any]]:
+    """Plain values of the modules outside the stack that differ in ``fresh``: ``{module: {name: value}}``."""
+    theirs = dict(fresh.named_modules())
+    found: dict[str, dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        if name == path or name.startswith(path + ".") or name not in theirs:
+            continue
+        a, b = _scalars(module), _scalars(theirs[name])
+        changed = {k: b[k] for k in set(a) & set(b) if not _same(a[k], b[k])}
+        if changed:
+            found[name] = changed
+    return found
+
+
+def differences(model: nn.Module, path: str, kept: list[int], config) -> tuple[list[str], Cut]:
     """How the model rebuilt from ``config`` differs from ``model`` with only the ``kept`` layers of
     the stack at ``path`` (compared before anything is removed: kept layer ``i`` against rebuilt
-    layer ``kept.index(i)``), and the per-layer indices the rebuild gives each kept layer."""
+    layer ``kept.index(i)``; outside the stack, weights by name and shape), and what the rebuild
+    gives that the removal is to adopt (:class:`Cut`): what each kept layer gets from its position,
+    weights holding a slice per layer, and model-level values derived from the layer count. What
+    already differs between the model and a rebuild of its own configuration is state a forward
+    pass set (BigBird swaps its attention for short inputs): neither compared nor adopted."""
     fresh = rebuild(model, config)
     layers, rebuilt = model.get_submodule(path), fresh.get_submodule(path)
     if len(rebuilt) != len(kept):
-        return [f"{path}: {len(rebuilt)} layers when rebuilt, {len(kept)} kept"], []
-    noise = _runtime_values(model, path)
+        return [f"{path}: {len(rebuilt)} layers when rebuilt, {len(kept)} kept"], Cut(config, [], {}, {})
+    own = rebuild(model, copy.deepcopy(model.config))
+    noise: set[str] = set()
+    for layer, again in zip(layers, own.get_submodule(path)):
+        noise.update(_layer_diffs(layer, again))
     found = []
     for position, old in enumerate(kept):
         found += layer_differences(layers[old], rebuilt[position], f"{path}.{old}", noise)
-    outside = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(path + ".")}
-    rebuilt_outside = {k: tuple(v.shape) for k, v in fresh.state_dict().items() if not k.startswith(path + ".")}
-    for key in sorted(set(outside) ^ set(rebuilt_outside)):
-        found.append(f"{key}: {'absent' if key not in rebuilt_outside else 'present'} when rebuilt")
-    return found, [indices(layer) for layer in rebuilt]
-
-
-def _runtime_values(model: nn.Module, path: str) -> set[str]:
-    """What inside a layer (:func:`_layer_diffs`' keys) already differs between the model and a
-    rebuild of its own, uncut configuration: state a forward pass changed (BigBird swaps its
-    attention for short inputs), not something a removal did."""
-    layers, rebuilt = model.get_submodule(path), rebuild(model, copy.deepcopy(model.config)).get_submodule(path)
-    noise: set[str] = set()
-    for layer, fresh in zip(layers, rebuilt):
-        noise.update(_layer_diffs(layer, fresh))
-    return noise
+    ours, theirs, slices = _tensors(model, path), _tensors(fresh, path), {}
+    for key in sorted(set(ours) | set(theirs)):
+        if key not in ours or key not in theirs:
+            found.append(f"{key}: {'absent' if key not in theirs else 'present'} when rebuilt")
+        elif ours[key] != theirs[key]:
+            where = _slice(ours[key], theirs[key], len(layers), len(kept))
+            if where is None:
+                found.append(f"{key}: {theirs[key]} when rebuilt, {ours[key]} here")
+            else:
+                slices[key] = where
+    runtime = _outside_values(model, own, path)
+    values = {name: {k: v for k, v in changed.items() if k not in runtime.get(name, {})}
+              for name, changed in _outside_values(model, fresh, path).items()}
+    return found, Cut(config, [positional(layer) for layer in rebuilt], slices, {k: v for k, v in values.items() if v})
 
 
 def _mlp_only(model: nn.Module, path: str, kept: list[int], config) -> bool:
@@ -261,19 +322,18 @@ def _mlp_only(model: nn.Module, path: str, kept: list[int], config) -> bool:
     return True
 
 
-def cut_checked(model: nn.Module, path: str, key: str, kept: list[int], count: int) -> tuple[Any, list[dict]]:
-    """A copy of the model's configuration cut to ``kept``, checked to rebuild the kept layers as
-    they are (:class:`SurgeryError` naming what would differ), and the per-layer indices the
-    rebuild gives the kept layers (:func:`indices`, in order: what they are to be renumbered to).
-    The model is not changed."""
+def cut_checked(model: nn.Module, path: str, key: str, kept: list[int], count: int) -> Cut:
+    """The model's configuration cut to ``kept`` (a copy), checked to rebuild the kept layers as
+    they are (:class:`SurgeryError` naming what would differ), with what else the removal is to
+    adopt from the rebuild (:class:`Cut`). The model is not changed."""
     config = copy.deepcopy(model.config)
     cut(text_config(config), key, kept, count)
-    found, numbers = differences(model, path, kept, config)
+    found, result = differences(model, path, kept, config)
     if found and _mlp_only(model, path, kept, config):
-        found, numbers = differences(model, path, kept, config)
+        found, result = differences(model, path, kept, config)
     if found:
         more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
         raise SurgeryError(f"{type(model).__name__}: its configuration cannot describe the model left after removing "
                            f"{', '.join(f'{path}.{i}' for i in range(count) if i not in kept)}: a folder saved from it "
                            f"would reload as another model ({'; '.join(found[:3])}{more})")
-    return config, numbers
+    return result

@@ -136,3 +136,30 @@ def test_indices_out_of_order_are_named():
     model.model.layers[2].self_attn.layer_idx = 3  # what a removal without renumbering leaves
     with pytest.raises(SurgeryError, match=r"self_attn.layer_idx does not number the layers in order"):
         check_consistent(model)
+
+
+def test_weights_with_a_slice_per_layer_and_kv_sharing_follow_the_kept_layers(tmp_path):
+    """Gemma 4 embeds each token once per layer (a weight of width layers × 8) and its last layer
+    reads the keys and values of the last full-attention layer before it. Removing layer 2 keeps
+    the kept layers' slices, moves the store flag of the sliding layers to layer 0 as a rebuild
+    does, and recounts where sharing starts; logits, cached generation and a plain reload agree."""
+    from layerprune.surgery.hf import skipping
+
+    model = tiny("gemma4_text", layer_types=["sliding_attention", "full_attention", "sliding_attention",
+                                             "full_attention"], sliding_window=8, global_head_dim=8,
+                 hidden_size_per_layer_input=8, vocab_size_per_layer_input=64, num_kv_shared_layers=1)
+    assert model.model.embed_tokens_per_layer.weight.shape[1] == 4 * 8
+    pruned = remove_blocks(model, ["model.layers.2"], tokens())
+    assert pruned.model.embed_tokens_per_layer.weight.shape[1] == 3 * 8
+    assert torch.equal(pruned.model.embed_tokens_per_layer.weight[:, 16:], model.model.embed_tokens_per_layer.weight[:, 24:])
+    assert [layer.self_attn.store_full_length_kv for layer in pruned.model.layers] == [True, True, False]
+    assert pruned.model.first_kv_shared_layer_idx == 2
+    prompt, kwargs = tokens()[:1, :5], dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with skipping(model, "model.layers", [2]), torch.no_grad():
+        expected = model.generate(prompt, **kwargs)
+    with torch.no_grad():
+        assert torch.equal(pruned.generate(prompt, **kwargs), expected)
+    reloads_equal(pruned, tmp_path)
+    # Removing the layer whose keys the last layer reads is refused: the rebuild has no source for them.
+    with pytest.raises(SurgeryError, match=r"producing a cache"):
+        remove_blocks(model, ["model.layers.1"], tokens())
