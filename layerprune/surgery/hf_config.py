@@ -11,7 +11,8 @@ changed:
 * lists of layer indices (``moe_layers``, ``mlp_only_layers``, ...) keep the kept layers,
   renumbered; lists naming the earlier layer each layer reads from (``kv_source_layers``) are
   renumbered too; ``first_k_dense_replace`` counts the dense layers kept, ``num_kv_shared_layers``
-  the sharing layers kept, and a second count of the same layers (``num_blocks``) follows; a residual scale divided by
+  the sharing layers kept, and a second count of the same layers (``num_blocks``) follows; counts of
+  consecutive sections (Dory's input, recurrent and output layers) count the kept layers in each; a residual scale divided by
   the square root of the layer count (``scale_depth``) is kept as it was; where mixture-of-experts
   layers are placed by a step (``decoder_sparse_step``), the kept dense layers are listed in
   ``mlp_only_layers`` instead;
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import tempfile
 from typing import Any, NamedTuple
 
@@ -46,6 +48,7 @@ from layerprune.errors import SurgeryError, first_line
 # Other keys that count the same layers in some configurations (xLSTM's num_blocks beside
 # num_hidden_layers): cut with the count where they equal it.
 SECOND_COUNTS = ("num_blocks", "num_layers", "n_layer", "n_layers", "num_hidden_layers")
+SECTION = re.compile(r"^(n|num)_\w+_layers$")
 # Attributes that number a layer (the KV cache and per-layer settings are looked up by them).
 INDEX_ATTRS = ("layer_idx", "layer_id", "layer_index", "block_idx")
 # Flags a configuration derives from a layer's position for the library's own bookkeeping: Gemma 3n
@@ -65,10 +68,22 @@ def _is_index(value: Any, count: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < count
 
 
+def _values(config) -> dict[str, Any]:
+    """The configuration's values as it holds them (``to_dict`` may write them otherwise: Dory
+    writes two entries a layer), by the names ``to_dict`` gives."""
+    found = {}
+    for key, written in config.to_dict().items():
+        try:
+            found[key] = getattr(config, key)
+        except Exception:  # noqa: BLE001 - a name only the written form has, or one held per layer
+            found[key] = written
+    return found
+
+
 def index_list_keys(config, count: int) -> list[str]:
     """Lists of layer indices: named for layers, strictly increasing integers within the stack."""
     keys = []
-    for key, value in config.to_dict().items():
+    for key, value in _values(config).items():
         if (isinstance(value, (list, tuple)) and value and ("layer" in key or "idx" in key)
                 and all(_is_index(v, count) for v in value) and list(value) == sorted(set(value))
                 and not (len(value) == count and list(value) != list(range(count)))):
@@ -87,7 +102,7 @@ def _is_source_list(key: str, value: Any, count: int) -> bool:
 def per_layer_keys(config, count: int) -> list[str]:
     """Per-layer lists: one entry per layer (lists of layer indices excepted)."""
     indices = set(index_list_keys(config, count))
-    return [k for k, v in config.to_dict().items()
+    return [k for k, v in _values(config).items()
             if isinstance(v, (list, tuple)) and len(v) == count and count > 1 and k != "architectures"
             and k not in indices]
 
@@ -105,6 +120,14 @@ def per_layer_mappings(config, count: int) -> list[str]:
     ``per_layer_config`` of per-layer overrides (``id2label`` is keyed by small integers too)."""
     return [k for k, v in config.to_dict().items()
             if isinstance(v, dict) and v and "layer" in k and all(_layer_key(key, count) is not None for key in v)]
+
+
+def section_keys(config, key: str, count: int) -> list[str]:
+    """Counts of consecutive sections of the stack (``n_input_layers``, ``n_recurrent_layers``,
+    ``n_output_layers``), in the configuration's order: two or more that add up to the layer count."""
+    keys = [k for k, v in vars(config).items() if k != key and k not in SECOND_COUNTS and SECTION.match(k)
+            and isinstance(v, int) and not isinstance(v, bool) and v >= 0]
+    return keys if len(keys) > 1 and sum(getattr(config, k) for k in keys) == count else []
 
 
 def cut(config, key: str, kept: list[int], count: int) -> None:
@@ -133,6 +156,13 @@ def cut(config, key: str, kept: list[int], count: int) -> None:
                 setattr(config, other, len(kept))
             except (AttributeError, NotImplementedError):  # derived from the counted keys (ProphetNet)
                 pass
+    start = 0
+    for name in section_keys(config, key, count):
+        # Consecutive sections of the stack (Dory's input, recurrent and output layers): each
+        # counts the layers kept in it.
+        size = getattr(config, name)
+        setattr(config, name, sum(1 for i in kept if start <= i < start + size))
+        start += size
     mappings = {name: config.to_dict()[name] for name in per_layer_mappings(config, count)}
     first_dense = getattr(config, "first_k_dense_replace", None)
     if _is_index(first_dense, count + 1):

@@ -163,3 +163,24 @@ def test_weights_with_a_slice_per_layer_and_kv_sharing_follow_the_kept_layers(tm
     # Removing the layer whose keys the last layer reads is refused: the rebuild has no source for them.
     with pytest.raises(SurgeryError, match=r"producing a cache"):
         remove_blocks(model, ["model.layers.1"], tokens())
+
+
+def test_section_counts_count_the_kept_layers_of_each_section(tmp_path):
+    """Dory runs its input layers once, its recurrent layers in loops and its output layers once;
+    the three counts must add up to the layer count (and its config.json writes two entries a
+    layer). Removing a recurrent layer recounts each section; cached generation and a plain reload
+    agree with the original with that layer skipped in every loop."""
+    from layerprune.surgery.hf import skipping
+
+    model = tiny("dory", num_hidden_layers=5, n_input_layers=1, n_recurrent_layers=3, n_output_layers=1,
+                 sliding_window=8)
+    pruned = remove_blocks(model, ["model.layers.2"], tokens())
+    config = pruned.config
+    assert (config.n_input_layers, config.n_recurrent_layers, config.n_output_layers) == (1, 2, 1)
+    assert len(config.layer_types) == config.num_hidden_layers == 4
+    prompt, kwargs = tokens()[:1, :5], dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with skipping(model, "model.layers", [2]), torch.no_grad():
+        expected = model.generate(prompt, **kwargs)
+    with torch.no_grad():
+        assert torch.equal(pruned.generate(prompt, **kwargs), expected)
+    reloads_equal(pruned, tmp_path)
