@@ -34,7 +34,7 @@ import torch.nn as nn
 from layerprune.errors import SurgeryError, first_line
 from layerprune.hooks import eval_mode, forward_hooks, model_device
 from layerprune.surgery.blocks import Block, check_level
-from layerprune.surgery.hf_config import Cut, cut_checked, indices, positional, text_config
+from layerprune.surgery.hf_config import Cut, cut_checked, indices, text_config
 from layerprune.surgery.hf_sublayers import (check_sublayers, hidden_input, replace, residual_branches, split,
                                              stand_ins, write_stand_ins, zero_hooks)
 
@@ -317,12 +317,14 @@ def _indices(layers: nn.ModuleList) -> Iterator[tuple[int, str, nn.Module, str, 
 
 
 def renumber(layers: nn.ModuleList, numbers: list[dict[tuple[str, str], Any]]) -> None:
-    """Give the kept layers (``layers``) the per-layer indices and position flags a rebuild from
-    the cut configuration gives them (``numbers``, from :func:`~layerprune.surgery.hf_config.cut_checked`)."""
+    """Give the kept layers (``layers``) the per-layer indices, position flags and references to
+    other layers a rebuild from the cut configuration gives them (``numbers``, from
+    :func:`~layerprune.surgery.hf_config.cut_checked`)."""
     for layer, given in zip(layers, numbers):
-        for (name, attr) in positional(layer):
-            if (name, attr) in given:
-                setattr(layer.get_submodule(name) if name else layer, attr, given[(name, attr)])
+        modules = dict(layer.named_modules())
+        for (name, attr), value in given.items():
+            if name in modules and hasattr(modules[name], attr):
+                setattr(modules[name], attr, value)
 
 
 def adopt(model: nn.Module, change: Cut, kept: list[int]) -> None:

@@ -262,6 +262,25 @@ def positional(layer: nn.Module) -> dict[tuple[str, str], int | bool]:
     return {**indices(layer), **flags}
 
 
+def _references(layer: nn.Module, fresh: nn.Module, kept: list[int]) -> dict[tuple[str, str], int]:
+    """Plain integers inside a kept layer, named for a layer, that name a kept layer and that the
+    rebuild renumbers with it (Kolibri's ``kv_source_layer``, the layer whose keys and values it
+    reads): old ``j`` where the rebuild has ``kept.index(j)``. ``{(module name, attribute): new value}``.
+    A value that names a removed layer stays a difference (its source would be gone)."""
+    theirs = dict(fresh.named_modules())
+    found = {}
+    for name, module in layer.named_modules():
+        if name not in theirs:
+            continue
+        other = _scalars(theirs[name])
+        for attr, value in _scalars(module).items():
+            if (("layer" in attr or "source" in attr) and isinstance(value, int) and not isinstance(value, bool)
+                    and value in kept
+                    and other.get(attr) == kept.index(value) != value):
+                found[(name, attr)] = other[attr]
+    return found
+
+
 class Cut(NamedTuple):
     """What a removal changes besides the layer list, as a rebuild from the cut configuration has it."""
 
@@ -318,9 +337,12 @@ def differences(model: nn.Module, path: str, kept: list[int], config) -> tuple[l
     noise: set[str] = set()
     for layer, again in zip(layers, own.get_submodule(path)):
         noise.update(_layer_diffs(layer, again))
-    found = []
+    found, numbers = [], [positional(layer) for layer in rebuilt]
     for position, old in enumerate(kept):
-        found += layer_differences(layers[old], rebuilt[position], f"{path}.{old}", noise)
+        references = _references(layers[old], rebuilt[position], kept)
+        numbers[position].update(references)
+        ignore = noise | {f"{sub}.{attr}" for sub, attr in references}
+        found += layer_differences(layers[old], rebuilt[position], f"{path}.{old}", ignore)
     ours, theirs, slices = _tensors(model, path), _tensors(fresh, path), {}
     for key in sorted(set(ours) | set(theirs)):
         if key not in ours or key not in theirs:
@@ -334,7 +356,7 @@ def differences(model: nn.Module, path: str, kept: list[int], config) -> tuple[l
     runtime = _outside_values(model, own, path)
     values = {name: {k: v for k, v in changed.items() if k not in runtime.get(name, {})}
               for name, changed in _outside_values(model, fresh, path).items()}
-    return found, Cut(config, [positional(layer) for layer in rebuilt], slices, {k: v for k, v in values.items() if v})
+    return found, Cut(config, numbers, slices, {k: v for k, v in values.items() if v})
 
 
 def _mlp_only(model: nn.Module, path: str, kept: list[int], config) -> bool:

@@ -184,3 +184,24 @@ def test_section_counts_count_the_kept_layers_of_each_section(tmp_path):
     with torch.no_grad():
         assert torch.equal(pruned.generate(prompt, **kwargs), expected)
     reloads_equal(pruned, tmp_path)
+
+
+def test_a_layer_reading_another_layers_keys_follows_it_and_loses_it_by_name(tmp_path):
+    """Kolibri 1.1's layer 3 reads the keys and values of layer 2 (kv_source_layers, and each
+    attention's kv_source_layer): removing layer 1 renumbers both; removing layer 2 is refused."""
+    from layerprune.surgery.hf import skipping
+
+    model = tiny("kolibri1_1", layer_types=["sliding_attention", "sliding_attention", "indexed_attention",
+                                            "indexed_attention"], index_layers=[2], kv_source_layers=[0, 1, 2, 2],
+                 sliding_window=8, mlp_only_layers=[0, 1, 2, 3], index_num_heads=2, head_dim=16)
+    pruned = remove_blocks(model, ["model.layers.1"], tokens())
+    assert pruned.config.kv_source_layers == [0, 1, 1]
+    assert [layer.self_attn.kv_source_layer for layer in pruned.model.layers] == [0, 1, 1]
+    prompt, kwargs = tokens()[:1, :5], dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with skipping(model, "model.layers", [1]), torch.no_grad():
+        expected = model.generate(prompt, **kwargs)
+    with torch.no_grad():
+        assert torch.equal(pruned.generate(prompt, **kwargs), expected)
+    reloads_equal(pruned, tmp_path)
+    with pytest.raises(SurgeryError, match=r"kv_source_layers: layer 3 reads from layer 2, which would be removed"):
+        remove_blocks(model, ["model.layers.2"], tokens())
