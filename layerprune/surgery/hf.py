@@ -274,18 +274,32 @@ def plan(model: nn.Module, names: list[str] | tuple[str, ...]) -> tuple[str, lis
     return path, sorted(set(indices))
 
 
+def _carried(given: Any, value: Any) -> Any:
+    """``given`` (what a layer was called with) where it is a tensor of ``value``'s shape (what the
+    layer returns there): a state carried from layer to layer, which an absent layer passes on."""
+    if isinstance(given, torch.Tensor) and isinstance(value, torch.Tensor) and given.shape == value.shape:
+        return given
+    return value
+
+
 def _pass_input_on(module, args, kwargs, output):
     """A forward hook that makes a layer return its input hidden states (in its output's structure:
     a tensor, a tuple, namedtuple or list whose first entry is the hidden states, or a dict holding
-    them)."""
+    them), and, beside them, any state it carries from layer to layer as it was given: the entry
+    of a tuple whose positional argument is a tensor of that shape (Zaya's router states), the
+    entry of a dict whose keyword argument, or ``prev_`` one, is (Reformer's second stream)."""
     hidden = hidden_input(args, kwargs)
     if isinstance(output, tuple) and hasattr(output, "_fields"):  # a namedtuple
-        return output._replace(**{output._fields[0]: hidden})
+        fields = output._fields
+        return output._replace(**{fields[0]: hidden}, **{
+            k: _carried(kwargs.get(k, kwargs.get("prev_" + k)), getattr(output, k)) for k in fields[1:]})
     if isinstance(output, (tuple, list)):
-        return type(output)([hidden, *output[1:]])
+        rest = [_carried(args[j] if j < len(args) else None, v) for j, v in enumerate(output) if j]
+        return type(output)([hidden, *rest])
     if isinstance(output, dict):
         key = "hidden_states" if "hidden_states" in output else next(iter(output))
-        return type(output)({**output, key: hidden})
+        return type(output)({**{k: _carried(kwargs.get(k, kwargs.get("prev_" + k)), v) for k, v in output.items()},
+                             key: hidden})
     return hidden
 
 

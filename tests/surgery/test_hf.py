@@ -346,3 +346,29 @@ def test_the_pruner_removes_from_a_transformers_model_in_place_without_a_copy():
                                    evaluate_with=lambda m: EvalResult(0.0, 0.0, 0))
     assert pruned is model and pruned.model.layers[0] is first and len(model.model.layers) == 3
     assert record.removed == ["model.layers.2"] and model.config.num_hidden_layers == 3
+
+
+def test_a_layer_that_carries_a_state_to_the_next_passes_it_on_when_skipped():
+    """Zaya's layers hand their router states on to the next layer (called as layer(hidden, router
+    states, ...), returning both): a skipped layer passes both on, and deleting it equals that."""
+    config = transformers.AutoConfig.for_model("zaya", **{**SMALL, "head_dim": 16, "num_experts": 4,
+                                                          "moe_intermediate_size": 64, "sliding_window": 8,
+                                                          "layer_types": ["hybrid"] * 4})
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    x = tokens()
+
+    def absent(module, args, kwargs, output):
+        assert isinstance(args[1], torch.Tensor)  # the router states of the layer before
+        return args[0], args[1]
+
+    handles = [model.model.layers[i].register_forward_hook(absent, with_kwargs=True) for i in (1, 3)]
+    try:
+        with torch.no_grad():
+            reference = model(x).logits
+    finally:
+        for h in handles:
+            h.remove()
+    pruned = remove_blocks(model, ["model.layers.1", "model.layers.3"], x)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x).logits, reference, atol=1e-5, rtol=0)
