@@ -10,6 +10,7 @@ transformers = pytest.importorskip("transformers", reason="needs the [hf] extra:
 
 from layerprune import SurgeryError, remove_blocks  # noqa: E402
 from layerprune.surgery import hf_config  # noqa: E402
+from layerprune.surgery.hf import skipping  # noqa: E402
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4,
              vocab_size=64, max_position_embeddings=64, head_dim=8)
@@ -34,6 +35,16 @@ def reloads_equal(pruned, tmp_path) -> None:
     assert not info["missing_keys"] and not info["unexpected_keys"]
     with torch.no_grad():
         assert torch.allclose(again.eval()(x).logits, pruned(x).logits, atol=1e-5)
+
+
+def generates_as_skipped(model, pruned, removed: list[int]) -> None:
+    """8 greedy tokens through the KV cache: the pruned model's equal the original's with the
+    ``removed`` layers skipped."""
+    prompt, kwargs = tokens()[:1, :5], dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with skipping(model, "model.layers", removed), torch.no_grad():
+        expected = model.generate(prompt, **kwargs)
+    with torch.no_grad():
+        assert torch.equal(pruned.generate(prompt, **kwargs), expected)
 
 
 @pytest.mark.parametrize("removed", [[0, 2], [1, 3], [0, 3]])
@@ -113,7 +124,7 @@ def test_layer_indices_follow_the_models_own_rule():
     """LongCat-Flash numbers its layer i and gives its two attentions the cache slots 2i and 2i+1:
     after removing layers 0 and 2, the kept layers get what a rebuild gives them, and generation
     with the cache equals the original's with those layers skipped."""
-    from layerprune.surgery.hf import layer_indices, skipping
+    from layerprune.surgery.hf import layer_indices
 
     model = tiny("longcat_flash", num_layers=4, num_hidden_layers=8, ffn_hidden_size=64, q_lora_rank=16, kv_lora_rank=16,
                  qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, qk_head_dim=16, num_key_value_heads=4,
@@ -122,11 +133,7 @@ def test_layer_indices_follow_the_models_own_rule():
     found = dict(layer_indices(pruned))
     assert [found[f"model.layers.{i}.layer_idx"] for i in range(2)] == [0, 1]
     assert [found[f"model.layers.{i}.self_attn.{j}.layer_idx"] for i in range(2) for j in range(2)] == [0, 1, 2, 3]
-    prompt, kwargs = tokens()[:1, :5], dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
-    with skipping(model, "model.layers", [0, 2]), torch.no_grad():
-        expected = model.generate(prompt, **kwargs)
-    with torch.no_grad():
-        assert torch.equal(pruned.generate(prompt, **kwargs), expected)
+    generates_as_skipped(model, pruned, [0, 2])
 
 
 def test_indices_out_of_order_are_named():
@@ -143,8 +150,6 @@ def test_weights_with_a_slice_per_layer_and_kv_sharing_follow_the_kept_layers(tm
     reads the keys and values of the last full-attention layer before it. Removing layer 2 keeps
     the kept layers' slices, moves the store flag of the sliding layers to layer 0 as a rebuild
     does, and recounts where sharing starts; logits, cached generation and a plain reload agree."""
-    from layerprune.surgery.hf import skipping
-
     model = tiny("gemma4_text", layer_types=["sliding_attention", "full_attention", "sliding_attention",
                                              "full_attention"], sliding_window=8, global_head_dim=8,
                  hidden_size_per_layer_input=8, vocab_size_per_layer_input=64, num_kv_shared_layers=1)
@@ -154,11 +159,7 @@ def test_weights_with_a_slice_per_layer_and_kv_sharing_follow_the_kept_layers(tm
     assert torch.equal(pruned.model.embed_tokens_per_layer.weight[:, 16:], model.model.embed_tokens_per_layer.weight[:, 24:])
     assert [layer.self_attn.store_full_length_kv for layer in pruned.model.layers] == [True, True, False]
     assert pruned.model.first_kv_shared_layer_idx == 2
-    prompt, kwargs = tokens()[:1, :5], dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
-    with skipping(model, "model.layers", [2]), torch.no_grad():
-        expected = model.generate(prompt, **kwargs)
-    with torch.no_grad():
-        assert torch.equal(pruned.generate(prompt, **kwargs), expected)
+    generates_as_skipped(model, pruned, [2])
     reloads_equal(pruned, tmp_path)
     # Removing the layer whose keys the last layer reads is refused: the rebuild has no source for them.
     with pytest.raises(SurgeryError, match=r"producing a cache"):
@@ -170,38 +171,26 @@ def test_section_counts_count_the_kept_layers_of_each_section(tmp_path):
     the three counts must add up to the layer count (and its config.json writes two entries a
     layer). Removing a recurrent layer recounts each section; cached generation and a plain reload
     agree with the original with that layer skipped in every loop."""
-    from layerprune.surgery.hf import skipping
-
     model = tiny("dory", num_hidden_layers=5, n_input_layers=1, n_recurrent_layers=3, n_output_layers=1,
                  sliding_window=8)
     pruned = remove_blocks(model, ["model.layers.2"], tokens())
     config = pruned.config
     assert (config.n_input_layers, config.n_recurrent_layers, config.n_output_layers) == (1, 2, 1)
     assert len(config.layer_types) == config.num_hidden_layers == 4
-    prompt, kwargs = tokens()[:1, :5], dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
-    with skipping(model, "model.layers", [2]), torch.no_grad():
-        expected = model.generate(prompt, **kwargs)
-    with torch.no_grad():
-        assert torch.equal(pruned.generate(prompt, **kwargs), expected)
+    generates_as_skipped(model, pruned, [2])
     reloads_equal(pruned, tmp_path)
 
 
 def test_a_layer_reading_another_layers_keys_follows_it_and_loses_it_by_name(tmp_path):
     """Kolibri 1.1's layer 3 reads the keys and values of layer 2 (kv_source_layers, and each
     attention's kv_source_layer): removing layer 1 renumbers both; removing layer 2 is refused."""
-    from layerprune.surgery.hf import skipping
-
     model = tiny("kolibri1_1", layer_types=["sliding_attention", "sliding_attention", "indexed_attention",
                                             "indexed_attention"], index_layers=[2], kv_source_layers=[0, 1, 2, 2],
                  sliding_window=8, mlp_only_layers=[0, 1, 2, 3], index_num_heads=2, head_dim=16)
     pruned = remove_blocks(model, ["model.layers.1"], tokens())
     assert pruned.config.kv_source_layers == [0, 1, 1]
     assert [layer.self_attn.kv_source_layer for layer in pruned.model.layers] == [0, 1, 1]
-    prompt, kwargs = tokens()[:1, :5], dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
-    with skipping(model, "model.layers", [1]), torch.no_grad():
-        expected = model.generate(prompt, **kwargs)
-    with torch.no_grad():
-        assert torch.equal(pruned.generate(prompt, **kwargs), expected)
+    generates_as_skipped(model, pruned, [1])
     reloads_equal(pruned, tmp_path)
     with pytest.raises(SurgeryError, match=r"kv_source_layers: layer 3 reads from layer 2, which would be removed"):
         remove_blocks(model, ["model.layers.2"], tokens())

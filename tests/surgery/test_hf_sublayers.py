@@ -111,16 +111,20 @@ def test_a_saved_folder_loads_through_layerprune_and_its_card_says_so(tmp_path):
     assert info["missing_keys"] and all(k.startswith(tuple(names)) for k in info["missing_keys"])
 
 
+def offered_whole(model, path: str, count: int, sublayer: str) -> None:
+    """Only the ``count`` layers at ``path`` are offered, and removing ``path.sublayer`` is refused."""
+    blocks = find_blocks(model, tokens(), level="sublayer")
+    assert [b.name for b in blocks if b.removable] == [f"{path}.{i}" for i in range(count)]
+    with pytest.raises(SurgeryError, match=rf"{path}.{sublayer}: not an attention or MLP residual branch"):
+        remove_blocks(model, [f"{path}.{sublayer}"], tokens())
+
+
 def test_post_norm_layers_are_offered_whole():
     """BERT's attention ends in LayerNorm(h + attn(h)): not a residual branch of the layer."""
     config = transformers.BertConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3,
                                      vocab_size=VOCAB)
     torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(config).eval()
-    blocks = find_blocks(model, tokens(), level="sublayer")
-    assert [b.name for b in blocks if b.removable] == [f"bert.encoder.layer.{i}" for i in range(3)]
-    with pytest.raises(SurgeryError, match=r"bert.encoder.layer.1.attention: not an attention or MLP residual branch"):
-        remove_blocks(model, ["bert.encoder.layer.1.attention"], tokens())
+    offered_whole(transformers.BertForSequenceClassification(config).eval(), "bert.encoder.layer", 3, "1.attention")
 
 
 def test_a_bad_sublayer_name_is_refused():
@@ -138,8 +142,4 @@ def test_sublayers_whose_second_output_the_model_uses_are_not_offered():
     config = transformers.RwkvConfig(hidden_size=32, attention_hidden_size=32, intermediate_size=64,
                                      num_hidden_layers=4, vocab_size=VOCAB, context_length=64)
     torch.manual_seed(0)
-    model = transformers.RwkvForCausalLM(config).eval()
-    blocks = find_blocks(model, tokens(), level="sublayer")
-    assert [b.name for b in blocks if b.removable] == [f"rwkv.blocks.{i}" for i in range(4)]
-    with pytest.raises(SurgeryError, match=r"rwkv.blocks.0.attention: not an attention or MLP residual branch"):
-        remove_blocks(model, ["rwkv.blocks.0.attention"], tokens())
+    offered_whole(transformers.RwkvForCausalLM(config).eval(), "rwkv.blocks", 4, "0.attention")
