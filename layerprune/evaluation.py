@@ -6,11 +6,11 @@ Batches are any iterable of ``(images, labels)`` pairs: a ``DataLoader`` or a li
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from layerprune.lazy import lazy_import, no_grad
 from layerprune.hooks import eval_mode, model_device  # noqa: F401  (model_device: its home was here)
+from layerprune.tasks import IMAGE_CLASSIFICATION, EvalResult  # noqa: F401  (EvalResult: its home was here)
 
 torch = lazy_import("torch")
 nn = lazy_import("torch.nn")
@@ -19,40 +19,15 @@ F = lazy_import("torch.nn.functional")
 Batches = Iterable[tuple["torch.Tensor", "torch.Tensor"]]
 
 
-@dataclass(frozen=True)
-class EvalResult:
-    loss: float
-    accuracy: float
-    samples: int
-
-
-@no_grad
 def evaluate(model: nn.Module, batches: Batches, *, progress: bool = False, description: str = "eval",
              until: Callable[[float, int, int], bool] | None = None) -> EvalResult | None:
-    """Mean cross-entropy and top-1 accuracy in eval mode (the model's mode is restored).
+    """Mean cross-entropy and top-1 accuracy in eval mode (the model's mode is restored): the image
+    classification task's measurement (:meth:`layerprune.tasks.Task.evaluate`).
 
     ``until(loss_sum, correct, seen)``, asked after each batch, may stop the evaluation early
     (the ``greedy`` oracle's candidates that can no longer win): the result is then ``None``.
     """
-    device = model_device(model)
-    loss_sum, correct, seen = 0.0, 0, 0
-    if progress:
-        from rich.progress import track
-
-        total = len(batches) if hasattr(batches, "__len__") else None
-        batches = track(batches, description=description, total=total, transient=True)
-    with eval_mode(model):
-        for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            logits = model(x)
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            if until is not None and until(loss_sum, correct, seen):
-                return None
-    if seen == 0:
-        raise ValueError("evaluate: no samples")
-    return EvalResult(loss_sum / seen, correct / seen, seen)
+    return IMAGE_CLASSIFICATION.evaluate(model, batches, progress=progress, description=description, until=until)
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

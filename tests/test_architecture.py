@@ -36,7 +36,7 @@ BASE = frozenset({"errors", "version", "io", "lock", "registry", "params", "plot
 #: ``__init__`` (the package root) and ``__main__`` may import anything.
 ANYTHING = frozenset({"*"})
 
-_RECIPE = BASE | {"data", "models", "surgery", "evaluation", "calibration", "criteria", "train", "pruner", "export"}
+_RECIPE = BASE | {"data", "models", "surgery", "evaluation", "tasks", "calibration", "criteria", "train", "pruner", "export"}
 _BENCH = _RECIPE | {"recipe"}
 _APP = _BENCH | {"bench"}
 _CLI = _APP | {"app"}
@@ -47,19 +47,21 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     # inputs: datasets, model zoo, evaluation loops
     "data": BASE,
     "models": BASE,
-    "evaluation": BASE,
+    # what a model is asked to do: a batch, its loss, its metric
+    "tasks": BASE,
+    "evaluation": BASE | {"tasks"},
     # removing blocks from a model (must not know about criteria)
     "surgery": BASE | {"models"},
     # calibration batches / batch-norm repair
-    "calibration": BASE | {"data", "evaluation"},
+    "calibration": BASE | {"data", "evaluation", "tasks"},
     # features → scores → plan
-    "criteria": BASE | {"data", "models", "surgery", "evaluation", "calibration"},
+    "criteria": BASE | {"data", "models", "surgery", "evaluation", "calibration", "tasks"},
     # deployable files of a pruned model (ONNX, TorchScript, torch.export), checked and timed
     "export": BASE | {"models", "surgery"},
     # finetuning
-    "train": BASE | {"models", "evaluation"},
+    "train": BASE | {"models", "evaluation", "tasks"},
     # the whole prune step: score, plan, cut
-    "pruner": BASE | {"data", "models", "surgery", "evaluation", "calibration", "criteria"},
+    "pruner": BASE | {"data", "models", "surgery", "evaluation", "calibration", "criteria", "tasks"},
     # orchestration, from the lowest to the highest
     "recipe": _RECIPE,
     "bench": _BENCH,

@@ -69,9 +69,9 @@ class PruneStep:
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"step": self.step, "removed": list(self.removed)}
         if self.after_surgery is not None:
-            d["after_surgery"] = self.after_surgery.__dict__
+            d["after_surgery"] = self.after_surgery.to_dict()
         if self.after_repair is not None:
-            d["after_repair"] = self.after_repair.__dict__
+            d["after_repair"] = self.after_repair.to_dict()
         return {**d, **self.extra}
 
     def summary(self) -> str:

@@ -68,7 +68,7 @@ class Runner(Resources):
 
             save_torch(model.state_dict(), self.run.file("pretrained.pth"))
             self.run.write_json("pretrain.json", {"history": history, "world_size": ranks,
-                                                  "eval": self.evaluate(model).__dict__})
+                                                  "eval": self.evaluate(model).to_dict()})
 
         distributed.on_main(save)
 
@@ -158,10 +158,10 @@ class Runner(Resources):
         narrower, ratio = prune_width(pruned, x, importance=w.importance, reference=base, **target)
         after = branch_channels(narrower, blocks)
         info: dict[str, Any] = {**target, "importance": w.importance, "ratio": ratio, "channels": before,
-                                "channels_removed": before - after, "after_width": self.evaluate(narrower).__dict__}
+                                "channels_removed": before - after, "after_width": self.evaluate(narrower).to_dict()}
         if pruner.repair.enabled:
             pruner.repair_model(narrower, self.build_data())
-            info["after_repair"] = self.evaluate(narrower).__dict__
+            info["after_repair"] = self.evaluate(narrower).to_dict()
         self.log(f"width: {before - after} of {before} channels cut inside {len(blocks)} blocks (ratio {ratio:.3f}, "
                  f"{w.importance}): accuracy {info['after_width']['accuracy']:.3f}"
                  + (f", after BatchNorm repair {info['after_repair']['accuracy']:.3f}" if "after_repair" in info else ""))
@@ -191,8 +191,8 @@ class Runner(Resources):
         base_cost, final_cost = model_cost(base, x), model_cost(final, x)
         metrics: dict[str, Any] = {
             "split": rc.eval.split,
-            "base": {**self.evaluate(base).__dict__, **base_cost.to_dict()},
-            "pruned": {**self.evaluate(final).__dict__, **final_cost.to_dict()},
+            "base": {**self.evaluate(base).to_dict(), **base_cost.to_dict()},
+            "pruned": {**self.evaluate(final).to_dict(), **final_cost.to_dict()},
             "removed": PruneSpec.load(self.run.file("finetuned")).removed,
             "prune_steps": prune_record["steps"],
         }

@@ -1,0 +1,232 @@
+"""What a model is asked to do, owned in one place: what a batch is, its loss, its metric and
+whether lower is better.
+
+* :class:`ImageClassification`: a batch is ``(images, class ids)``; loss the cross-entropy over
+  classes, metric top-1 accuracy (higher is better). Every loop that measured a classifier before
+  tasks existed computes exactly this.
+* :class:`SequenceClassification`: a batch is ``(token ids, class ids)``, the ids right-padded with
+  the tokenizer's pad id (the attention mask is where they are not the pad id); loss and metric as
+  for images.
+* :class:`CausalLM`: a batch is ``(token ids, labels)``, windows of ``seq_len`` tokens cut from one
+  token stream, the labels the same ids (``-100`` where a position is not predicted). Each window
+  predicts its next tokens (``seq_len − 1`` of them); the loss is the mean next-token negative
+  log-likelihood over every predicted token of every window and the metric its exponential, the
+  perplexity (lower is better): windows do not overlap (stride = window), so no token is scored
+  twice and none is scored with less context than its position in its window.
+
+Measuring is one loop for every task (:meth:`Task.evaluate`): the sum of the loss and of the hits
+over the batches divided by the units the task counts (samples for a classifier, predicted tokens
+for a language model), so the result does not depend on how the data is batched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, ClassVar, Iterable
+
+from layerprune.errors import UnknownNameError
+from layerprune.hooks import eval_mode, model_device
+from layerprune.lazy import lazy_import, no_grad
+
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
+F = lazy_import("torch.nn.functional")
+
+Batches = Iterable[tuple["torch.Tensor", "torch.Tensor"]]
+IGNORE = -100  # a label position that is not predicted (the convention of PyTorch and transformers)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """A measurement: the mean loss and the share of hits over ``samples`` samples (and, for a
+    language model, over ``tokens`` predicted tokens, the unit both are averaged over)."""
+
+    loss: float
+    accuracy: float
+    samples: int
+    tokens: int | None = None
+
+    @property
+    def perplexity(self) -> float:
+        """``exp(loss)``: for a language model, the perplexity of the data measured."""
+        return math.exp(self.loss) if self.loss < 700 else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        """As written to a run's JSON files (``tokens`` and ``perplexity`` only where tokens were counted)."""
+        found = asdict(self)
+        if self.tokens is None:
+            del found["tokens"]
+        else:
+            found["perplexity"] = self.perplexity
+        return found
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits a model returned: a tensor, a transformers output's ``logits``, or the first entry."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if getattr(output, "logits", None) is not None:
+        return output.logits
+    if isinstance(output, (tuple, list)) and output:
+        return output[0]
+    raise TypeError(f"no logits in what the model returned ({type(output).__name__})")
+
+
+class Task:
+    """A task: how a model is run on a batch, its loss, hits and the units they are averaged over."""
+
+    name: ClassVar[str]
+    metric_name: ClassVar[str]
+    lower_is_better: ClassVar[bool]
+    has_classes: ClassVar[bool]  #: whether batches carry a class for each sample (label-using criteria need it)
+
+    def forward(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """The logits of ``model`` on ``inputs``."""
+        return model(inputs)
+
+    def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss summed over the units of the batch."""
+        return F.cross_entropy(logits, targets, reduction="sum")
+
+    def hits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """How many units the model got right (top-1)."""
+        return (logits.argmax(1) == targets).sum()
+
+    def units(self, targets: torch.Tensor) -> int:
+        """What the loss and hits are averaged over: one per sample."""
+        return len(targets)
+
+    def value(self, result: EvalResult) -> float:
+        """The task's metric of a measurement."""
+        return result.accuracy
+
+    def format(self, value: float) -> str:
+        """The metric as reports print it."""
+        return f"{100 * value:.2f}%"
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether metric value ``a`` is better than ``b``."""
+        return a < b if self.lower_is_better else a > b
+
+    @no_grad
+    def evaluate(self, model: nn.Module, batches: Batches, *, progress: bool = False, description: str = "eval",
+                 until: Callable[[float, int, int], bool] | None = None) -> EvalResult | None:
+        """Mean loss and share of hits over the units of ``batches``, in eval mode (the model's
+        mode is restored). ``until(loss_sum, hits, units)``, asked after each batch, may stop early
+        (the ``greedy`` oracle's candidates that can no longer win): the result is then ``None``."""
+        device = model_device(model)
+        loss_sum, correct, seen, samples = 0.0, 0, 0, 0
+        if progress:
+            from rich.progress import track
+
+            total = len(batches) if hasattr(batches, "__len__") else None
+            batches = track(batches, description=description, total=total, transient=True)
+        with eval_mode(model):
+            for x, y in batches:
+                x, y = x.to(device), y.to(device)
+                logits = self.forward(model, x)
+                loss_sum += float(self.loss_sum(logits, y))
+                correct += int(self.hits(logits, y))
+                seen += self.units(y)
+                samples += len(y)
+                if until is not None and until(loss_sum, correct, seen):
+                    return None
+        if seen == 0:
+            raise ValueError("evaluate: no samples")
+        return self._result(loss_sum / seen, correct / seen, samples, seen)
+
+    def _result(self, loss: float, accuracy: float, samples: int, units: int) -> EvalResult:
+        return EvalResult(loss, accuracy, samples)
+
+
+class ImageClassification(Task):
+    """Images and one class each: cross-entropy, top-1 accuracy."""
+
+    name = "image-classification"
+    metric_name = "accuracy"
+    lower_is_better = False
+    has_classes = True
+
+
+class SequenceClassification(Task):
+    """Token ids (right-padded with ``pad_token_id``) and one class each: cross-entropy, accuracy."""
+
+    name = "sequence-classification"
+    metric_name = "accuracy"
+    lower_is_better = False
+    has_classes = True
+
+    def __init__(self, pad_token_id: int = 0) -> None:
+        self.pad_token_id = int(pad_token_id)
+
+    def forward(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return logits_of(model(inputs, attention_mask=(inputs != self.pad_token_id).long()))
+
+
+class CausalLM(Task):
+    """Windows of a token stream, each predicting its next tokens: next-token cross-entropy over
+    every predicted token, perplexity ``exp`` of its mean (lower is better)."""
+
+    name = "causal-lm"
+    metric_name = "perplexity"
+    lower_is_better = True
+    has_classes = False
+    rows_per_loss = 8  # windows whose logits are turned to float32 at once (a vocabulary is wide)
+
+    def __init__(self, seq_len: int | None = None) -> None:
+        self.seq_len = seq_len
+
+    def forward(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return logits_of(model(inputs, use_cache=False))
+
+    def _pairs(self, logits: torch.Tensor, targets: torch.Tensor):
+        for start in range(0, len(targets), self.rows_per_loss):
+            rows = slice(start, start + self.rows_per_loss)
+            scores = logits[rows, :-1].float()
+            yield scores.reshape(-1, scores.shape[-1]), targets[rows, 1:].reshape(-1)
+
+    def loss_sum(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return sum(F.cross_entropy(s, t, ignore_index=IGNORE, reduction="sum") for s, t in self._pairs(logits, targets))
+
+    def hits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return sum(((s.argmax(-1) == t) & (t != IGNORE)).sum() for s, t in self._pairs(logits, targets))
+
+    def units(self, targets: torch.Tensor) -> int:  # noqa: D102
+        return int((targets[:, 1:] != IGNORE).sum())
+
+    def value(self, result: EvalResult) -> float:  # noqa: D102
+        return result.perplexity
+
+    def format(self, value: float) -> str:  # noqa: D102
+        return f"{value:.2f}"
+
+    def _result(self, loss: float, accuracy: float, samples: int, units: int) -> EvalResult:
+        return EvalResult(loss, accuracy, samples, units)
+
+    @staticmethod
+    def batches(windows: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(ids, labels)`` batches of ``batch_size`` windows (a ``[n, seq_len]`` tensor), labels the ids."""
+        return [(w, w) for w in windows.split(batch_size)]
+
+
+IMAGE_CLASSIFICATION = ImageClassification()
+TASKS: dict[str, type[Task]] = {t.name: t for t in (ImageClassification, SequenceClassification, CausalLM)}
+
+
+def get_task(name: str, **settings: Any) -> Task:
+    """The task named ``name`` (``image-classification``, ``sequence-classification``,
+    ``causal-lm``) with its settings; :class:`~layerprune.errors.UnknownNameError` naming it otherwise."""
+    if name not in TASKS:
+        raise UnknownNameError(f"task: unknown task {name!r} (one of {', '.join(TASKS)})")
+    return TASKS[name](**settings)
+
+
+def perplexity(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 8, progress: bool = False) -> float:
+    """The perplexity of ``model`` on ``windows`` (``[n, seq_len]`` token ids, non-overlapping)."""
+    return CausalLM(windows.shape[1]).evaluate(model, CausalLM.batches(windows, batch_size),
+                                               progress=progress, description="perplexity").perplexity
+
+
+__all__ = ["CausalLM", "EvalResult", "IMAGE_CLASSIFICATION", "ImageClassification", "SequenceClassification", "TASKS",
+           "Task", "get_task", "logits_of", "perplexity"]
