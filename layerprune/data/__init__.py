@@ -35,6 +35,7 @@ DATASETS.register_lazy("imagefolder", "layerprune.data.imagefolder:build_imagefo
 DATASETS.register_lazy("digits", "layerprune.data.small:build_digits")
 DATASETS.register_lazy("mnist5k", "layerprune.data.small:build_mnist5k")
 DATASETS.register_lazy("synthetic", "layerprune.data.synthetic:build_synthetic")
+DATASETS.register_lazy("text", "layerprune.data.textset:build_text")
 
 
 def list_datasets() -> list[str]:

@@ -44,7 +44,7 @@ class CalibrationSection(Section):
 class DataSection(Section):
     """The data set and how it is loaded."""
 
-    dataset: str = Field(description="data set name: cifar10, cifar100, imagefolder, digits, mnist5k, synthetic")
+    dataset: str = Field(description="data set name: cifar10, cifar100, imagefolder, digits, mnist5k, synthetic, text")
     root: Optional[str] = Field(None, description="where the files are (data sets that read files)")
     download: bool = Field(False, description="fetch the files when missing (needs network)")
     options: dict[str, Any] = Field(default_factory=dict, description="other options of the data set builder (see: layerprune datasets NAME)")
