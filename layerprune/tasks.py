@@ -97,6 +97,11 @@ class Task:
         """What the loss and hits are averaged over: one per sample."""
         return len(targets)
 
+    def rows(self, logits: torch.Tensor, targets: torch.Tensor, teacher: torch.Tensor | None = None):
+        """``(logits, targets, teacher logits)`` as one row of class scores per unit, for a
+        classification loss (training, distillation): as they are for a classifier."""
+        return logits, targets, teacher
+
     def value(self, result: EvalResult) -> float:
         """The task's metric of a measurement."""
         return result.accuracy
@@ -194,6 +199,12 @@ class CausalLM(Task):
 
     def units(self, targets: torch.Tensor) -> int:  # noqa: D102
         return int((targets[:, 1:] != IGNORE).sum())
+
+    def rows(self, logits: torch.Tensor, targets: torch.Tensor, teacher: torch.Tensor | None = None):
+        """One row per predicted token: position ``i``'s scores against token ``i + 1``."""
+        keep = targets[:, 1:].reshape(-1) != IGNORE
+        flat = lambda t: t[:, :-1].reshape(-1, t.shape[-1])[keep]  # noqa: E731
+        return flat(logits), targets[:, 1:].reshape(-1)[keep], None if teacher is None else flat(teacher)
 
     def value(self, result: EvalResult) -> float:  # noqa: D102
         return result.perplexity

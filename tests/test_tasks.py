@@ -109,3 +109,31 @@ def test_tasks_say_which_way_is_better_and_unknown_names_are_refused():
     assert image.format(0.9338) == "93.38%"
     with pytest.raises(UnknownNameError, match=r"task: unknown task 'regression'"):
         get_task("regression")
+
+
+def test_a_language_model_trains_on_next_tokens_and_its_perplexity_falls():
+    """The trainer and the plain loop ask the task: a tiny Llama trained for a few steps on the
+    standard library's documentation has a lower validation perplexity than before; the epoch's
+    accuracies are next-token accuracies over predicted tokens."""
+    transformers = pytest.importorskip("transformers", reason="needs the [hf] extra: pip install -e '.[hf]'")
+    from layerprune.data import build_dataset
+    from layerprune.train import TrainSettings, fit, train
+
+    data = build_dataset("text", corpus="pydoc", seq_len=32, vocab_size=300)
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                      num_hidden_layers=2, vocab_size=data.num_classes, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    task = CausalLM(32)
+    val = CausalLM.batches(data.windows("val"), 16)
+    before = task.evaluate(model, val)
+    loader = torch.utils.data.DataLoader(data.train, batch_size=16, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    history = train(model, loader, TrainSettings(epochs=1, lr=3e-3, optimizer="adamw", weight_decay=0.0,
+                                                 batches_per_epoch=40), val_batches=val, task=task)
+    after = task.evaluate(model, val)
+    assert after.perplexity < 0.8 * before.perplexity
+    assert history[0].val_loss == pytest.approx(after.loss, rel=1e-6)
+    assert 0 < history[0].train_accuracy < 1
+    fit(model, list(val[:2]), epochs=1, lr=1e-3, task=task)  # the plain loop takes the task too
+    assert task.evaluate(model, val).perplexity < before.perplexity

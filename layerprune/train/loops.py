@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from layerprune.evaluation import Batches, EvalResult, evaluate, model_device, repair_batchnorm
+from layerprune.tasks import IMAGE_CLASSIFICATION, Task
 
 __all__ = ["Batches", "EvalResult", "evaluate", "fit", "repair_batchnorm"]
 
@@ -23,8 +24,10 @@ def fit(
     lr: float = 0.1,
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
+    task: Task = IMAGE_CLASSIFICATION,
 ) -> nn.Module:
-    """Train with SGD and a cosine schedule; ``batches`` is iterated once per epoch."""
+    """Train with SGD and a cosine schedule; ``batches`` is iterated once per epoch. ``task``
+    (:mod:`layerprune.tasks`) says what a batch is and its loss (default image classification)."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
@@ -33,7 +36,8 @@ def fit(
     for _ in range(epochs):
         for x, y in batches:
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x.to(device)), y.to(device)).backward()
+            logits, targets, _ = task.rows(task.forward(model, x.to(device)), y.to(device))
+            F.cross_entropy(logits, targets).backward()
             opt.step()
         sched.step()
     model.eval()

@@ -22,7 +22,8 @@ from layerprune.errors import LayerpruneError
 from layerprune.hooks import model_device
 from layerprune import distributed
 from layerprune.train.distill import distillation_loss
-from layerprune.train.loops import Batches, evaluate
+from layerprune.tasks import IMAGE_CLASSIFICATION, Task
+from layerprune.train.loops import Batches
 from layerprune.train.resume import load_training_checkpoint, save_training_checkpoint
 from layerprune.train.settings import TrainSettings
 
@@ -60,6 +61,7 @@ def train(
     log: Callable[[str], None] | None = None,
     description: str = "train",
     on_epoch: Callable[[list[EpochRecord]], None] | None = None,
+    task: Task | None = None,
 ) -> list[EpochRecord]:
     """Train ``model`` in place for ``settings.epochs`` epochs and return one record per epoch.
 
@@ -71,6 +73,10 @@ def train(
     its weights are loaded into ``model`` and its history returned. The model ends in eval mode,
     in the default (contiguous) memory layout and with plain BatchNorm layers. ``on_epoch`` gets the
     whole history after every epoch, once its checkpoint is saved (on rank 0 only).
+
+    ``task`` (:mod:`layerprune.tasks`, default image classification) says what a batch is and what
+    its loss, hits and units are: a causal LM trains on next-token cross-entropy averaged over
+    predicted tokens, and its accuracies are next-token accuracies.
 
     Training happens on the model's device. ``settings.precision`` (autocast in bf16/fp16),
     ``channels_last`` and ``compile`` speed it up where the hardware gains from them. Under torchrun
@@ -104,7 +110,8 @@ def train(
     net = _ddp(model) if distributed.active() else model
     if settings.compile:
         net = torch.compile(net)
-    step = _Step(net, optimizer, settings, teacher, scaler, device)
+    step = _Step(net, optimizer, settings, teacher, scaler, device, task or IMAGE_CLASSIFICATION)
+    task = step.task
     try:
         if teacher is not None:
             teacher.eval()
@@ -116,7 +123,7 @@ def train(
                 record = _run_epoch(step, train_loader, epoch, seed, bars)
                 distributed.broadcast_buffers(model)
                 if val_batches is not None:
-                    record.val_loss, record.val_accuracy = _validate(model, val_batches)
+                    record.val_loss, record.val_accuracy = _validate(model, val_batches, task)
                 history.append(asdict(record))
                 if checkpoint_path is not None and distributed.is_main():
                     save_training_checkpoint(checkpoint_path, model, optimizer, settings, seed, history, scaler)
@@ -157,22 +164,26 @@ def _make_optimizer(params: list[nn.Parameter], s: TrainSettings) -> torch.optim
 class _Step:
     """One optimisation step: forward (under autocast), loss, backward (loss-scaled for fp16), update."""
 
-    def __init__(self, net, optimizer, settings: TrainSettings, teacher, scaler, device: torch.device) -> None:
+    def __init__(self, net, optimizer, settings: TrainSettings, teacher, scaler, device: torch.device,
+                 task: Task) -> None:
         self.net, self.optimizer, self.settings, self.teacher = net, optimizer, settings, teacher
-        self.scaler, self.device = scaler, device
+        self.scaler, self.device, self.task = scaler, device, task
         self.amp = settings.amp_dtype
         self.memory_format = torch.channels_last if settings.channels_last else torch.preserve_format
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Train on one batch; returns its loss and how many it classified right (device tensors)."""
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Train on one batch; returns its loss, how many units it got right (device tensors) and
+        how many units there were (samples, or predicted tokens)."""
         s = self.settings
         # non_blocking: copies from pinned host memory overlap with the GPU's work (no-op on CPU)
         x = x.to(self.device, non_blocking=True, memory_format=self.memory_format if x.dim() == 4 else torch.preserve_format)
         y = y.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext():
-            logits = self.net(x)
+            task = self.task
+            logits = task.forward(self.net, x)
             with torch.no_grad():
-                teacher_logits = self.teacher(x) if self.teacher is not None else None
+                teacher_logits = task.forward(self.teacher, x) if self.teacher is not None else None
+            logits, y, teacher_logits = task.rows(logits, y, teacher_logits)
             loss = distillation_loss(logits, teacher_logits, y, alpha=s.distill_alpha,
                                      temperature=s.distill_temperature, label_smoothing=s.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
@@ -183,7 +194,7 @@ class _Step:
         else:
             loss.backward()
             self.optimizer.step()
-        return loss.detach(), (logits.detach().argmax(1) == y).sum()
+        return loss.detach(), (logits.detach().argmax(1) == y).sum(), len(y)
 
 
 def _run_epoch(step: _Step, loader, epoch, seed, bars) -> EpochRecord:
@@ -211,10 +222,10 @@ def _run_epoch(step: _Step, loader, epoch, seed, bars) -> EpochRecord:
     for i, (x, y) in enumerate(loader):
         if limit is not None and i == limit:
             break
-        loss, right = step(x, y)
-        loss_sum = loss_sum + loss * len(y)
+        loss, right, units = step(x, y)
+        loss_sum = loss_sum + loss * units
         correct = correct + right
-        seen += len(y)
+        seen += units
         if bars.enabled:
             bars.batch_done(float(loss_sum) / seen, float(correct) / seen)
     loss_sum, correct, seen = distributed.sum_across(float(loss_sum), float(correct), seen)
@@ -223,10 +234,11 @@ def _run_epoch(step: _Step, loader, epoch, seed, bars) -> EpochRecord:
     return EpochRecord(epoch, lr, loss_sum / seen, correct / seen, None, None, time.perf_counter() - start)
 
 
-def _validate(model: nn.Module, val_batches: Batches) -> tuple[float, float]:
+def _validate(model: nn.Module, val_batches: Batches, task: Task) -> tuple[float, float]:
     """Loss and accuracy over every rank's validation batches (each rank may hold a share)."""
-    val = evaluate(model, val_batches)
-    loss_sum, correct, seen = distributed.sum_across(val.loss * val.samples, val.accuracy * val.samples, val.samples)
+    val = task.evaluate(model, val_batches)
+    units = val.tokens if val.tokens is not None else val.samples
+    loss_sum, correct, seen = distributed.sum_across(val.loss * units, val.accuracy * units, units)
     return loss_sum / seen, correct / seen
 
 
