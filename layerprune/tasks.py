@@ -80,6 +80,7 @@ class Task:
     metric_name: ClassVar[str]
     lower_is_better: ClassVar[bool]
     has_classes: ClassVar[bool]  #: whether batches carry a class for each sample (label-using criteria need it)
+    repairs: ClassVar[bool] = False  #: whether a pruned model's BatchNorm statistics are re-estimated (and measured)
 
     def forward(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         """The logits of ``model`` on ``inputs``."""
@@ -152,6 +153,7 @@ class ImageClassification(Task):
     metric_name = "accuracy"
     lower_is_better = False
     has_classes = True
+    repairs = True
 
 
 class SequenceClassification(Task):

@@ -137,3 +137,29 @@ def test_a_language_model_trains_on_next_tokens_and_its_perplexity_falls():
     assert 0 < history[0].train_accuracy < 1
     fit(model, list(val[:2]), epochs=1, lr=1e-3, task=task)  # the plain loop takes the task too
     assert task.evaluate(model, val).perplexity < before.perplexity
+
+
+def test_the_pruner_measures_and_prunes_a_language_model_by_its_task():
+    """A Pruner given the causal-LM task scores a transformers model's layers on text windows with
+    a one-pass criterion, removes two, measures perplexity (not accuracy) on its calibration
+    windows and repairs no BatchNorm; the ablation oracle measures each layer's removal the same way."""
+    transformers = pytest.importorskip("transformers", reason="needs the [hf] extra: pip install -e '.[hf]'")
+    from layerprune import Calibration, Pruner
+    from layerprune.data import build_dataset
+
+    data = build_dataset("text", corpus="pydoc", seq_len=32, vocab_size=300)
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                      num_hidden_layers=4, vocab_size=data.num_classes, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    task, calibration = CausalLM(32), Calibration(samples=16, batches=2)
+    result = Pruner("angular", rule="count", rule_params={"k": 2}, calibration=calibration,
+                    task=task).prune(model, data)
+    assert len(result.removed) == 2 and len(result.model.model.layers) == 2
+    step = result.steps[0]
+    assert step.after_repair is None and step.after_surgery.tokens == 2 * 16 * 31
+    windows = torch.cat([w for w, _ in Pruner("random", task=task, calibration=calibration).context(model, data).batches()])
+    assert step.after_surgery.perplexity == pytest.approx(perplexity(result.model, windows), rel=1e-5)
+    assert "perplexity" in step.summary() and "accuracy" not in step.summary()
+    scored = Pruner("ablation", task=task, calibration=calibration).score(model, data)
+    assert sorted(scored.scores) == [f"model.layers.{i}" for i in range(4)]

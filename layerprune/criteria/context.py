@@ -17,7 +17,8 @@ from layerprune.lazy import lazy_import
 from layerprune.calibration import MICRO_BATCH, Calibration, Pair, Repair, draw_batches, micro_batches
 from layerprune.errors import LayerpruneError
 from layerprune.params import is_count
-from layerprune.evaluation import EvalResult, evaluate, model_device
+from layerprune.evaluation import EvalResult, model_device
+from layerprune.tasks import IMAGE_CLASSIFICATION, Task
 from layerprune.surgery.blocks import Block
 from layerprune.criteria.replay import Prefix
 from layerprune.criteria.stream import BlockStat, FeatureStream, Probe, ProbeStat, trace_probes
@@ -62,7 +63,9 @@ class ScoringContext:
         protect: Sequence[str] = (),
         collapse: bool = False,
         level: str = "block",
+        task: Task | None = None,
     ) -> None:
+        self.task = task or IMAGE_CLASSIFICATION
         overrides = {k: v for k, v in (("samples", samples), ("batches", batches), ("split", split),
                                        ("seed", seed)) if v is not None}
         self.calibration = dataclasses.replace(calibration or Calibration(), **overrides)
@@ -136,9 +139,9 @@ class ScoringContext:
         return self._repair
 
     def evaluate(self, model: nn.Module | None = None, until: Any = None) -> EvalResult | None:
-        """Loss and accuracy of ``model`` (default: the scored model) on the calibration samples
-        (``until``: see :func:`~layerprune.evaluation.evaluate`)."""
-        return evaluate(self.model if model is None else model, self.micro_batches(), until=until)
+        """Loss and accuracy of ``model`` (default: the scored model) on the calibration samples,
+        as the context's task measures them (``until``: see :meth:`~layerprune.tasks.Task.evaluate`)."""
+        return self.task.evaluate(self.model if model is None else model, self.micro_batches(), until=until)
 
     def prefix(self, blocks: Sequence[str]) -> Prefix:
         """What each of ``blocks`` may replay of the model before it (see

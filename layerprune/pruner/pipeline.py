@@ -26,7 +26,8 @@ from layerprune.criteria.context import ScoringContext
 from layerprune.criteria.selection import RULES, budget_share, budget_target, rule_problems, select_blocks
 from layerprune.errors import LayerpruneError
 from layerprune.params import is_count
-from layerprune.evaluation import EvalResult, evaluate, model_device
+from layerprune.evaluation import EvalResult, model_device
+from layerprune.tasks import IMAGE_CLASSIFICATION, Task
 from layerprune.surgery.blocks import Block
 from layerprune.surgery.cost import Latency, compare_latency, measure_block_latency
 from layerprune.surgery.find import check_level, find_blocks
@@ -77,10 +78,17 @@ class PruneStep:
     def summary(self) -> str:
         line = f"removed {len(self.removed)} blocks"
         if self.after_surgery is not None:
-            line += f": accuracy after surgery {self.after_surgery.accuracy:.3f}"
+            name, value = _metric(self.after_surgery)
+            line += f": {name} after surgery {value}"
         if self.after_repair is not None:
-            line += f", after BatchNorm repair {self.after_repair.accuracy:.3f}"
+            line += f", after BatchNorm repair {_metric(self.after_repair)[1]}"
         return line
+
+
+def _metric(result: EvalResult) -> tuple[str, str]:
+    """``("accuracy", "0.933")``, or ``("perplexity", "12.41")`` where tokens were scored."""
+    return ("perplexity", f"{result.perplexity:.2f}") if result.tokens is not None else ("accuracy",
+                                                                                          f"{result.accuracy:.3f}")
 
 
 @dataclass
@@ -127,7 +135,9 @@ class Pruner:
         level: str = "block",
         progress: bool = False,
         log: Callable[[str], None] | None = None,
+        task: Task | None = None,
     ) -> None:
+        self.task = task or IMAGE_CLASSIFICATION
         if isinstance(criterion, Criterion):
             if criterion_params:
                 raise LayerpruneError("criterion_params: give them to the criterion you built, or pass its name")
@@ -165,7 +175,8 @@ class Pruner:
     def context(self, model: nn.Module, data: Any, *, blocks: list[Block] | None = None) -> ScoringContext:
         """The scoring context every criterion of this pruner sees: its calibration and repair."""
         return ScoringContext(model, data, calibration=self.calibration, repair=self.repair, blocks=blocks,
-                              progress=self.progress, protect=self.protect, collapse=self.collapse, level=self.level)
+                              progress=self.progress, protect=self.protect, collapse=self.collapse, level=self.level,
+                              task=self.task)
 
     def score(self, model: nn.Module, data: Any) -> Scored:
         """The criterion's scores for ``model``'s blocks (``model`` is not changed)."""
@@ -220,7 +231,7 @@ class Pruner:
         own = {"inplace": True} if inplace and is_hf_model(model) else {}
         pruned = remove_blocks(model, list(names), example_input, collapse=self.collapse, blocks=blocks, **own)
         record = PruneStep(step, list(names), {}, after_surgery=measure(pruned))
-        if self.repair.enabled:
+        if self.repair.enabled and self.task.repairs:
             self.repair_model(pruned, data)
             record.after_repair = measure(pruned)
         if self.log is not None:
@@ -341,4 +352,4 @@ class Pruner:
 
     def _calibration_eval(self, data: Any) -> Evaluate:
         pieces = micro_batches(self.calibration.load(data))  # what ScoringContext.evaluate measures on
-        return lambda m: evaluate(m, pieces)
+        return lambda m: self.task.evaluate(m, pieces)
