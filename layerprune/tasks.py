@@ -63,14 +63,16 @@ class EvalResult:
 
 
 def logits_of(output: Any) -> torch.Tensor:
-    """The logits a model returned: a tensor, a transformers output's ``logits``, or the first entry."""
+    """The tensor a forward pass answers with: itself, ``logits`` of a transformers output, the
+    hidden states of a plain dict (SqueezeBERT's modules), else its first entry."""
     if isinstance(output, torch.Tensor):
         return output
-    if getattr(output, "logits", None) is not None:
-        return output.logits
-    if isinstance(output, (tuple, list)) and output:
-        return output[0]
-    raise TypeError(f"no logits in what the model returned ({type(output).__name__})")
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, dict) and not hasattr(output, "to_tuple"):
+        return output.get("hidden_states", next(iter(output.values())))
+    return output[0]
 
 
 class Task:
@@ -97,6 +99,10 @@ class Task:
     def units(self, targets: torch.Tensor) -> int:
         """What the loss and hits are averaged over: one per sample."""
         return len(targets)
+
+    def measure(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
+        """:meth:`loss_sum` and :meth:`hits` of one batch, as numbers."""
+        return float(self.loss_sum(logits, targets)), int(self.hits(logits, targets))
 
     def rows(self, logits: torch.Tensor, targets: torch.Tensor, teacher: torch.Tensor | None = None):
         """``(logits, targets, teacher logits)`` as one row of class scores per unit, for a
@@ -131,9 +137,9 @@ class Task:
         with eval_mode(model):
             for x, y in batches:
                 x, y = x.to(device), y.to(device)
-                logits = self.forward(model, x)
-                loss_sum += float(self.loss_sum(logits, y))
-                correct += int(self.hits(logits, y))
+                loss, hits = self.measure(self.forward(model, x), y)
+                loss_sum += loss
+                correct += hits
                 seen += self.units(y)
                 samples += len(y)
                 if until is not None and until(loss_sum, correct, seen):
@@ -198,6 +204,14 @@ class CausalLM(Task):
 
     def hits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return sum(((s.argmax(-1) == t) & (t != IGNORE)).sum() for s, t in self._pairs(logits, targets))
+
+    def measure(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
+        """Loss and hits in one pass over the rows (each row's scores turned to float32 once)."""
+        loss, hits = 0.0, 0
+        for s, t in self._pairs(logits, targets):
+            loss += float(F.cross_entropy(s, t, ignore_index=IGNORE, reduction="sum"))
+            hits += int(((s.argmax(-1) == t) & (t != IGNORE)).sum())
+        return loss, hits
 
     def units(self, targets: torch.Tensor) -> int:  # noqa: D102
         return int((targets[:, 1:] != IGNORE).sum())

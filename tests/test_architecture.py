@@ -51,7 +51,7 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "tasks": BASE,
     "evaluation": BASE | {"tasks"},
     # removing blocks from a model (must not know about criteria)
-    "surgery": BASE | {"models"},
+    "surgery": BASE | {"models", "tasks"},
     # calibration batches / batch-norm repair
     "calibration": BASE | {"data", "evaluation", "tasks"},
     # features → scores → plan

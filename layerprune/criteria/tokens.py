@@ -20,7 +20,7 @@ import numpy as np
 from layerprune.criteria.curve import ModularityCurve
 from layerprune.criteria.graph import modularity
 from layerprune.errors import LayerpruneError
-from layerprune.hooks import eval_mode, forward_hooks, model_device
+from layerprune.hooks import eval_mode, forward_hooks, main_tensor, model_device
 from layerprune.lazy import lazy_import, no_grad
 from layerprune.surgery.hf import layer_list
 from layerprune.surgery.hf_sublayers import hidden_input
@@ -55,32 +55,33 @@ def _draws(count: int, samples: int, batches: int, seed: int) -> list[torch.Tens
     return [torch.randperm(count, generator=torch.Generator().manual_seed(seed + b))[:samples] for b in range(batches)]
 
 
+def _probes(model: nn.Module) -> list[str]:
+    """The layer boundaries: the embeddings, then each layer of the model's layer list."""
+    path, layers = layer_list(model)
+    return [EMBEDDINGS] + [f"{path}.{i}" for i in range(len(layers))]
+
+
 @no_grad
 def _features(model: nn.Module, windows: torch.Tensor, where: tuple[torch.Tensor, torch.Tensor],
               batch_size: int) -> dict[str, torch.Tensor]:
     """The residual stream of the positions ``where`` (window, position) at every layer boundary:
     ``{probe: (positions, hidden)}`` in float32."""
-    path, layers = layer_list(model)
-    probes = [EMBEDDINGS] + [f"{path}.{i}" for i in range(len(layers))]
+    probes = _probes(model)
     rows, cols = where
     out: dict[str, list[torch.Tensor]] = {p: [] for p in probes}
     chosen = rows.unique()
     device = model_device(model)
     held: dict[str, torch.Tensor] = {}
 
-    def keep(name: str, hidden: torch.Tensor) -> None:
-        held[name] = hidden
-
-    def record(i: int):
+    def record(name: str):
         def hook(module, args, kwargs, output):
-            if i == 0:  # what the first layer was given: the embeddings
-                keep(EMBEDDINGS, hidden_input(args, kwargs))
-            keep(f"{path}.{i}", output if isinstance(output, torch.Tensor) else output[0])
+            if name == probes[1]:  # what the first layer was given: the embeddings
+                held[EMBEDDINGS] = hidden_input(args, kwargs)
+            held[name] = main_tensor(output)
         return hook
 
     order: list[torch.Tensor] = []
-    with eval_mode(model), forward_hooks(model, after={f"{path}.{i}": record(i) for i in range(len(layers))},
-                                         with_kwargs=True):
+    with eval_mode(model), forward_hooks(model, after={name: record(name) for name in probes[1:]}, with_kwargs=True):
         for part in chosen.split(batch_size):
             model(windows[part].to(device), use_cache=False)
             mine = torch.isin(rows, part)
@@ -102,14 +103,13 @@ def next_token_curve(model: nn.Module, windows: torch.Tensor, *, top: int = 32, 
         raise LayerpruneError(f"samples: {samples} positions wanted, but only {len(classes)} have one of the {top} "
                               "most frequent next tokens: give more windows or fewer samples")
     draws = _draws(len(classes), samples, batches, seed)
-    path, layers = layer_list(model)
-    probes = [EMBEDDINGS] + [f"{path}.{i}" for i in range(len(layers))]
+    probes = _probes(model)
     values = np.zeros((batches, len(probes)))
     for b, draw in enumerate(draws):
         feats = _features(model, windows, (w[draw], t[draw]), batch_size)
         for j, p in enumerate(probes):
             values[b, j] = modularity(feats[p], classes[draw], k=k)
-    blocks = {f"{path}.{i}": (probes[i], probes[i + 1]) for i in range(len(layers))}
+    blocks = {after: (before, after) for before, after in zip(probes, probes[1:])}
     return ModularityCurve(probes, values, k, samples, blocks)
 
 

@@ -37,6 +37,7 @@ from layerprune.surgery.blocks import Block, check_level
 from layerprune.surgery.hf_config import Cut, cut_checked, indices, text_config
 from layerprune.surgery.hf_sublayers import (check_sublayers, hidden_input, replace, residual_branches, split,
                                              stand_ins, write_stand_ins, zero_hooks)
+from layerprune.tasks import logits_of
 
 EXAMPLE_TOKENS = 16
 
@@ -145,18 +146,6 @@ def check_tokens(model: nn.Module, input_ids: Any) -> torch.Tensor:
     return input_ids
 
 
-def _logits(output: Any) -> torch.Tensor:
-    """The tensor a forward pass answers with: ``logits`` of a ``ModelOutput``, else its first entry."""
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(output, dict) and not hasattr(output, "to_tuple"):  # a plain dict (SqueezeBERT's modules)
-        return output.get("hidden_states", next(iter(output.values())))
-    return output[0]
-
-
 def _linear_macs(model: nn.Module, input_ids: torch.Tensor) -> tuple[dict[str, int], dict[str, tuple]]:
     """Multiply-accumulates per sequence of every layer-list entry's matrix products (each module
     with a 2-D weight, as ``nn.Linear`` and GPT-2's ``Conv1D``: tokens × weight size), and the
@@ -168,7 +157,7 @@ def _linear_macs(model: nn.Module, input_ids: torch.Tensor) -> tuple[dict[str, i
         def record(module, args, kwargs, output):
             x = hidden_input(args, kwargs)
             if isinstance(x, torch.Tensor):
-                y = _logits(output) if not isinstance(output, torch.Tensor) else output
+                y = logits_of(output) if not isinstance(output, torch.Tensor) else output
                 shapes.setdefault(name, (tuple(x.shape[1:]), tuple(y.shape[1:]) if isinstance(y, torch.Tensor) else ()))
                 if weighted:
                     tokens = x.numel() // x.shape[-1] // x.shape[0]
@@ -319,7 +308,7 @@ def skip_reference(model: nn.Module, path: str, removed: list[int], input_ids: t
     """The original model's logits with the ``removed`` layers skipped (each passes its input on)
     and the sub-layers ``zeroed`` answering zeros."""
     with skipping(model, path, removed, zeroed), eval_mode(model):
-        return _logits(model(input_ids)).detach().clone()
+        return logits_of(model(input_ids)).detach().clone()
 
 
 def _indices(layers: nn.ModuleList) -> Iterator[tuple[int, str, nn.Module, str, int]]:
@@ -444,7 +433,7 @@ def remove_layers(model: nn.Module, names: list[str] | tuple[str, ...], input_id
     check_consistent(pruned)
     try:
         with torch.no_grad(), eval_mode(pruned):
-            out = _logits(pruned(input_ids))
+            out = logits_of(pruned(input_ids))
     except Exception as exc:  # noqa: BLE001 - whatever the model raises, the removal is what failed
         raise SurgeryError(f"{type(model).__name__} fails after removing {', '.join(names)}: "
                            f"{type(exc).__name__}: {first_line(exc, '')}") from exc

@@ -321,19 +321,18 @@ def _outside_values(model: nn.Module, fresh: nn.Module, path: str) -> dict[str, 
     return found
 
 
-def differences(model: nn.Module, path: str, kept: list[int], config) -> tuple[list[str], Cut]:
+def differences(model: nn.Module, path: str, kept: list[int], config, own: nn.Module) -> tuple[list[str], Cut]:
     """How the model rebuilt from ``config`` differs from ``model`` with only the ``kept`` layers of
     the stack at ``path`` (compared before anything is removed: kept layer ``i`` against rebuilt
     layer ``kept.index(i)``; outside the stack, weights by name and shape), and what the rebuild
     gives that the removal is to adopt (:class:`Cut`): what each kept layer gets from its position,
     weights holding a slice per layer, and model-level values derived from the layer count. What
-    already differs between the model and a rebuild of its own configuration is state a forward
-    pass set (BigBird swaps its attention for short inputs): neither compared nor adopted."""
+    already differs between the model and ``own``, a rebuild of its own configuration, is state a
+    forward pass set (BigBird swaps its attention for short inputs): neither compared nor adopted."""
     fresh = rebuild(model, config)
     layers, rebuilt = model.get_submodule(path), fresh.get_submodule(path)
     if len(rebuilt) != len(kept):
         return [f"{path}: {len(rebuilt)} layers when rebuilt, {len(kept)} kept"], Cut(config, [], {}, {})
-    own = rebuild(model, copy.deepcopy(model.config))
     noise: set[str] = set()
     for layer, again in zip(layers, own.get_submodule(path)):
         noise.update(_layer_diffs(layer, again))
@@ -380,9 +379,10 @@ def cut_checked(model: nn.Module, path: str, key: str, kept: list[int], count: i
     adopt from the rebuild (:class:`Cut`). The model is not changed."""
     config = copy.deepcopy(model.config)
     cut(text_config(config), key, kept, count)
-    found, result = differences(model, path, kept, config)
+    own = rebuild(model, copy.deepcopy(model.config))  # what a forward pass changed shows against it
+    found, result = differences(model, path, kept, config, own)
     if found and _mlp_only(model, path, kept, config):
-        found, result = differences(model, path, kept, config)
+        found, result = differences(model, path, kept, config, own)
     if found:
         more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
         raise SurgeryError(f"{type(model).__name__}: its configuration cannot describe the model left after removing "
