@@ -25,7 +25,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, ClassVar, Iterable
 
-from layerprune.errors import UnknownNameError
+from layerprune.errors import LayerpruneError, UnknownNameError
 from layerprune.hooks import eval_mode, model_device
 from layerprune.lazy import lazy_import, no_grad
 
@@ -75,6 +75,51 @@ def logits_of(output: Any) -> torch.Tensor:
     return output[0]
 
 
+@dataclass(frozen=True)
+class View:
+    """Which rows of a calibration batch's features a statistic reads, and their labels.
+
+    A classifier's samples are the rows whatever the view. A causal LM's sample is a window of
+    ``seq_len`` positions, so a statistic says which rows it wants: ``sample`` (each window's
+    features flattened), ``token`` (every position, labelled by its next token; the last position
+    of a window by :data:`IGNORE`), ``last`` (each window's last position: what predicts the next
+    window's first token) or ``next-token`` (the positions whose next token is one of the ``top``
+    most frequent next tokens of all calibration windows, labelled by that token's rank; at most
+    ``positions`` of them per batch, drawn with a fixed seed)."""
+
+    kind: str = "sample"
+    top: int = 32
+    positions: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("sample", "token", "last", "next-token"):
+            raise ValueError(f"view: unknown kind {self.kind!r}")
+
+
+def check_top(top: Any) -> None:
+    if not isinstance(top, int) or isinstance(top, bool) or top < 2:
+        raise LayerpruneError(f"top: must be an integer >= 2 (classes to tell apart), got {top!r}")
+
+
+def top_next_tokens(windows: torch.Tensor, top: int) -> torch.Tensor:
+    """Each token id's rank among the ``top`` most frequent next tokens of ``windows`` (``[n,
+    seq_len]`` token ids; 0 = the most frequent, ties to the smaller id), -1 for every other id."""
+    check_top(top)
+    following = windows[:, 1:].reshape(-1).cpu()
+    counts = torch.bincount(following[following != IGNORE], minlength=int(windows.max()) + 1)
+    order = torch.argsort(-counts, stable=True)[:top]
+    order = order[counts[order] > 0]
+    rank = torch.full((len(counts),), -1, dtype=torch.long)
+    rank[order] = torch.arange(len(order))
+    return rank
+
+
+def viewed(view: View, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a feature statistic) marked with the rows it reads (:class:`View`)."""
+    fn.view = view  # type: ignore[attr-defined]
+    return fn
+
+
 class Task:
     """A task: how a model is run on a batch, its loss, hits and the units they are averaged over."""
 
@@ -120,6 +165,12 @@ class Task:
     def better(self, a: float, b: float) -> bool:
         """Whether metric value ``a`` is better than ``b``."""
         return a < b if self.lower_is_better else a > b
+
+    def view(self, view: View, features: tuple[torch.Tensor, ...], labels: torch.Tensor,
+             classes: Callable[[int], torch.Tensor] | None = None, seed: int = 0):
+        """``(features, labels)`` of a calibration batch as the rows ``view`` asks for (the same
+        rows of every tensor in ``features``): a sample is a row, whatever the view."""
+        return features, labels
 
     @no_grad
     def evaluate(self, model: nn.Module, batches: Batches, *, progress: bool = False, description: str = "eval",
@@ -231,6 +282,30 @@ class CausalLM(Task):
     def _result(self, loss: float, accuracy: float, samples: int, units: int) -> EvalResult:
         return EvalResult(loss, accuracy, samples, units)
 
+    def view(self, view: View, features: tuple[torch.Tensor, ...], labels: torch.Tensor,
+             classes: Callable[[int], torch.Tensor] | None = None, seed: int = 0):
+        """The rows of each window's positions that ``view`` asks for (see :class:`View`);
+        ``classes(top)`` gives each token id's rank among the ``top`` most frequent next tokens of
+        the calibration windows (-1 for the others)."""
+        if view.kind == "sample":
+            return features, labels
+        n, length = labels.shape
+        tokens = [f.reshape(n, length, -1) for f in features]
+        following = torch.full_like(labels, IGNORE)
+        following[:, :-1] = labels[:, 1:]
+        if view.kind == "last":
+            return tuple(t[:, -1] for t in tokens), following[:, -1]
+        if view.kind == "token":
+            return tuple(t.reshape(n * length, -1) for t in tokens), following.reshape(-1)
+        ranks = classes(view.top).to(labels.device)
+        cls = torch.where(following == IGNORE, -1, ranks[following.clamp(min=0)])
+        rows, cols = (cls >= 0).nonzero(as_tuple=True)
+        if len(rows) > view.positions:
+            pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:view.positions]
+            pick = pick.sort().values.to(rows.device)
+            rows, cols = rows[pick], cols[pick]
+        return tuple(t[rows, cols] for t in tokens), cls[rows, cols]
+
     @staticmethod
     def batches(windows: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``(ids, labels)`` batches of ``batch_size`` windows (a ``[n, seq_len]`` tensor), labels the ids."""
@@ -256,4 +331,4 @@ def perplexity(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 8, 
 
 
 __all__ = ["CausalLM", "EvalResult", "IMAGE_CLASSIFICATION", "ImageClassification", "SequenceClassification", "TASKS",
-           "Task", "get_task", "logits_of", "perplexity"]
+           "Task", "View", "check_top", "get_task", "logits_of", "perplexity", "top_next_tokens", "viewed"]

@@ -56,6 +56,9 @@ class Criterion:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     default_rule: ClassVar[dict[str, Any]] = {"rule": "count", "fraction": 0.5}
+    #: The tasks (:mod:`layerprune.tasks` names) it can score a model for; ``None``: every task.
+    #: A recipe naming it for another task is refused when it is validated.
+    tasks: ClassVar[tuple[str, ...] | None] = None
 
     def probe_stats(self) -> dict[str, "ProbeStat"]:
         """Statistics wanted at every probe point: key → ``fn(features, labels)``."""
@@ -79,6 +82,8 @@ class Criterion:
         return {p: getattr(self, p) for p in names}
 
     def __call__(self, ctx: "ScoringContext") -> CriterionResult:
+        if problem := task_problem(self, ctx.task.name):
+            raise LayerpruneError(problem)
         out = self.score(ctx)
         result = out if isinstance(out, CriterionResult) else CriterionResult(self.name, dict(out))
         result.criterion = result.criterion or self.name
@@ -123,6 +128,15 @@ class FunctionCriterion(Criterion):
 
     def score(self, ctx: "ScoringContext") -> dict[str, float] | CriterionResult:
         return self.fn(ctx, **self._params)
+
+
+def task_problem(criterion: Any, task: str) -> str | None:
+    """Why ``criterion`` (a class, function or instance) cannot score a model for ``task``, or ``None``."""
+    tasks = getattr(criterion, "tasks", None)
+    if tasks is None or task in tasks:
+        return None
+    name = getattr(criterion, "name", "") or getattr(criterion, "__name__", "criterion")
+    return f"criterion {name!r} scores models for {', '.join(tasks)}, not {task}"
 
 
 def _parameters(fn: Callable[..., Any], skip: int = 1) -> list[str]:

@@ -11,14 +11,14 @@ statistic asked for.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from layerprune.lazy import lazy_import
 from layerprune.calibration import MICRO_BATCH, Calibration, Pair, Repair, draw_batches, micro_batches
 from layerprune.errors import LayerpruneError
 from layerprune.params import is_count
 from layerprune.evaluation import EvalResult, model_device
-from layerprune.tasks import IMAGE_CLASSIFICATION, Task
+from layerprune.tasks import IMAGE_CLASSIFICATION, Task, top_next_tokens
 from layerprune.surgery.blocks import Block
 from layerprune.criteria.replay import Prefix
 from layerprune.criteria.stream import BlockStat, FeatureStream, Probe, ProbeStat, trace_probes
@@ -86,6 +86,7 @@ class ScoringContext:
         self._repair: list[Pair] | None = None
         self._probe_cache: dict[str, dict[str, list[Any]]] = {}
         self._block_cache: dict[str, dict[str, list[Any]]] = {}
+        self._ranks: dict[int, torch.Tensor] = {}
         example = self.batch(0)[0][:2].to(self.device)
         self.example_input = example[:1]
         if blocks is None:
@@ -191,6 +192,26 @@ class ScoringContext:
         return {first: (self.block_probes[run[0]][0], self.block_probes[run[-1]][1])
                 for first, run in self.runs(n).items()}
 
+    def _as_viewed(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` given the rows of each batch its view asks for (:class:`~layerprune.tasks.View`;
+        a classifier's samples whatever the view): the task decides what a row is."""
+        view = getattr(fn, "view", None)
+        if view is None or self.task.has_classes:
+            return fn
+
+        def on_rows(*args: Any) -> Any:
+            features, labels = self.task.view(view, args[:-1], args[-1], self.next_token_ranks, self.seed)
+            return fn(*features, labels)
+
+        return on_rows
+
+    def next_token_ranks(self, top: int) -> torch.Tensor:
+        """Each token id's rank among the ``top`` most frequent next tokens of all calibration
+        windows (0 = the most frequent), -1 for every other id."""
+        if top not in self._ranks:
+            self._ranks[top] = top_next_tokens(torch.cat([y for _, y in self.batches()]), top)
+        return self._ranks[top]
+
     def feature_stats(
         self,
         probe: dict[str, ProbeStat] | None = None,
@@ -206,9 +227,10 @@ class ScoringContext:
         features once, in one pass. Returns ``({key: {probe: [value per batch]}}, {key: {block:
         [value per batch]}})``; a run's values are under its key, by the run's first block.
         """
-        probe = {k: fn for k, fn in (probe or {}).items() if k not in self._probe_cache}
-        block = {k: fn for k, fn in (block or {}).items() if k not in self._block_cache}
-        spans = {k: (self.run_probes(n), fn) for k, (n, fn) in (runs or {}).items() if k not in self._block_cache}
+        probe = {k: self._as_viewed(fn) for k, fn in (probe or {}).items() if k not in self._probe_cache}
+        block = {k: self._as_viewed(fn) for k, fn in (block or {}).items() if k not in self._block_cache}
+        spans = {k: (self.run_probes(n), self._as_viewed(fn)) for k, (n, fn) in (runs or {}).items()
+                 if k not in self._block_cache}
         if (block or spans) and not self.block_probes:
             raise LayerpruneError("block statistics need block probes (probes=None)")
         if probe or block or spans:

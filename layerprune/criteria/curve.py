@@ -25,7 +25,9 @@ from layerprune.criteria.context import ScoringContext
 from layerprune.criteria.graph import modularity
 from layerprune.criteria.oracle import RemovalCriterion
 from layerprune.errors import LayerpruneError
+from layerprune.params import is_count
 from layerprune.plots import pyplot, save_png
+from layerprune.tasks import View, check_top, viewed
 
 nn = lazy_import("torch.nn")
 
@@ -107,13 +109,22 @@ class ModularityCurve:
         return save_png(fig, path)
 
 
-def _stat_key(k: int) -> str:
-    return f"modularity(k={k})"
+CLASSES = View("sample")  # each sample and its class (a classifier's only view)
 
 
-def _curve_from(ctx: ScoringContext, k: int) -> ModularityCurve:
-    stats, _ = ctx.feature_stats(probe={_stat_key(k): lambda f, y: modularity(f, y, k)})
-    per_probe = stats[_stat_key(k)]
+def _stat_key(k: int, view: View = CLASSES) -> str:
+    return f"modularity(k={k})" if view == CLASSES else f"modularity(k={k},top={view.top},positions={view.positions})"
+
+
+def _stat(k: int, view: View = CLASSES) -> dict[str, Any]:
+    """Q at a probe, on the rows ``view`` asks for (a classifier's samples and classes whatever
+    the view; a language model's positions and their next-token classes)."""
+    return {_stat_key(k, view): viewed(view, lambda f, y: modularity(f, y, k))}
+
+
+def _curve_from(ctx: ScoringContext, k: int, view: View = CLASSES) -> ModularityCurve:
+    stats, _ = ctx.feature_stats(probe=_stat(k, view))
+    per_probe = stats[_stat_key(k, view)]
     names = [p.name for p in ctx.probes]
     values = np.array([per_probe[name] for name in names], dtype=np.float64).T
     return ModularityCurve(names, values, k, ctx.samples, dict(ctx.block_probes))
@@ -155,14 +166,25 @@ class ModularityCriterion(Criterion):
     Source: Lu, Y., Yang, W., Zhang, Y., Chen, Z., Chen, J., Xuan, Q., Wang, Z., Yang, X.,
     "Understanding the Dynamics of DNNs Using Graph Modularity", ECCV 2022. Cost: one forward pass
     over the calibration samples plus one ``N × N × features`` GEMM per probe point.
+
+    On a causal language model the nodes are token positions and a position's class is its next
+    token (:mod:`layerprune.criteria.tokens`): only positions whose next token is one of the
+    ``top`` most frequent next tokens of the calibration windows, at most ``positions`` of them per
+    calibration batch (drawn with the calibration seed). ``top`` and ``positions`` do nothing for a
+    classifier, whose samples and classes are the nodes and partition as in the paper.
     """
 
-    description = "ΔQ of label modularity on a cosine kNN graph across the block (Lu et al., ECCV 2022)"
+    description = ("ΔQ of label modularity on a cosine kNN graph across the block (Lu et al., ECCV 2022); "
+                   "next-token classes on a language model")
 
-    def __init__(self, k: int = 3, threshold: float = PAPER_THRESHOLD) -> None:
+    def __init__(self, k: int = 3, threshold: float = PAPER_THRESHOLD, top: int = 32, positions: int = 1000) -> None:
         _check_k(k)
+        check_top(top)
+        if not is_count(positions) or positions <= k:
+            raise LayerpruneError(f"positions: must be an integer > k, got {positions!r}")
         self.k = k
         self.threshold = float(threshold)
+        self.top, self.positions = top, positions
 
     @property
     def default_rule(self) -> dict[str, Any]:  # type: ignore[override]
@@ -170,10 +192,14 @@ class ModularityCriterion(Criterion):
 
     def probe_stats(self):
         k = self.k
-        return {_stat_key(k): lambda f, y: modularity(f, y, k)}
+        return _stat(self.k, self._view)
+
+    @property
+    def _view(self) -> View:
+        return View("next-token", self.top, self.positions)
 
     def score(self, ctx: ScoringContext) -> CriterionResult:
-        curve = _curve_from(ctx, self.k)
+        curve = _curve_from(ctx, self.k, self._view)
         return CriterionResult(self.name, curve.deltas(), self.params(), {"curve": curve})
 
 
@@ -204,6 +230,8 @@ class ModularityRemovalCriterion(RemovalCriterion):
         self.k = k
         self.features = features
         super().__init__(repair, repair_batches, reuse)
+
+    view = View("next-token")  # a language model's rows: positions and their next-token classes
 
     def change(self, base, changed, labels) -> float:
         return modularity(base, labels, self.k) - modularity(changed, labels, self.k)

@@ -29,6 +29,7 @@ from layerprune.params import is_count
 from layerprune.evaluation import EvalResult, evaluate
 from layerprune.hooks import eval_mode, forward_hooks, main_tensor
 from layerprune.surgery.blocks import Block, StagePlan
+from layerprune.tasks import View
 
 torch = lazy_import("torch")
 nn = lazy_import("torch.nn")
@@ -184,30 +185,42 @@ class TaylorCriterion(Criterion):
     def score(self, ctx: ScoringContext) -> dict[str, float]:
         from layerprune.surgery.edit import replacement
 
+        from layerprune.surgery.hf import is_hf_model
+        from layerprune.surgery.hf_sublayers import hidden_input
+
         blocks = removable(ctx)
-        model = ctx.model
+        model, task = ctx.model, ctx.task
         pieces = ctx.micro_batches()
-        total = sum(len(y) for _, y in pieces)
+        total = sum(task.units(y) for _, y in pieces)
         estimate = {b.name: 0.0 for b in blocks}
+        layers = is_hf_model(model)  # a transformers layer is removed to the identity: its input goes on
         with eval_mode(model):
             for x, y in ctx.track(pieces, self.name):
                 outputs, changes = {}, {}
 
                 def hook(name: str):
-                    swap = replacement(model.get_submodule(name), next(b.edit for b in blocks if b.name == name))
+                    swap = None if layers else replacement(model.get_submodule(name),
+                                                           next(b.edit for b in blocks if b.name == name))
 
-                    def fn(module, args, out):
+                    def fn(module, args, *rest):
+                        kwargs, out = rest if layers else ({}, rest[0])
                         rows = len(x)  # the stream a tuple-passing block passes on: a row per sample
                         out = main_tensor(out, rows)
                         with torch.no_grad():
-                            kept = swap(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
+                            if layers:
+                                kept = hidden_input(args, kwargs).detach()
+                            else:
+                                kept = swap(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
                             changes[name] = main_tensor(kept, rows) - out.detach()
                         outputs[name] = out
                     return fn
 
-                with forward_hooks(model, after={b.name: hook(b.name) for b in blocks}), torch.enable_grad():
-                    x = x.to(ctx.device).requires_grad_(True)
-                    loss = F.cross_entropy(model(x), y.to(ctx.device), reduction="sum") / total
+                with forward_hooks(model, after={b.name: hook(b.name) for b in blocks}, with_kwargs=layers), \
+                        torch.enable_grad():
+                    x = x.to(ctx.device)
+                    if x.is_floating_point():
+                        x.requires_grad_(True)
+                    loss = task.loss_sum(task.forward(model, x), y.to(ctx.device)) / total
                     names = [b.name for b in blocks if b.name in outputs]
                     grads = torch.autograd.grad(loss, [outputs[n] for n in names], allow_unused=True)
                 for name, g in zip(names, grads):
@@ -221,8 +234,9 @@ class TaylorCriterion(Criterion):
 # -- Pons et al.: how much the model's representation changes without the block -------------------
 def head_input(model: nn.Module) -> str | None:
     """The name of the classifier layer whose input is the model's penultimate representation
-    (timm's ``get_classifier()``), or ``None`` when there is none (the logits are used then)."""
-    get = getattr(model, "get_classifier", None)
+    (timm's ``get_classifier()``, a transformers model's output embeddings), or ``None`` when
+    there is none (the logits are used then)."""
+    get = getattr(model, "get_classifier", None) or getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
     if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
         for name, module in model.named_modules():
@@ -252,6 +266,7 @@ class RemovalCriterion(Criterion):
     output: :meth:`change` says how much they moved."""
 
     features = "penultimate"
+    view = View("last")  # a language model's rows: each window's last position (see layerprune.tasks.View)
 
     def __init__(self, repair: bool = False, repair_batches: int | None = None, reuse: bool = True) -> None:
         self.repair = bool(repair)
@@ -262,16 +277,28 @@ class RemovalCriterion(Criterion):
         raise NotImplementedError
 
     def score(self, ctx: ScoringContext) -> CriterionResult:
-        head = head_input(ctx.model) if self.features == "penultimate" else None
+        tokens = not ctx.task.has_classes  # a language model: its view's rows at the output head's input
+        head = head_input(ctx.model) if self.features == "penultimate" or tokens else None
         batches = [ctx.batch(i) for i in range(ctx.num_batches)]
         repair = self.repair and ctx.repair_policy.enabled
         repair_data = ctx.repair_data()[:self.repair_batches] if repair else []
+        labels = [y for _, y in batches]
+        if tokens:
+            labels = [self._rows(ctx, y[:, :, None], y)[1] for y in labels]
 
         def features(model: nn.Module) -> list[torch.Tensor]:
             if repair:
                 ctx.repair_policy.apply(model, repair_data)
-            return [penultimate(model, [(piece, y) for piece in x.split(ctx.micro_batch)], ctx.device, head)
-                    for x, y in batches]
+            found = [penultimate(model, [(piece, y) for piece in x.split(ctx.micro_batch)], ctx.device, head)
+                     for x, y in batches]
+            if not tokens:
+                return found
+            rows = [self._rows(ctx, f, y)[0] for f, (_, y) in zip(found, batches)]
+            if self.features == "logits":  # the output head on those rows only (a vocabulary is wide)
+                out = model.get_output_embeddings()
+                with torch.no_grad():
+                    rows = [out(r.to(device=out.weight.device, dtype=out.weight.dtype)).float() for r in rows]
+            return rows
 
         # Repaired, the reference gets the same repair, so that a block that does nothing scores 0.
         info: dict[str, Any] = {}
@@ -279,10 +306,17 @@ class RemovalCriterion(Criterion):
                            description=self.name, info=info)
         _, base = next(runs)
         scores = {block.name: float(np.mean([self.change(a, b, y.to(a.device))
-                                             for a, b, (_, y) in zip(base, changed, batches)]))
+                                             for a, b, y in zip(base, changed, labels)]))
                   for block, changed in runs}
         return CriterionResult(self.name, scores, self.params(),
                                {"features": head or "logits", "repair": repair, **info})
+
+
+    def _rows(self, ctx: ScoringContext, features: torch.Tensor, targets: torch.Tensor):
+        """A language model's ``(rows, labels)`` of one batch's features, as :attr:`view` asks."""
+        (rows,), labels = ctx.task.view(self.view, (features,), targets.to(features.device), ctx.next_token_ranks,
+                                        ctx.seed)
+        return rows, labels
 
 
 def _check_repair_batches(value: int | None) -> int | None:

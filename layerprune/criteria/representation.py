@@ -13,6 +13,7 @@ from layerprune.criteria.base import Criterion, CriterionResult
 from layerprune.criteria.context import ScoringContext
 from layerprune.errors import LayerpruneError
 from layerprune.params import is_count
+from layerprune.tasks import View, viewed
 
 torch = lazy_import("torch")
 
@@ -30,7 +31,8 @@ class BlockInfluenceCriterion(Criterion):
     """Block influence: ``1 − mean cos(input, output)`` over calibration samples (ShortGPT).
 
     Source: Men et al., "ShortGPT: Layers in Large Language Models are More Redundant Than You
-    Expect", 2024 (there per token; here per sample's flattened features). A block that barely
+    Expect", 2024. On a language model, per token as there (the mean over every position of the
+    calibration windows); on an image model, per sample's flattened features. A block that barely
     changes its input scores near 0. Only blocks whose input and output have the same shape are
     scored. Cost: one forward pass, ``N × features`` per block.
     """
@@ -43,7 +45,7 @@ class BlockInfluenceCriterion(Criterion):
                 return None
             return float(1.0 - cosine_per_sample(f_in, f_out).mean())
 
-        return {"block_influence": influence}
+        return {"block_influence": viewed(View("token"), influence)}
 
     def score(self, ctx: ScoringContext) -> dict[str, float]:
         _, stats = ctx.feature_stats(block=self.block_stats())
@@ -62,9 +64,9 @@ class AngularCriterion(Criterion):
     """Angular distance between the input of a run of ``n`` consecutive blocks and its output.
 
     Source: Gromov et al., "The Unreasonable Ineffectiveness of the Deeper Layers", 2024: the run
-    whose output is closest in angle to its input (``arccos(cos)/π``, there at the last token;
-    here each sample's flattened features, averaged over samples) changes the representation
-    least, and is removed as a whole. The criterion's own rule (``run``) removes exactly that
+    whose output is closest in angle to its input (``arccos(cos)/π``; on a language model at each
+    window's last position as there, on an image model each sample's flattened features; averaged
+    over the calibration samples) changes the representation least, and is removed as a whole. The criterion's own rule (``run``) removes exactly that
     one run of ``n`` blocks; a block's score (what the other rules read) is its own distance
     (the run of one). Runs stay inside a stage and need the same input and output shape.
     Cost: one forward pass, ``N × features`` per block and per run.
@@ -82,10 +84,11 @@ class AngularCriterion(Criterion):
         return {"rule": "run", "n": self.n}
 
     def block_stats(self):
-        return {"angular": lambda f_in, f_out, _labels: angular_distance(f_in, f_out)}
+        return {"angular": viewed(View("last"), lambda f_in, f_out, _labels: angular_distance(f_in, f_out))}
 
     def run_stats(self):
-        return {f"angular(n={self.n})": (self.n, lambda f_in, f_out, _labels: angular_distance(f_in, f_out))}
+        return {f"angular(n={self.n})": (self.n, viewed(View("last"),
+                                                       lambda f_in, f_out, _labels: angular_distance(f_in, f_out)))}
 
     def score(self, ctx: ScoringContext) -> CriterionResult:
         _, stats = ctx.feature_stats(block=self.block_stats(), runs=self.run_stats())
@@ -99,15 +102,19 @@ class AngularCriterion(Criterion):
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     """Linear CKA between ``x (N, D1)`` and ``y (N, D2)`` (Kornblith et al., ICML 2019).
 
-    Computed from the ``N × N`` Gram matrices, so feature widths never meet in one matrix.
+    Computed from the ``N × N`` Gram matrices where there are fewer rows than features (images:
+    the feature widths never meet in one matrix), else from the ``D × D`` cross-covariances (a
+    language model's tokens: many rows, one hidden width); the two are the same number.
     """
-    def centred_gram(f: torch.Tensor) -> torch.Tensor:
-        f = f - f.mean(dim=0, keepdim=True)
-        return (f @ f.T).double()
-
-    k, l = centred_gram(x), centred_gram(y)
-    hsic = (k * l).sum()
-    norm = torch.sqrt((k * k).sum() * (l * l).sum())
+    x = x - x.mean(dim=0, keepdim=True)
+    y = y - y.mean(dim=0, keepdim=True)
+    if len(x) <= max(x.shape[1], y.shape[1]):
+        k, l = (x @ x.T).double(), (y @ y.T).double()
+        hsic, norm = (k * l).sum(), torch.sqrt((k * k).sum() * (l * l).sum())
+    else:
+        x, y = x.double(), y.double()
+        hsic = ((y.T @ x) ** 2).sum()
+        norm = torch.sqrt(((x.T @ x) ** 2).sum() * ((y.T @ y) ** 2).sum())
     return float(hsic / norm) if norm > 0 else 0.0
 
 
@@ -123,7 +130,7 @@ class CKACriterion(Criterion):
     description = "1 − linear CKA between block input and output (Kornblith et al., ICML 2019)"
 
     def block_stats(self):
-        return {"cka": lambda f_in, f_out, _labels: linear_cka(f_in, f_out)}
+        return {"cka": viewed(View("token"), lambda f_in, f_out, _labels: linear_cka(f_in, f_out))}
 
     def score(self, ctx: ScoringContext) -> dict[str, float]:
         _, stats = ctx.feature_stats(block=self.block_stats())
@@ -162,8 +169,10 @@ class LinearProbeCriterion(Criterion):
     2016; for layer pruning, Chen & Zhao, "Shallowing Deep Networks: Layer-wise Pruning based on
     Feature Representations", TPAMI 2019 (arXiv 2018), and Wang et al., "DBP: Discrimination
     Based Block-Level Pruning for Deep Model Acceleration", 2019. The probe is a ridge-regression
-    classifier, two-fold on each calibration batch. Cost: one forward pass, two ``N/2``-sized
-    kernel solves per probe point.
+    classifier, two-fold on each calibration batch. On a language model it predicts a position's
+    next token among the 32 most frequent next tokens of the calibration windows (at most 1,000
+    such positions per batch; :class:`~layerprune.tasks.View`). Cost: one forward pass, two
+    ``N/2``-sized kernel solves per probe point.
     """
 
     description = "Gain in linear-probe accuracy across the block (Chen & Zhao 2018, DBP 2019)"
@@ -179,7 +188,8 @@ class LinearProbeCriterion(Criterion):
 
     def probe_stats(self):
         ridge, seed = self.ridge, self.seed
-        return {self._key(): lambda f, y: probe_accuracy(f, y, ridge=ridge, seed=seed)}
+        # On a language model: the next token (among the most frequent) of each position.
+        return {self._key(): viewed(View("next-token"), lambda f, y: probe_accuracy(f, y, ridge=ridge, seed=seed))}
 
     def score(self, ctx: ScoringContext) -> CriterionResult:
         stats, _ = ctx.feature_stats(probe=self.probe_stats())

@@ -42,8 +42,9 @@ class RuleParameterError(LayerpruneError):
         super().__init__(f"{key}: {message}")
 
 
-#: What a ``budget`` cuts a share of: parameters, MACs (counted) or latency (measured per block).
-BUDGET_KEYS = ("params", "macs", "latency")
+#: What a ``budget`` cuts a share of: parameters, MACs (counted), latency (measured per block) or
+#: layers (the model's removable units: a language model's layers, an image model's blocks).
+BUDGET_KEYS = ("params", "macs", "latency", "layers")
 
 
 def budget_share(blocks: list[Block], names: Iterable[str], key: str) -> float:
@@ -56,6 +57,8 @@ def budget_share(blocks: list[Block], names: Iterable[str], key: str) -> float:
         return sum(b.params for b in removed) / (sum(b.params for b in blocks) or 1)
     if key == "macs":
         return sum(b.macs_share for b in removed)
+    if key == "layers":  # of the blocks in a stage (what can be removed at all), not the fixed parts
+        return sum(1 for b in removed if b.stage) / (sum(1 for b in blocks if b.stage) or 1)
     unmeasured = [b.name for b in removed if b.latency_share is None]
     if unmeasured:
         raise LayerpruneError(f"latency budget: the latency of {unmeasured[0]} was not measured (give blocks "
@@ -70,11 +73,11 @@ def removed_share(blocks: list[Block], names: Iterable[str]) -> tuple[float, flo
 
 
 def budget_target(params: Mapping[str, Any]) -> tuple[str, float]:
-    """The key (params, macs or latency) and the share of a ``budget`` rule's parameters."""
+    """The key (params, macs, latency or layers) and the share of a ``budget`` rule's parameters."""
     given = [k for k in BUDGET_KEYS if params.get(k) is not None]
     if len(given) != 1:
         raise RuleParameterError(given[1] if len(given) > 1 else "params",
-                                 "give exactly one of params, macs or latency (a fraction to cut, e.g. 0.4)")
+                                 "give exactly one of params, macs, latency or layers (a fraction to cut, e.g. 0.4)")
     return given[0], params[given[0]]
 
 
@@ -138,12 +141,13 @@ def count_rule(plan: Plan, ordered: list[tuple[Block, float]], *, k: int | None 
 
 @RULES.register("budget")
 def budget_rule(plan: Plan, ordered: list[tuple[Block, float]], *, params: float | None = None,
-                macs: float | None = None, latency: float | None = None, device: str | None = None,
-                batch_size: int = 1, precision: str | None = None) -> None:
-    """Remove lowest first until parameters, MACs or measured latency fall by at least the given
-    fraction. With ``latency``: ``device``, ``batch_size`` and ``precision`` say where it is
-    measured (defaults: the model's device, batch 1, full precision; in a recipe, the run's)."""
-    key, target = budget_target({"params": params, "macs": macs, "latency": latency})
+                macs: float | None = None, latency: float | None = None, layers: float | None = None,
+                device: str | None = None, batch_size: int = 1, precision: str | None = None) -> None:
+    """Remove lowest first until parameters, MACs, measured latency or the number of layers (the
+    blocks in a stage) fall by at least the given fraction. With ``latency``: ``device``,
+    ``batch_size`` and ``precision`` say where it is measured (defaults: the model's device,
+    batch 1, full precision; in a recipe, the run's)."""
+    key, target = budget_target({"params": params, "macs": macs, "latency": latency, "layers": layers})
     if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 < target < 1:
         raise RuleParameterError(key, f"must be a fraction in (0, 1), got {target}")
     timing = {"device": device, "batch_size": batch_size if batch_size != 1 else None, "precision": precision}

@@ -20,6 +20,7 @@ import numpy as np
 from layerprune.criteria.curve import ModularityCurve
 from layerprune.criteria.graph import modularity
 from layerprune.errors import LayerpruneError
+from layerprune.tasks import top_next_tokens
 from layerprune.hooks import eval_mode, forward_hooks, main_tensor, model_device
 from layerprune.lazy import lazy_import, no_grad
 from layerprune.surgery.hf import layer_list
@@ -35,16 +36,12 @@ def next_token_classes(windows: torch.Tensor, top: int) -> tuple[torch.Tensor, t
     """``(window, position, class)`` of every position of ``windows`` (``[n, seq_len]`` token ids)
     whose next token in its window is one of the ``top`` most frequent next tokens; the class is
     that token's rank among them (0 = the most frequent; ties go to the smaller id)."""
-    if not isinstance(top, int) or isinstance(top, bool) or top < 2:
-        raise LayerpruneError(f"top: must be an integer >= 2 (classes to tell apart), got {top!r}")
     nxt = windows[:, 1:]
-    counts = torch.bincount(nxt.reshape(-1))
-    order = torch.argsort(-counts, stable=True)[:top]
-    order = order[counts[order] > 0]
-    rank = torch.full((len(counts),), -1, dtype=torch.long)
-    rank[order] = torch.arange(len(order))
+    rank = top_next_tokens(windows, top)
     where = (rank[nxt] >= 0).nonzero()
     return where[:, 0], where[:, 1], rank[nxt[where[:, 0], where[:, 1]]]
+
+
 
 
 def _draws(count: int, samples: int, batches: int, seed: int) -> list[torch.Tensor]:

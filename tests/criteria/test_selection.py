@@ -84,7 +84,7 @@ def test_result_is_in_forward_order_and_only_scored_blocks(blocks):
     ({"rule": "threshold", "threshold": "low"}, "threshold: Input should be a valid number"),
     ({"rule": "count", "k": 2, "fraction": 0.5}, "exactly one of k or fraction"),
     ({"rule": "budget", "params": 1.5}, "params: must be a fraction in"),
-    ({"rule": "budget", "params": 0.2, "macs": 0.2}, "exactly one of params, macs or latency"),
+    ({"rule": "budget", "params": 0.2, "macs": 0.2}, "exactly one of params, macs, latency or layers"),
     ({"threshold": 0.1, "protect": ["layer1.9"]}, "unknown block 'layer1.9'"),
 ])
 def test_bad_requests_name_the_problem(blocks, scores, kwargs, match):
