@@ -387,7 +387,7 @@ def validate_cmd(
                       f"setting{'s' if len(resolved) != 1 else ''}: {names})", highlight=False, soft_wrap=True)
     else:
         r = resolved[0]
-        console.print(f"[green]ok[/]: {recipe} ({r.model.name} on {r.data.dataset}, criterion {r.criterion.name})",
+        console.print(f"[green]ok[/]: {recipe} ({r.model.label} on {r.data.dataset}, criterion {r.criterion.name})",
                       highlight=False, soft_wrap=True)
 
 
@@ -409,7 +409,7 @@ def run_cmd(
     result = run_recipe(resolved, out=out, fresh=fresh, progress=sys.stderr.isatty(), log=log_line)
     if not _is_rank0():
         return
-    console.print(summary_table(result.metrics, title=f"{resolved.name}: {resolved.model.name} on {resolved.data.dataset}"))
+    console.print(summary_table(result.metrics, title=f"{resolved.name}: {resolved.model.label} on {resolved.data.dataset}"))
     console.print(f"outputs in {result.run_dir.path}/ (report.md, metrics.json, model/)")
 
 

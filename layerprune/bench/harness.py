@@ -106,7 +106,7 @@ class SettingBench:
         for i, budget in enumerate(self.cfg.budgets):
             key, value = next(iter(budget.items()))
             # the count rule (k) itself stops where a stage would lose its last block
-            if key != "k" and (problem := unreachable(blocks, key, value, r.select, r.model.name)):
+            if key != "k" and (problem := unreachable(blocks, key, value, r.select, r.model.label)):
                 problems.append(f"bench.budgets.{i}: {key} {value:g} {problem}")
         cal = r.data.calibration
         pool = len(runner.build_data().split(cal.split))
@@ -173,10 +173,11 @@ class SettingBench:
         """Every trial (criterion, budget, seed), seed-major."""
         trials = [(c, b, s) for s in self.cfg.seeds for b in self.cfg.budgets for c in self.cfg.criteria]
         if self.cfg.width:
-            trials += [(WIDTH, b, s) for s in self.cfg.seeds for b in self.cfg.budgets if "k" not in b]
+            cost = [b for b in self.cfg.budgets if not {"k", "layers"} & set(b)]  # channels cut to a cost share
+            trials += [(WIDTH, b, s) for s in self.cfg.seeds for b in cost]
             if self.cfg.depth_width:
                 name = depth_width_name(self.cfg.depth_width)
-                trials += [(name, b, s) for s in self.cfg.seeds for b in self.cfg.budgets if "k" not in b]
+                trials += [(name, b, s) for s in self.cfg.seeds for b in cost]
         if self.cfg.finetune_base:
             trials += [(UNPRUNED, NO_BUDGET, s) for s in self.cfg.seeds]
         return trials

@@ -208,7 +208,7 @@ def write_setting_outputs(bench: "SettingBench", trials: list[dict[str, Any]]) -
     base = run.read_json("base.json")
     rows, corr, cost = summary(trials), correlations(cfg, bench.scores), costs(cfg, bench.scores)
     diffs = paired(trials, cfg.reference)
-    record = {"setting": bench.name, "model": r.model.name, "dataset": r.data.dataset, "base": base,
+    record = {"setting": bench.name, "model": r.model.label, "dataset": r.data.dataset, "base": base,
               "trials": trials, "correlations": corr, "costs": cost, "summary": rows, "paired": diffs}
     write_json(run.file("trials.json"), record)
     write_text(run.file("trials.csv"), _csv(trials))
@@ -225,7 +225,7 @@ def _setting_section(bench: "SettingBench", record: dict[str, Any], level: str, 
     r, cfg, base = bench.recipe, bench.cfg, record["base"]
     epochs = cfg.finetune_epochs if cfg.finetune_epochs is not None else r.finetune.epochs
     cal = r.data.calibration
-    return [f"{level} {bench.name}: {r.model.name} on {r.data.dataset}", "",
+    return [f"{level} {bench.name}: {r.model.label} on {r.data.dataset}", "",
             f"Base model: {100 * base['accuracy']:.2f}% {r.eval.split} accuracy, {base['params']:,} params, "
             f"{base['macs'] / 1e6:.1f}M MACs, {base.get('blocks', '?')} blocks. Seeds {cfg.seeds} "
             f"(calibration: {cal.batches} × {cal.samples} {cal.split} samples per seed); finetune {epochs} "

@@ -136,7 +136,9 @@ def build_text(*, files: list[str] | None = None, splits: dict[str, list[str]] |
         try:
             windows[split] = tokenize_and_pack(texts[split], tok, seq_len)
         except DatasetError as exc:
-            raise DatasetError(f"text: the {split} split: {str(exc).split(': ', 1)[-1]}") from None
+            given = splits[split] if splits is not None else files
+            source = f" (of {', '.join(map(str, [given] if isinstance(given, str) else given))})" if given else ""
+            raise DatasetError(f"text: the {split} split{source}: {str(exc).split(': ', 1)[-1]}") from None
     name = corpus or hub or "text"
     data = {s: TensorDataset(w, w) for s, w in windows.items()}
     return TextBundle(name=name, train=data["train"], val=data["val"], test=data["test"], num_classes=len(tok),

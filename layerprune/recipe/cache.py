@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,13 @@ def base_key(recipe: Recipe) -> dict[str, Any]:
     """Everything that determines a setting's trained base model: with ``model.checkpoint``, the
     checkpoint's content (its SHA-256), not its path."""
     d = recipe.data
-    key = {"model": recipe.model.name, "kwargs": recipe.model.kwargs,
+    m = recipe.model
+    key = {"model": m.label, "kwargs": m.kwargs,
            "data": {"dataset": d.dataset, "options": d.options, "batch_size": d.batch_size},
            "pretrain": recipe.pretrain.model_dump(mode="json") if recipe.pretrain else None,
            "seed": recipe.seed}
+    if m.is_hf:  # the configuration a new model is built from, or the model loaded; and its task
+        key.update(hf=m.hf, hf_config=m.hf_config, task=m.task_name)
     if d.root is not None:  # another folder may hold other images
         key["data"]["root"] = str(Path(d.root).expanduser().resolve())
     if recipe.model.checkpoint is not None:
@@ -73,7 +77,9 @@ class BaseCache:
     def entry(self, recipe: Recipe) -> Path:
         key = base_key(recipe)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        return self.root / f"{recipe.model.name}-{recipe.data.dataset}-{digest}"
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", recipe.model.name or recipe.model.hf
+                      or recipe.model.hf_config["model_type"]).strip("_.")
+        return self.root / f"{name}-{recipe.data.dataset}-{digest}"
 
     def weights(self, recipe: Recipe) -> Path:
         return self.entry(recipe) / WEIGHTS

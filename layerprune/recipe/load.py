@@ -123,7 +123,7 @@ def semantic_problems(raw: dict[str, Any]) -> list[str]:
     Works on the raw mapping (missing or mistyped values are skipped: the schema reports them),
     so that these problems are reported together with the schema's.
     """
-    from layerprune.criteria.base import instantiate
+    from layerprune.criteria.base import instantiate, task_problem
     from layerprune.criteria.catalog import CRITERIA, load_entry_points
     from layerprune.criteria.selection import RULES, rule_problems
     from layerprune.data import DATASETS, dataset_options
@@ -148,6 +148,7 @@ def semantic_problems(raw: dict[str, Any]) -> list[str]:
 
     data = _section(raw, "data")
     dataset = data.get("dataset")
+    problems += _language_model_problems(raw, model, dataset)
     if isinstance(dataset, str):
         if dataset not in DATASETS:
             problems.append(f"data.dataset: {did_you_mean(dataset, DATASETS.names(), 'dataset')}")
@@ -164,6 +165,8 @@ def semantic_problems(raw: dict[str, Any]) -> list[str]:
                                     f"(options: {', '.join(k for k in accepted if k not in ('root', 'download'))})")
 
     load_entry_points()
+    task = model.get("task") or ("causal-lm" if model.get("hf") is not None or model.get("hf_config") is not None
+                                 else "image-classification")
     crit = _section(raw, "criterion")
     crit_name, crit_params = crit.get("name", "modularity"), _section(crit, "params")
     if isinstance(crit_name, str):
@@ -175,6 +178,8 @@ def semantic_problems(raw: dict[str, Any]) -> list[str]:
             except LayerpruneError as exc:
                 problems.append(f"criterion.name: {exc}")
             else:
+                if problem := task_problem(target, task):
+                    problems.append(f"criterion.name: {problem.removeprefix('criterion ')}")
                 fn = target.__init__ if isinstance(target, type) else target
                 found = check_parameters(fn, crit_params, "criterion.params")
                 problems.extend(found)
@@ -193,6 +198,8 @@ def semantic_problems(raw: dict[str, Any]) -> list[str]:
     for where, name in named:
         if isinstance(name, str) and name not in CRITERIA:
             problems.append(f"{where}: {did_you_mean(name, CRITERIA.names(), 'criterion')}")
+        elif isinstance(name, str) and (problem := _task_problem_of(name, task)):
+            problems.append(f"{where}: {problem.removeprefix('criterion ')}")
 
     sel = _section(raw, "select")
     rule, rule_params = sel.get("rule"), _section(sel, "params")
@@ -206,6 +213,50 @@ def semantic_problems(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _task_problem_of(name: str, task: str) -> str | None:
+    from layerprune.criteria.base import task_problem
+    from layerprune.criteria.catalog import CRITERIA
+
+    try:
+        return task_problem(CRITERIA.get(name), task)
+    except LayerpruneError:
+        return None  # a criterion that cannot be loaded is reported where it is named
+
+
+def _language_model_problems(raw: dict[str, Any], model: dict[str, Any], dataset: Any) -> list[str]:
+    """A transformers model (``model.hf``, ``model.hf_config``): the extra installed, the folder or
+    configuration valid, text data, and no stage that covers timm models only; text data for a
+    timm model."""
+    from layerprune.errors import MissingExtraError
+    from layerprune.models.hf import config_problems, folder_problem, is_local, require_transformers
+
+    hf, config = model.get("hf"), model.get("hf_config")
+    if hf is None and config is None:
+        if dataset == "text" and isinstance(model.get("name"), str):
+            return ["data.dataset: text is for a language model; give model.hf (a transformers folder or hub id) "
+                    "or model.hf_config (a new one) instead of model.name"]
+        return []
+    key = "model.hf" if hf is not None else "model.hf_config"
+    try:
+        require_transformers()
+    except MissingExtraError as exc:
+        return [f"{key}: {exc}"]
+    problems = []
+    if isinstance(config, dict) and hf is None:
+        problems += config_problems(config, "model.hf_config")
+    if isinstance(hf, str) and "$" not in hf and is_local(hf) and (problem := folder_problem(hf)):
+        problems.append(f"model.hf: {problem}: {hf}")
+    if isinstance(dataset, str) and dataset != "text":
+        problems.append(f"data.dataset: a causal language model trains and is measured on text (dataset: text), "
+                        f"not {dataset!r}")
+    if _section(_section(raw, "prune"), "width"):
+        problems.append("prune.width: channel pruning covers the conv blocks of timm models, not transformers models")
+    if _section(raw, "export").get("formats"):
+        problems.append("export.formats: exports cover timm models; a transformers model's model/ folder is "
+                        "already its library's own format (from_pretrained)")
+    return problems
+
+
 def local_instead(key: str, what: str = "a local file", value: str = "PATH") -> str:
     """What to do when a download for recipe key ``key`` fails: give ``what`` with ``--set``."""
     return f"give {what} instead: --set {key}={value}"
@@ -213,7 +264,7 @@ def local_instead(key: str, what: str = "a local file", value: str = "PATH") -> 
 
 # Keys that hold paths: ``$VAR`` and ``${VAR}`` in them are replaced by the environment's values, so
 # one recipe serves every machine that sets, e.g., LAYERPRUNE_DATA to its own data folder.
-PATH_KEYS = (("model", "checkpoint"), ("data", "root"), ("output_dir",))
+PATH_KEYS = (("model", "checkpoint"), ("model", "hf"), ("data", "root"), ("output_dir",))
 
 
 def expand_paths(raw: dict[str, Any]) -> list[str]:

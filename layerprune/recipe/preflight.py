@@ -82,14 +82,14 @@ def preflight(res: Resources) -> list[Block]:
     model = res.new_model(recipe.model.checkpoint)
     blocks = find_blocks(model, res.example_input(), level=recipe.select.level)
     names = {b.name for b in blocks}
-    problems = [f"select.protect: unknown block {p!r} (see: layerprune inspect {recipe.model.name})"
+    problems = [f"select.protect: unknown block {p!r} (see: layerprune inspect {recipe.model.name or 'hf:' + (recipe.model.hf or 'FOLDER')})"
                 for p in recipe.select.protect if p not in names]
     sel = recipe.select
     if sel.rule == "budget":
         key, target = budget_target(sel.params)
         if key == "latency":  # each block's share, timed where the budget says (random weights time the same)
             blocks = res.pruner().blocks(model, res.example_input(), blocks)
-        if problem := unreachable(blocks, key, float(target), sel, recipe.model.name):
+        if problem := unreachable(blocks, key, float(target), sel, recipe.model.label):
             problems.append(f"select.params.{key}: {target:g} {problem}")
     if recipe.prune.width is not None:
         from layerprune.surgery.width import width_blocks

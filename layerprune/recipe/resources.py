@@ -13,13 +13,14 @@ from layerprune import distributed
 from layerprune.calibration import Calibration, Repair
 from layerprune.data import DatasetBundle, build_dataset, make_loader
 from layerprune.errors import DatasetFetchError, FetchError, LayerpruneError
-from layerprune.evaluation import EvalResult, evaluate
+from layerprune.evaluation import EvalResult
 from layerprune.models import create_model_for
 from layerprune.pruner import Pruner
 from layerprune.recipe.load import local_instead
 from layerprune.recipe.rundir import RunDir
 from layerprune.recipe.schema import Recipe, TrainSection
 from layerprune.recipe.trainlog import TrainingLog
+from layerprune.tasks import IMAGE_CLASSIFICATION, CausalLM, Task
 from layerprune.train import TrainSettings, train
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class Resources:
         # bench's cache); None trains it (a bench training into its own cache)
         self.base_cache: "BaseCache | None" = None
         self._log: TrainingLog | None = None
+        self._task: Task | None = None
 
     @property
     def device(self) -> torch.device:
@@ -54,6 +56,8 @@ class Resources:
         if self.data is None:
             d = self.recipe.data
             options = dict(d.options)
+            if self.recipe.model.hf is not None and d.dataset == "text":
+                options.setdefault("tokenizer", self.recipe.model.hf)  # the model's own tokenizer
             if d.root is not None:
                 options["root"] = d.root
             if d.download:
@@ -72,6 +76,16 @@ class Resources:
             self.data = data
         return self.data
 
+    @property
+    def task(self) -> Task:
+        """What the model is trained and measured on (:mod:`layerprune.tasks`): every stage asks it."""
+        if self._task is None:
+            if self.recipe.model.task_name == "causal-lm":
+                self._task = CausalLM(getattr(self.build_data(), "seq_len", None))
+            else:
+                self._task = IMAGE_CLASSIFICATION
+        return self._task
+
     def model_kwargs(self) -> dict[str, Any]:
         data = self.build_data()
         return {"num_classes": data.num_classes, "in_chans": data.in_chans, **self.recipe.model.kwargs}
@@ -88,14 +102,35 @@ class Resources:
                 raise _checkpoint_not_fetched(exc) from None
 
     def new_model(self, checkpoint: str | None = None) -> nn.Module:
+        m = self.recipe.model
         try:
-            model = create_model_for(self.recipe.model.name, self.build_data(), checkpoint=checkpoint,
-                                     seed=self.recipe.seed, **self.recipe.model.kwargs)
+            if m.is_hf:
+                model = self._new_hf_model(checkpoint)
+            else:
+                model = create_model_for(m.name, self.build_data(), checkpoint=checkpoint, seed=self.recipe.seed,
+                                         **m.kwargs)
         except FetchError as exc:
             raise _checkpoint_not_fetched(exc) from None
         except LayerpruneError as exc:
             raise LayerpruneError(f"model: {exc}") from None
         return model.to(self.device)
+
+    def _new_hf_model(self, checkpoint: str | None) -> nn.Module:
+        """The transformers model: ``model.hf`` loaded, or a new one built from ``model.hf_config``
+        (its vocabulary the data's tokenizer's, its weights drawn from the recipe's seed); then
+        ``checkpoint``'s weights, when given."""
+        from layerprune.models.checkpoint import load_checkpoint
+        from layerprune.models.hf import build_hf_model, load_hf_model
+
+        m = self.recipe.model
+        if m.hf is not None:
+            model = load_hf_model(m.hf, m.task_name, **m.kwargs)
+        else:
+            model = build_hf_model(m.hf_config, m.task_name, seed=self.recipe.seed,
+                                   tokenizer=getattr(self.build_data(), "tokenizer", None))
+        if checkpoint is not None:
+            load_checkpoint(model, checkpoint)
+        return model.eval()
 
     def base_model(self) -> nn.Module:
         """The unpruned, trained model: the pretrain stage's (which starts from ``model.checkpoint``
@@ -108,7 +143,12 @@ class Resources:
         return self._base
 
     def example_input(self) -> torch.Tensor:
-        return torch.zeros(1, *self.build_data().input_size, device=self.device)
+        """One input the model is traced with: zeros of the images' size, or a language model's
+        first training window."""
+        data = self.build_data()
+        if self.recipe.model.is_hf:
+            return data.train[0][0][None].to(self.device)
+        return torch.zeros(1, *data.input_size, device=self.device)
 
     # -- pruning --------------------------------------------------------------------------------
     def calibration(self, seed: int | None = None) -> Calibration:
@@ -136,8 +176,7 @@ class Resources:
                           rule_params={k: v for k, v in rule.items() if k != "rule"},
                           calibration=self.calibration(seed), repair=self.repair(seed), steps=rc.prune.steps,
                           collapse=rc.select.collapse, protect=rc.select.protect, level=rc.select.level,
-                          progress=self.progress,
-                          log=self.log)
+                          progress=self.progress, log=self.log, task=self.task)
         except LayerpruneError as exc:
             raise LayerpruneError(f"select: {exc}") from None
 
@@ -171,7 +210,7 @@ class Resources:
         return torch.cat(batches)[:count]
 
     def evaluate(self, model: nn.Module, description: str = "eval") -> EvalResult:
-        return evaluate(model, self.eval_batches(), progress=self.progress, description=description)
+        return self.task.evaluate(model, self.eval_batches(), progress=self.progress, description=description)
 
     def settings(self, section: TrainSection, epochs: int | None = None, distill: bool = False) -> TrainSettings:
         name = "finetune" if section is self.recipe.finetune else "pretrain"
@@ -194,7 +233,7 @@ class Resources:
                         if self.build_data().val is not None else None, teacher=teacher,
                         checkpoint_path=self.run.file(f"{name}.ckpt"), seed=self.recipe.seed,
                         progress=self.progress, log=self.log, description=name,
-                        on_epoch=self.training_log().stage(name))
+                        on_epoch=self.training_log().stage(name), task=self.task)
         return [dataclasses.asdict(h) for h in history]
 
 

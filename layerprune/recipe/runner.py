@@ -100,7 +100,7 @@ class Runner(Resources):
         self.run.write_json(f"{prefix}scores.json", {"calibration": rc.data.calibration.model_dump(), **result.to_dict()})
         if "curve" in result.diagnostics:
             plot_result(result, self.run.file(f"{prefix}modularity_curve.png"), rule=self.pruner().rule,
-                        removed=removed, title=f"{rc.model.name} on {rc.data.dataset}")
+                        removed=removed, title=f"{rc.model.label} on {rc.data.dataset}")
 
     def stage_score(self) -> None:
         self._write_scores(self.pruner().score(self.base_model(), self.build_data()).result)
@@ -120,7 +120,7 @@ class Runner(Resources):
         self.run.write_json("plan.json", plan)
         if self.run.file("modularity_curve.png").exists():  # redraw with the chosen blocks marked
             plot_result(result, self.run.file("modularity_curve.png"), rule=pruner.rule, removed=removed,
-                        title=f"{self.recipe.model.name} on {self.recipe.data.dataset}")
+                        title=f"{self.recipe.model.label} on {self.recipe.data.dataset}")
 
     def stage_prune(self) -> None:
         rc = self.recipe
@@ -142,9 +142,36 @@ class Runner(Resources):
         record: dict[str, Any] = {"steps": [s.to_dict() for s in steps]}
         if rc.prune.width is not None:
             pruned, record["width"] = self._prune_width(base, pruned, pruner)
-        spec = PruneSpec.for_model(pruned, rc.model.name, self.model_kwargs(), list(self.example_input().shape[1:]))
-        save_pruned(pruned, spec, self.run.file("pruned"))
-        self.run.write_json("prune.json", {**record, "removed": spec.removed, "collapsed": spec.collapsed})
+        if rc.model.is_hf:
+            from layerprune.surgery.hf import layer_list
+
+            removed = [name for s in steps for name in s.removed]
+            record.update(removed=removed, collapsed=[], layers_before=len(layer_list(base)[1]))
+            self.save_model(pruned, "pruned", removed)
+        else:
+            spec = PruneSpec.for_model(pruned, rc.model.name, self.model_kwargs(), list(self.example_input().shape[1:]))
+            save_pruned(pruned, spec, self.run.file("pruned"))
+            record.update(removed=spec.removed, collapsed=spec.collapsed)
+        self.run.write_json("prune.json", record)
+
+    def save_model(self, model: nn.Module, name: str, removed: list[str], card: dict[str, Any] | None = None) -> None:
+        """``model`` into the run directory's folder ``name``: a transformers model as its own
+        ``save_pretrained`` folder with the data's tokenizer (loads without layerprune), a timm
+        model with the spec its folder ``pruned`` holds."""
+        if self.recipe.model.is_hf:
+            from layerprune.surgery import hf
+
+            before = self.run.read_json("prune.json")["layers_before"] if self.run.file("prune.json").exists() else None
+            with self._library_quiet():
+                    hf.save_pruned(model, self.run.file(name), base_model=self.recipe.model.hf, removed=removed,
+                               tokenizer=getattr(self.build_data(), "tokenizer", None), original_layers=before,
+                               info=card)
+        else:
+            save_pruned(model, PruneSpec.load(self.run.file("pruned")), self.run.file(name), card=card)
+
+    def removed(self) -> list[str]:
+        """The blocks the run removed (as ``prune.json`` records them)."""
+        return self.run.read_json("prune.json")["removed"]
 
     def _prune_width(self, base: nn.Module, pruned: nn.Module, pruner) -> tuple[nn.Module, dict[str, Any]]:
         """Channels cut inside the remaining blocks' branches (targets relative to ``base``), then
@@ -168,7 +195,18 @@ class Runner(Resources):
         return narrower, info
 
     def pruned_model(self, name: str = "pruned") -> nn.Module:
-        return load_pruned(self.run.file(name)).to(self.device)
+        with self._library_quiet():
+            return load_pruned(self.run.file(name)).to(self.device)
+
+    def _library_quiet(self):
+        """transformers' progress bars hidden while a run saves and loads its models."""
+        import contextlib
+
+        if not self.recipe.model.is_hf:
+            return contextlib.nullcontext()
+        from layerprune.models.hf import no_progress_bars
+
+        return no_progress_bars()
 
     def stage_finetune(self) -> None:
         rc = self.recipe
@@ -178,8 +216,7 @@ class Runner(Resources):
         ranks = distributed.world_size()
 
         def save() -> None:
-            spec = PruneSpec.load(self.run.file("pruned"))
-            save_pruned(model, spec, self.run.file("finetuned"))
+            self.save_model(model, "finetuned", self.removed())
             self.run.write_json("finetune.json", {"history": history, "world_size": ranks})
 
         distributed.on_main(save)
@@ -193,14 +230,15 @@ class Runner(Resources):
             "split": rc.eval.split,
             "base": {**self.evaluate(base).to_dict(), **base_cost.to_dict()},
             "pruned": {**self.evaluate(final).to_dict(), **final_cost.to_dict()},
-            "removed": PruneSpec.load(self.run.file("finetuned")).removed,
+            "task": self.task.name,
+            "removed": self.removed(),
             "prune_steps": prune_record["steps"],
         }
         if "width" in prune_record:
             metrics["width"] = prune_record["width"]
         metrics["params_reduction"] = 1 - final_cost.params / base_cost.params
         metrics["macs_reduction"] = 1 - final_cost.macs / base_cost.macs
-        size, pruner = tuple(self.build_data().input_size), self.pruner()
+        size, pruner = tuple(x.shape[1:]) if rc.model.is_hf else tuple(self.build_data().input_size), self.pruner()
         # Where the budget is measured just as eval measures (same device, batch, full precision),
         # one side-by-side timing serves both.
         timing = {"device": str(model_device(base)), "batch_size": rc.eval.latency_batch_size, "precision": "32"}
@@ -226,8 +264,7 @@ class Runner(Resources):
         metrics = self.run.read_json("metrics.json")
         if self.recipe.export.enabled:
             final = self.pruned_model("finetuned")
-            save_pruned(final, PruneSpec.load(self.run.file("finetuned")), self.run.file("model"),
-                        card=self.card(metrics))
+            self.save_model(final, "model", self.removed(), card=self.card(metrics))
             ex = self.recipe.export
             if ex.formats:
                 from layerprune.export import Tolerance, export_model
@@ -241,9 +278,10 @@ class Runner(Resources):
         """What the model card of ``model/`` says beyond the model itself."""
         rc = self.recipe
         rule = self.run.read_json("plan.json")["rule"]
-        keep = ("params", "macs", "accuracy")
+        metric = self.task.metric_name
+        keep = ("params", "macs", metric)
         info: dict[str, Any] = {
-            "dataset": rc.data.dataset, "criterion": rc.criterion.name, "metric": f"{metrics['split']} accuracy",
+            "dataset": rc.data.dataset, "criterion": rc.criterion.name, "metric": f"{metrics['split']} {metric}",
             "selection": " ".join([rule["rule"], *(f"{k} {v}" for k, v in rule.items() if k != "rule")]),
             "command": f"layerprune run {self.run.file('recipe.yaml')}",
             "base": {k: metrics["base"][k] for k in keep}, "pruned": {k: metrics["pruned"][k] for k in keep}}
@@ -253,6 +291,17 @@ class Runner(Resources):
             info["pruned"]["latency_ms"] = metrics["pruned"]["latency"]["median_ms"]
             info["latency"] = (f"median of {lat['repeats']} forward passes at batch {lat['batch_size']} on "
                                f"{lat['device']}, measured in the run")
+        if rc.model.is_hf:  # the transformers card lists what the run measured, one line each
+            fmt = self.task.format
+            flat = {"criterion": rc.criterion.name, "selection": info["selection"], "data": rc.data.dataset,
+                    info["metric"]: f"{fmt(info['base'][metric])} before pruning, {fmt(info['pruned'][metric])} after "
+                                    f"{rc.finetune.epochs} finetuning epoch{'' if rc.finetune.epochs == 1 else 's'}",
+                    "parameters": f"{info['base']['params']:,} before pruning",
+                    "command": info["command"]}
+            if "latency" in info:
+                flat["latency"] = (f"{info['base']['latency_ms']:.2f} ms → {info['pruned']['latency_ms']:.2f} ms "
+                                   f"({info['latency']})")
+            return flat
         return info
 
     # -- driver -------------------------------------------------------------------------------

@@ -23,14 +23,62 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    """Which network to prune."""
+    """Which network to prune: a timm model (``name``), a transformers model (``hf``), or a new
+    transformers model built from a configuration (``hf_config``, trained by the pretrain section)."""
 
-    name: str = Field(description="timm model name, e.g. cifar_resnet56 or resnet50")
+    name: Optional[str] = Field(None, description="timm model name, e.g. cifar_resnet56 or resnet50")
+    hf: Optional[str] = Field(None, description="a transformers model: a local folder or a Hugging Face hub id "
+                              "(its tokenizer is the text data's unless data.options.tokenizer is given)")
+    hf_config: Optional[dict[str, Any]] = Field(None, description="a new transformers model from a configuration: "
+                                                "model_type and its keys (vocab_size defaults to the tokenizer's); "
+                                                "needs a pretrain section")
+    task: Optional[Literal["image-classification", "causal-lm"]] = Field(
+        None, description="what the model is trained and measured on (default: image-classification for name, "
+        "causal-lm for hf and hf_config)")
     kwargs: dict[str, Any] = Field(default_factory=dict,
-                                   description="keyword arguments for timm.create_model (num_classes and in_chans default to the data set's)")
+                                   description="keyword arguments for timm.create_model (num_classes and in_chans default "
+                                   "to the data set's), or for from_pretrained (hf), e.g. dtype: float32")
     checkpoint: Optional[str] = Field(None, description="weights to start from, a file or an http(s) URL (downloaded "
                                       "once into torch hub's cache, verified); with a pretrain section, pretraining "
                                       "starts from them; without it, the pretrain stage trains the model first")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSection":
+        given = [k for k in ("name", "hf", "hf_config") if getattr(self, k) is not None]
+        if not given:
+            raise ValueError("name: required (a timm model; or hf: a transformers folder or hub id, or hf_config: "
+                             "a new transformers model)")
+        if len(given) > 1:
+            raise ValueError(f"{given[-1]}: give one of name (timm), hf (a transformers folder or hub id) or hf_config "
+                             f"(a new transformers model), not {' and '.join(given)}")
+        if self.name is not None and self.task not in (None, "image-classification"):
+            raise ValueError(f"task: {self.task} needs a transformers model (hf or hf_config); a timm model "
+                             "classifies images")
+        if self.name is None and self.task == "image-classification":
+            raise ValueError("task: image-classification needs a timm model (name); a transformers model here is a "
+                             "causal LM")
+        if self.hf_config is not None and not isinstance(self.hf_config.get("model_type"), str):
+            raise ValueError("hf_config: needs model_type, e.g. llama or gpt2")
+        return self
+
+    @property
+    def is_hf(self) -> bool:
+        """A transformers model (``hf`` or ``hf_config``)."""
+        return self.name is None
+
+    @property
+    def task_name(self) -> str:
+        """The task: given, or the default of the kind of model."""
+        return self.task or ("causal-lm" if self.is_hf else "image-classification")
+
+    @property
+    def label(self) -> str:
+        """The model as titles name it: the timm name, the hf folder or id, or ``MODEL_TYPE (config)``."""
+        if self.name is not None:
+            return self.name
+        if self.hf is not None:
+            return self.hf
+        return f"{self.hf_config['model_type']} (from config)"
 
 
 class CalibrationSection(Section):
@@ -88,7 +136,7 @@ class SelectSection(Section):
 
     rule: Optional[str] = Field(None, description="threshold, count, budget or run (default: the criterion's own rule)")
     params: dict[str, Any] = Field(default_factory=dict,
-                                   description="the rule's parameters: threshold; k or fraction; params or macs (fractions); n (run)")
+                                   description="the rule's parameters: threshold; k or fraction; params, macs, latency or layers (fractions); n (run)")
     protect: list[str] = Field(default_factory=list, description="blocks never removed")
     collapse: bool = Field(False, description="allow collapsing blocks that change shape: to their shortcut, or to one without parameters where they have none")
     level: Literal["block", "sublayer"] = Field(
@@ -179,7 +227,7 @@ class BenchSection(Section):
     criteria: list[str] = Field(default_factory=lambda: list(ALL_CRITERIA), min_length=1,
                                 description="criteria to compare (built-in or plugins)")
     budgets: list[dict[str, float]] = Field(default_factory=lambda: [{"macs": 0.5}], min_length=1,
-                                            description="each one of {macs: f}, {params: f} (reduction fractions) or {k: n} (blocks removed)")
+                                            description="each one of {macs: f}, {params: f}, {layers: f} (reduction fractions) or {k: n} (blocks removed)")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1,
                              description="seeds: calibration and repair draws, random criteria, finetuning order")
     reference: str = Field("tail", description="criterion every other is compared with, seed by seed (paired differences, win rate)")
@@ -201,8 +249,9 @@ class BenchSection(Section):
             raise ValueError(f"reference: {self.reference!r} is not among bench.criteria; add it there or "
                              "name another reference")
         for i, budget in enumerate(self.budgets):
-            if len(budget) != 1 or next(iter(budget)) not in ("macs", "params", "k"):
-                raise ValueError(f"budgets: entry {i} must be one of {{macs: f}}, {{params: f}} or {{k: n}}, got {budget}")
+            if len(budget) != 1 or next(iter(budget)) not in ("macs", "params", "layers", "k"):
+                raise ValueError(f"budgets: entry {i} must be one of {{macs: f}}, {{params: f}}, {{layers: f}} or "
+                                 f"{{k: n}}, got {budget}")
             key, value = next(iter(budget.items()))
             if key == "k" and (value != int(value) or value < 1):
                 raise ValueError(f"budgets: entry {i}: k must be a whole number ≥ 1, got {value}")
@@ -252,7 +301,7 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _needs_weights(self) -> "Recipe":
-        pretrained = bool(self.model.kwargs.get("pretrained"))
+        pretrained = bool(self.model.kwargs.get("pretrained")) or self.model.hf is not None
         if self.model.checkpoint is None and self.pretrain is None and not pretrained:
             raise ValueError("pretrain: required when model.checkpoint is not given "
                              "(set model.checkpoint, or a pretrain section to train the model first)")

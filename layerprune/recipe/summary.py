@@ -17,13 +17,17 @@ def _rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
     steps = metrics.get("prune_steps") or []
     last = steps[-1] if steps else {}
     pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
+    # A language model's measurements carry a perplexity (lower is better); a classifier's, accuracy.
+    metric, fmt = ("perplexity", lambda v: f"{v:.2f}") if "perplexity" in base else ("accuracy", pct)
     rows = [
-        (f"accuracy ({metrics['split']})", pct(base["accuracy"]), pct(pruned["accuracy"]) + " after finetune"),
+        (f"{metric} ({metrics['split']})", fmt(base[metric]), fmt(pruned[metric]) + " after finetune"),
     ]
     if "after_surgery" in last:
-        rows.append(("  right after surgery", "", pct(last["after_surgery"]["accuracy"])))
+        rows.append(("  right after surgery", "", fmt(last["after_surgery"][metric])))
     if "after_repair" in last:
-        rows.append(("  after BatchNorm repair", "", pct(last["after_repair"]["accuracy"])))
+        rows.append(("  after BatchNorm repair", "", fmt(last["after_repair"][metric])))
+    if metric == "perplexity":
+        rows.append((f"next-token accuracy ({metrics['split']})", pct(base["accuracy"]), pct(pruned["accuracy"])))
     rows += [
         ("loss", f"{base['loss']:.4f}", f"{pruned['loss']:.4f}"),
         ("params", f"{base['params']:,}", f"{pruned['params']:,} (−{pct(metrics['params_reduction'])})"),
@@ -39,7 +43,8 @@ def _rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
                      f"{budget['base_ms']:.2f} ms",
                      f"{budget['pruned_ms']:.2f} ms: {budget['speedup']:.2f}× faster, target "
                      f"{budget['target_speedup']:.2f}× (−{100 * budget['latency']:g}%): {verdict}"))
-    rows.append(("blocks removed", "", f"{len(metrics['removed'])}: {' '.join(metrics['removed'])}"))
+    unit = "layers" if metrics.get("task") == "causal-lm" else "blocks"
+    rows.append((f"{unit} removed", "", f"{len(metrics['removed'])}: {' '.join(metrics['removed'])}"))
     if width := metrics.get("width"):
         rows.append(("channels pruned", "", f"{width['channels_removed']} of {width['channels']} inside the blocks' "
                      f"branches (Torch-Pruning, {width['importance']} importance, ratio {width['ratio']:.3f})"))
@@ -57,16 +62,19 @@ def summary_table(metrics: dict[str, Any], title: str = "summary") -> Table:
 
 def write_report(run: RunDir, metrics: dict[str, Any]) -> None:
     recipe = run.recipe
-    lines = [f"# {recipe.name}: {recipe.model.name} on {recipe.data.dataset}", "",
-             f"Criterion `{recipe.criterion.name}`, finetune {recipe.finetune.epochs} epochs"
+    lines = [f"# {recipe.name}: {recipe.model.label} on {recipe.data.dataset}", "",
+             f"Criterion `{recipe.criterion.name}`, finetune {recipe.finetune.epochs} "
+             f"epoch{'' if recipe.finetune.epochs == 1 else 's'}"
              + (" with distillation" if recipe.finetune.distill.enabled else "") + ".", "",
              "| | base | pruned |", "|---|---|---|"]
     lines += [f"| {a.strip()} | {b} | {c} |" for a, b, c in _rows(metrics)]
     if plot_training(run.file(METRICS_CSV), run.file("training.png")):
         lines += ["", "![loss and accuracy per epoch](training.png)"]
     lines += ["", "Files: `recipe.yaml` (resolved recipe), `scores.json`, `plan.json`, `prune.json`,",
-              "`metrics.json`, `metrics.csv` (one row per training epoch), `model/` (config.json, "
-              "model.safetensors, README.md: `layerprune.load_pruned`)"
+              "`metrics.json`, `metrics.csv` (one row per training epoch), "
+              + ("`model/` (the transformers folder with its tokenizer: `AutoModelForCausalLM.from_pretrained`, "
+                 "`AutoTokenizer.from_pretrained`)" if recipe.model.is_hf else
+                 "`model/` (config.json, model.safetensors, README.md: `layerprune.load_pruned`)")
               + (", `model/export/` (`export.json`: checks and latency)" if recipe.export.formats else "") + ".", ""]
     write_text(run.file("report.md"), "\n".join(lines))
 

@@ -185,8 +185,13 @@ def compare_latency(
 ) -> list[Latency]:
     """:func:`measure_latency` of several models, their passes interleaved (one pass of each in
     turn), so that a machine that speeds up or slows down mid-way does so for all of them alike."""
+    from layerprune.surgery import hf
+
     device = torch.device(device)
-    x = torch.randn(batch_size, *input_size, device=device)
+    if hf.is_hf_model(models[0]):  # a language model's input: random token ids, input_size = (tokens,)
+        x = hf.default_tokens(models[0], batch_size, *input_size).to(device)
+    else:
+        x = torch.randn(batch_size, *input_size, device=device)
     times: list[list[float]] = [[] for _ in models]
     with contextlib.ExitStack() as stack:
         for model in models:

@@ -467,7 +467,7 @@ def is_hf_folder(directory) -> bool:
 
 
 def model_card(model: nn.Module, *, base_model: str | None, removed: list[str], original_layers: int | None = None,
-               info: dict[str, Any] | None = None) -> str:
+               info: dict[str, Any] | None = None, tokenizer: bool = False) -> str:
     """The ``README.md`` of a pruned transformers model: YAML front matter the hub reads
     (``base_model``, ``library_name``, tags), what was removed and how to load it."""
     info = info or {}
@@ -499,7 +499,10 @@ def model_card(model: nn.Module, *, base_model: str | None, removed: list[str], 
     else:
         lines += ["The configuration says so (`num_hidden_layers` and every per-layer list cut to the kept layers, "
                   "the layers renumbered), so the folder loads with transformers alone:", "", "```python",
-                  "import transformers", "", f'model = transformers.{auto}.from_pretrained("THIS_FOLDER")', "```", ""]
+                  "import transformers", "", f'model = transformers.{auto}.from_pretrained("THIS_FOLDER")']
+        if tokenizer:
+            lines += ['tokenizer = transformers.AutoTokenizer.from_pretrained("THIS_FOLDER")']
+        lines += ["```", ""]
     params = sum(p.numel() for p in model.parameters())
     lines += [f"Parameters: {params:,}.", ""]
     for key, value in info.items():
@@ -522,7 +525,8 @@ def save_pruned(model: nn.Module, directory, *, base_model: str | None = None, r
                            "layerprune.save_pruned and a PruneSpec)")
     check_consistent(model)
     directory = Path(directory)
-    card = model_card(model, base_model=base_model, removed=list(removed), original_layers=original_layers, info=info)
+    card = model_card(model, base_model=base_model, removed=list(removed), original_layers=original_layers, info=info,
+                      tokenizer=tokenizer is not None)
     with atomic_dir(directory) as tmp:
         model.save_pretrained(tmp)
         write_stand_ins(model, tmp)
