@@ -29,7 +29,7 @@ _EXPORTS = {
     "layerprune.criteria": ["Criterion", "CriterionResult", "ModularityCurve", "ScoringContext", "get_criterion",
                             "list_criteria", "load_plugin", "modularity", "modularity_curve", "register_criterion",
                             "score_blocks", "select_blocks"],
-    "layerprune.calibration": ["Calibration", "Repair"],
+    "layerprune.calibration": ["Calibration", "Pack", "Repair"],
     "layerprune.pruner": ["PruneResult", "PruneStep", "Pruner"],
     "layerprune.export": ["Tolerance", "export_model"],
 }

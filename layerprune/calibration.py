@@ -13,6 +13,7 @@ repaired with afterwards.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -95,12 +96,13 @@ class Repair:
     def __post_init__(self) -> None:
         _positive("repair", batches=self.batches, batch_size=self.batch_size)
 
-    def batches_for(self, data: Any, calibration: Calibration) -> list[Pair]:
-        """The repair batches of ``data``; ``calibration``'s samples when it has no training split."""
+    def batches_for(self, data: Any, calibration: Calibration, loaded: list[Pair] | None = None) -> list[Pair]:
+        """The repair batches of ``data``; ``calibration``'s samples when it has no training split
+        (``loaded``: those samples, when they are drawn already)."""
         from layerprune.data.base import DatasetBundle, without_augmentation
 
         if not isinstance(data, DatasetBundle):
-            return micro_batches(calibration.load(data))
+            return micro_batches(loaded if loaded is not None else calibration.load(data))
         train = without_augmentation(data.train)
         idx = draw_batches(len(train), self.batch_size, self.batches, self.seed)
         # Datasets that cannot drop their augmentation draw it from this fixed seed instead.
@@ -116,6 +118,62 @@ class Repair:
 
     def to_dict(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "batches": self.batches, "batch_size": self.batch_size, "seed": self.seed}
+
+
+@dataclass(frozen=True, eq=False)
+class Pack:
+    """What a prune takes from its data, drawn once and shared by every part of it: the
+    calibration batches (the criteria score on them, the pruner measures each removal on them and
+    traces the model with their first sample) and the repair batches (BatchNorm statistics are
+    re-estimated from them, for each candidate an oracle removes and for the pruned model alike).
+
+    Each is drawn the first time it is read, then kept: a prune that never repairs draws no
+    repair batch. ``repairs=False`` (a task without BatchNorm statistics to re-estimate, such as a
+    language model) or a disabled :class:`Repair` gives no repair batches at all: :meth:`of` asks
+    the task.
+    """
+
+    data: Any
+    calibration_policy: Calibration = Calibration()
+    repair_policy: Repair = Repair()
+    repairs: bool = True
+
+    @classmethod
+    def of(cls, task: Any, data: Any, calibration: Calibration, repair: Repair) -> "Pack":
+        """The pack a prune for ``task`` (:mod:`layerprune.tasks`) draws from ``data``: repair
+        batches only where the task re-estimates BatchNorm (``task.repairs``)."""
+        return cls(data, calibration, repair, repairs=task.repairs)
+
+    @functools.cached_property
+    def dataset(self) -> Dataset:
+        """The split the calibration samples come from."""
+        return self.calibration_policy.dataset(self.data)
+
+    @functools.cached_property
+    def indices(self) -> list[torch.Tensor]:
+        """The sample indices of each calibration batch in :attr:`dataset`."""
+        return self.calibration_policy.indices(self.data)
+
+    @functools.cached_property
+    def calibration(self) -> list[Pair]:
+        """The calibration batches as ``(inputs, targets)``."""
+        return [load_samples(self.dataset, idx) for idx in self.indices]
+
+    @functools.cached_property
+    def repair(self) -> list[Pair]:
+        """The repair batches (:meth:`Repair.batches_for`); none without a repair."""
+        if not (self.repairs and self.repair_policy.enabled):
+            return []
+        return self.repair_policy.batches_for(self.data, self.calibration_policy, self.calibration)
+
+    @property
+    def example_input(self) -> torch.Tensor:
+        """The first calibration sample, as a batch of one (on the CPU)."""
+        return self.calibration[0][0][:1]
+
+    def pieces(self, size: int = MICRO_BATCH) -> list[Pair]:
+        """The calibration samples cut into evaluation-sized pieces."""
+        return micro_batches(self.calibration, size)
 
 
 def as_dataset(data: Any, split: str) -> Dataset:

@@ -278,7 +278,8 @@ def criteria_cmd(
 @app.command("score")
 @user_errors
 def score_cmd(
-    model_name: str = typer.Argument(..., metavar="MODEL", help="timm model name, e.g. cifar_resnet56."),
+    model_name: str = typer.Argument(..., metavar="MODEL", help="timm model name, e.g. cifar_resnet56, or "
+                                     "hf:PATH_OR_ID for a transformers causal LM (scored on --data text; extra [hf])."),
     data: str = typer.Option(..., "--data", "-d", help="Dataset name (see: layerprune datasets)."),
     criterion: str = typer.Option("modularity", "--criterion", "-c", help="Criterion (see: layerprune criteria)."),
     param: list[str] = typer.Option([], "--param", "-p", metavar="KEY=VALUE", help="Criterion parameter (repeatable)."),

@@ -20,7 +20,9 @@ from layerprune.data import build_dataset
 from layerprune.distributed import resolve_device
 from layerprune.models import create_model_for
 from layerprune.pruner import Pruner
+from layerprune.errors import LayerpruneError
 from layerprune.surgery.blocks import Block
+from layerprune.tasks import CausalLM
 
 
 @dataclass
@@ -80,10 +82,25 @@ def score_model(
     Without ``rule`` the criterion's default rule is used (modularity: ``threshold`` 0.03; the
     others: ``count`` with ``fraction`` 0.5). Scoring and planning are :class:`Pruner`'s.
     """
+    from layerprune.models.hf import is_hf_name, load_hf_model
+
+    task, data_args = None, dict(data_args or {})
+    if is_hf_name(model_name):  # a transformers causal LM, scored on text its own tokenizer cuts
+        if checkpoint or model_args:
+            raise LayerpruneError(f"{model_name}: --checkpoint and --model-arg are for timm models")
+        if data != "text":
+            raise LayerpruneError(f"--data: a causal language model is scored on text (--data text), not {data!r}")
+        data_args.setdefault("tokenizer", model_name.removeprefix("hf:"))
+    bundle = build_dataset(data, **data_args)
+    if is_hf_name(model_name):
+        model, task = load_hf_model(model_name, "causal-lm"), CausalLM(bundle.seq_len)
+    elif data == "text":
+        raise LayerpruneError(f"--data: text is for a language model (MODEL hf:PATH_OR_ID), not {model_name}")
+    else:
+        model = create_model_for(model_name, bundle, checkpoint=checkpoint, seed=calibration.seed, **(model_args or {}))
     pruner = Pruner(criterion, criterion_params=criterion_params, rule=rule, rule_params=rule_params,
-                    calibration=calibration, collapse=collapse, protect=protect, level=level, progress=progress)
-    bundle = build_dataset(data, **(data_args or {}))
-    model = create_model_for(model_name, bundle, checkpoint=checkpoint, seed=calibration.seed, **(model_args or {}))
+                    calibration=calibration, collapse=collapse, protect=protect, level=level, progress=progress,
+                    task=task)
     model.to(resolve_device(device))
     scored = pruner.score(model, bundle)
     blocks = pruner.blocks(model, scored.example_input, scored.blocks)  # timed, under a latency budget

@@ -14,7 +14,7 @@ import dataclasses
 from typing import Any, Callable, Sequence
 
 from layerprune.lazy import lazy_import
-from layerprune.calibration import MICRO_BATCH, Calibration, Pair, Repair, draw_batches, micro_batches
+from layerprune.calibration import MICRO_BATCH, Calibration, Pack, Pair, Repair, draw_batches, micro_batches
 from layerprune.errors import LayerpruneError
 from layerprune.params import is_count
 from layerprune.evaluation import EvalResult, model_device
@@ -40,7 +40,9 @@ class ScoringContext:
     ``protect`` and ``collapse`` are the selection's constraints, for criteria that plan removals
     themselves (``greedy``). ``replay_memory`` bounds, in bytes, the outputs the oracles keep to
     compute the network before a changed block once (:mod:`~layerprune.criteria.replay`; default
-    ``None``: half the free memory of the model's device).
+    ``None``: half the free memory of the model's device). ``pack`` is what a pruner drew from
+    ``data`` already (:class:`~layerprune.calibration.Pack`, with this context's calibration and
+    repair): its samples are used as they are; without it the task draws one.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class ScoringContext:
         collapse: bool = False,
         level: str = "block",
         task: Task | None = None,
+        pack: Pack | None = None,
     ) -> None:
         self.task = task or IMAGE_CLASSIFICATION
         overrides = {k: v for k, v in (("samples", samples), ("batches", batches), ("split", split),
@@ -79,11 +82,9 @@ class ScoringContext:
         self.progress = progress
         # The selection's constraints, for criteria that plan removals themselves (greedy).
         self.protect, self.collapse = tuple(protect), bool(collapse)
-        self.dataset = self.calibration.dataset(data)
-        self.indices = draw_batches(len(self.dataset), self.calibration.samples, self.calibration.batches,
-                                    self.calibration.seed)
-        self._batches: list[Pair] | None = None
-        self._repair: list[Pair] | None = None
+        self.pack = pack or Pack.of(self.task, data, self.calibration, self.repair_policy)
+        self.dataset = self.pack.dataset
+        self.indices = self.pack.indices
         self._probe_cache: dict[str, dict[str, list[Any]]] = {}
         self._block_cache: dict[str, dict[str, list[Any]]] = {}
         self._ranks: dict[int, torch.Tensor] = {}
@@ -121,9 +122,7 @@ class ScoringContext:
 
     def batch(self, i: int) -> Pair:
         """Calibration batch ``i`` as ``(images, labels)``."""
-        if self._batches is None:
-            self._batches = self.calibration.load(self.data)
-        return self._batches[i]
+        return self.pack.calibration[i]
 
     def batches(self) -> list[Pair]:
         return [self.batch(i) for i in range(self.num_batches)]
@@ -132,12 +131,15 @@ class ScoringContext:
         """The calibration samples cut to ``micro_batch``-sized pieces (for evaluation loops)."""
         return micro_batches(self.batches(), self.micro_batch)
 
+    @property
+    def repairs(self) -> bool:
+        """Whether changed copies are repaired: the repair is on and the task re-estimates BatchNorm."""
+        return self.repair_policy.enabled and self.task.repairs
+
     def repair_data(self) -> list[Pair]:
         """The repair batches (:meth:`Repair.batches_for`); the calibration samples themselves
-        when the data has no training split."""
-        if self._repair is None:
-            self._repair = self.repair_policy.batches_for(self.data, self.calibration)
-        return self._repair
+        when the data has no training split; none when the context does not :attr:`repair`."""
+        return self.pack.repair
 
     def evaluate(self, model: nn.Module | None = None, until: Any = None) -> EvalResult | None:
         """Loss and accuracy of ``model`` (default: the scored model) on the calibration samples,
@@ -152,7 +154,7 @@ class ScoringContext:
     def repair(self, model: nn.Module) -> nn.Module:
         """Re-estimate ``model``'s BatchNorm statistics on :meth:`repair_data`, in place (nothing
         when the repair is disabled)."""
-        return self.repair_policy.apply(model, self.repair_data())
+        return self.repair_policy.apply(model, self.repair_data()) if self.repairs else model
 
     def track(self, items: Sequence[Any], description: str) -> Any:
         """``items``, with a progress bar when the context was built with ``progress=True``."""

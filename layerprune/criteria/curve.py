@@ -191,7 +191,6 @@ class ModularityCriterion(Criterion):
         return {"rule": "threshold", "threshold": self.threshold}
 
     def probe_stats(self):
-        k = self.k
         return _stat(self.k, self._view)
 
     @property

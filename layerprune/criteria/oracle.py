@@ -26,7 +26,7 @@ from layerprune.criteria.context import ScoringContext
 from layerprune.criteria.representation import linear_cka
 from layerprune.errors import LayerpruneError
 from layerprune.params import is_count
-from layerprune.evaluation import EvalResult, evaluate
+from layerprune.evaluation import EvalResult
 from layerprune.hooks import eval_mode, forward_hooks, main_tensor
 from layerprune.surgery.blocks import Block, StagePlan
 from layerprune.tasks import View
@@ -73,7 +73,7 @@ class _Measured(Criterion):
     def score(self, ctx: ScoringContext) -> CriterionResult:
         # The reference gets the same repair, so that a block that does nothing scores 0 rather
         # than whatever re-estimating the statistics alone changes.
-        repair = self.repair and ctx.repair_policy.enabled
+        repair = self.repair and ctx.repairs
 
         def measure(model: nn.Module) -> EvalResult:
             return ctx.evaluate(ctx.repair(model) if repair else model)
@@ -280,7 +280,7 @@ class RemovalCriterion(Criterion):
         tokens = not ctx.task.has_classes  # a language model: its view's rows at the output head's input
         head = head_input(ctx.model) if self.features == "penultimate" or tokens else None
         batches = [ctx.batch(i) for i in range(ctx.num_batches)]
-        repair = self.repair and ctx.repair_policy.enabled
+        repair = self.repair and ctx.repairs
         repair_data = ctx.repair_data()[:self.repair_batches] if repair else []
         labels = [y for _, y in batches]
         if tokens:
@@ -392,9 +392,9 @@ class GreedyCriterion(Criterion):
     def _key(self, ctx: ScoringContext) -> str:
         """The model, the samples it is judged on and repaired with, and the constraints."""
         h = hashlib.sha1(fingerprint(ctx.model).encode())
-        h.update(f"{self.params()}|{sorted(ctx.protect)}|{ctx.collapse}|{ctx.repair_policy.enabled}".encode())
+        h.update(f"{self.params()}|{sorted(ctx.protect)}|{ctx.collapse}|{ctx.repairs}".encode())
         _digest(h, (("calibration", t) for pair in ctx.batches() for t in pair))
-        if ctx.repair_policy.enabled:
+        if ctx.repairs:
             _digest(h, (("repair", t) for pair in ctx.repair_data()[:self.repair_batches] for t in pair))
         return h.hexdigest()
 
@@ -437,7 +437,7 @@ class GreedyCriterion(Criterion):
         the winner's run is the next step's recording), candidates are visited
         most promising first (the cheapest, latest ones in the first step), and one that can no
         longer win stops early. The order is the same as without (``reuse=False``)."""
-        repair = ctx.repair_policy.enabled
+        repair = ctx.repairs
         batches = ctx.repair_data()[:self.repair_batches] if repair else []
         total = sum(len(y) for _, y in ctx.micro_batches())
 

@@ -48,7 +48,7 @@ BUDGET_KEYS = ("params", "macs", "latency", "layers")
 
 
 def budget_share(blocks: list[Block], names: Iterable[str], key: str) -> float:
-    """The share of the model's ``key`` (params, macs or latency) that the blocks ``names``
+    """The share of the model's ``key`` (params, macs, latency or layers) that the blocks ``names``
     carry (estimates from :func:`find_blocks`, latency from :func:`measure_block_latency`; a
     collapsed block keeps its shortcut, counted here as removed)."""
     names = set(names)

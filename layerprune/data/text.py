@@ -1,5 +1,5 @@
 """Plain text for language models: files read into documents, a byte-level BPE tokenizer, and token
-windows packed, split and drawn for calibration.
+windows packed from them.
 
 The pieces, in the order a pipeline uses them:
 
@@ -12,35 +12,29 @@ The pieces, in the order a pipeline uses them:
   and wraps it as a ``transformers`` tokenizer that ``save_pretrained`` and
   ``AutoTokenizer.from_pretrained`` round-trip;
 * :func:`tokenize_and_pack` tokenizes documents, puts an end-of-text token after each, and cuts the
-  stream with :func:`pack` into non-overlapping windows ``(n_windows, seq_len)``;
-* :func:`split_windows` splits windows into train/val/test by fraction with a fixed seed;
-  :func:`pack_file_splits` does it by file instead (one list of files per split, each packed
-  apart, so no document is shared between splits);
-* :func:`calibration_windows` draws a fixed-seed sample of windows for calibration.
+  stream with :func:`pack` into non-overlapping windows ``(n_windows, seq_len)``.
 
-Bad input raises :class:`~layerprune.errors.DatasetError` with a one-line message naming the file,
-field or argument. Only :func:`pack`, :func:`split_windows` and :func:`calibration_windows` need
-nothing beyond torch; the rest need the optional extra ``[hf]`` (``datasets``, ``tokenizers``,
-``transformers``).
+The ``text`` data set (:mod:`layerprune.data.textset`) splits the text and builds the windows of
+each split with these; calibration windows are drawn from a split like any calibration samples
+(:class:`~layerprune.calibration.Calibration`). Bad input raises
+:class:`~layerprune.errors.DatasetError` with a one-line message naming the file, field or
+argument. Only :func:`pack` needs nothing beyond torch; the rest need the optional extra ``[hf]``
+(``datasets``, ``tokenizers``, ``transformers``).
 
 >>> texts = pydoc_texts()
 >>> tokenizer = train_bpe_tokenizer(texts, vocab_size=4096)  # doctest: +SKIP
 >>> windows = tokenize_and_pack(texts, tokenizer, seq_len=256)  # doctest: +SKIP
->>> splits = split_windows(windows, (0.9, 0.05, 0.05), seed=0)  # doctest: +SKIP
->>> calibration = calibration_windows(splits["train"], 128)  # doctest: +SKIP
 """
-
 from __future__ import annotations
 
 import codecs
 import contextlib
 import importlib
-import math
 import numbers
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
 
 import torch
 
@@ -60,7 +54,6 @@ EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
 SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)
 BYTE_TOKENS = 256
-SPLITS = ("train", "val", "test")
 EXTRA = "text data needs the optional extra [hf]: pip install 'layerprune[hf]'"
 NO_TOKENIZER = ("a tokenizer is needed: pass one trained with train_bpe_tokenizer(texts) or loaded with "
                 "transformers.AutoTokenizer.from_pretrained(folder)")
@@ -341,110 +334,3 @@ def tokenize_and_pack(texts: Sequence[str], tokenizer: Any, seq_len: int, *, add
         if add_eos:
             stream.append(eos)
     return pack(stream, seq_len)
-
-
-def _check_windows(caller: str, windows: torch.Tensor) -> torch.Tensor:
-    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or len(windows) == 0:
-        shape = tuple(windows.shape) if isinstance(windows, torch.Tensor) else type(windows).__name__
-        raise DatasetError(f"{caller}: windows must be a tensor (n_windows, seq_len) with n_windows >= 1, got {shape}")
-    return windows
-
-
-def split_windows(windows: torch.Tensor, fractions: Sequence[float] = (0.9, 0.05, 0.05),
-                  seed: int = 0) -> dict[str, torch.Tensor]:
-    """Windows split at random into ``{"train", "val", "test"}`` by ``fractions`` (which must sum to
-    1, each > 0), the same for the same ``seed``.
-
-    The val and test splits get ``round(n * fraction)`` windows, train the rest; each split keeps
-    its windows in their original order. A split that would get no window raises
-    :class:`DatasetError`. Neighbouring windows of one document may land in different splits;
-    split by file (:func:`pack_file_splits`) where that matters.
-    """
-    windows = _check_windows("split_windows", windows)
-    wanted = "split_windows: fractions must be 3 numbers (train, val, test)"
-    try:
-        values = [float(f) for f in fractions]
-    except (TypeError, ValueError):
-        raise DatasetError(f"{wanted}, got {fractions!r}") from None
-    if len(values) != len(SPLITS):
-        raise DatasetError(f"{wanted}, got {len(values)}: {values}")
-    for name, value in zip(SPLITS, values):
-        if not 0 < value <= 1:
-            raise DatasetError(f"split_windows: the {name} fraction must be > 0 and <= 1 (no split may be empty), "
-                               f"got {value}")
-    if not math.isclose(sum(values), 1.0, abs_tol=1e-6):
-        raise DatasetError(f"split_windows: fractions must sum to 1, got {' + '.join(map(str, values))} "
-                           f"= {sum(values):g}")
-    n = len(windows)
-    sizes = {"val": round(n * values[1]), "test": round(n * values[2])}
-    sizes = {"train": n - sizes["val"] - sizes["test"], **sizes}
-    empty = [name for name in SPLITS if sizes[name] < 1]
-    if empty:
-        raise DatasetError(f"split_windows: {n} windows are too few for fractions {tuple(values)}: the "
-                           f"{' and '.join(empty)} split{'s' * (len(empty) > 1)} would be empty; give more text, "
-                           "a shorter seq_len or larger fractions")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    splits, start = {}, 0
-    for name in SPLITS:
-        splits[name] = windows[order[start:start + sizes[name]].sort().values]
-        start += sizes[name]
-    return splits
-
-
-def pack_file_splits(files: Mapping[str, PathLike | Sequence[PathLike]], tokenizer: Any, seq_len: int, *,
-                     text_field: str = "text", add_eos: bool = True) -> dict[str, torch.Tensor]:
-    """Splits made of whole files: ``files`` maps ``"train"``, ``"val"`` and/or ``"test"`` to their
-    files, and each split's files are read (:func:`read_texts`), tokenized and packed
-    (:func:`tokenize_and_pack`) on their own, so no document or window spans two splits.
-
-    An unknown split name, a split without files, a file named in two splits, or a split with too
-    little text for one window raises :class:`DatasetError` naming it.
-    """
-    if tokenizer is None:
-        raise DatasetError(f"pack_file_splits: {NO_TOKENIZER}")
-    if not isinstance(files, Mapping) or not files:
-        raise DatasetError(f"pack_file_splits: files must map split names ({', '.join(SPLITS)}) to lists of files, "
-                           f"got {files!r}")
-    unknown = [name for name in files if name not in SPLITS]
-    if unknown:
-        raise DatasetError(f"pack_file_splits: unknown split {', '.join(map(repr, unknown))} "
-                           f"(accepted: {', '.join(SPLITS)})")
-    paths: dict[str, list[Path]] = {}
-    owner: dict[Path, str] = {}
-    for name, given in files.items():
-        try:
-            paths[name] = [Path(p) for p in ([given] if isinstance(given, (str, os.PathLike)) else given)]
-        except TypeError:
-            raise DatasetError(f"pack_file_splits: split {name!r} must be a file or a list of files, "
-                               f"got {given!r}") from None
-        if not paths[name]:
-            raise DatasetError(f"pack_file_splits: split {name!r} has no files")
-        for path in paths[name]:
-            other = owner.setdefault(path.resolve(), name)
-            if other != name:
-                raise DatasetError(f"pack_file_splits: {path} is in both the {other!r} and the {name!r} split")
-    splits = {}
-    for name in SPLITS:
-        if name in paths:
-            try:
-                splits[name] = tokenize_and_pack(read_texts(paths[name], text_field=text_field), tokenizer, seq_len,
-                                                 add_eos=add_eos)
-            except DatasetError as exc:
-                raise DatasetError(f"pack_file_splits: split {name!r}: {exc}") from exc
-    return splits
-
-
-def calibration_windows(windows: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
-    """``n`` windows drawn at random without replacement, the same for the same ``seed``, in their
-    original order (the draw for ``n`` is part of the draw for ``n + 1``).
-
-    Asking for at least as many windows as there are gives all of them (a copy), silently: a
-    calibration set is as large as the data allows.
-    """
-    windows = _check_windows("calibration_windows", windows)
-    if not _is_int(n) or n < 1:
-        raise DatasetError(f"calibration_windows: n must be an integer >= 1, got {n!r}")
-    if n >= len(windows):
-        return windows.clone()
-    chosen = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))[:n]
-    return windows[chosen.sort().values]

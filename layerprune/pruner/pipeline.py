@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from layerprune.calibration import Calibration, Pair, Repair, load_samples, micro_batches
+from layerprune.calibration import Calibration, Pack, Pair, Repair
 from layerprune.criteria.base import Criterion, CriterionResult
 from layerprune.criteria.catalog import get_criterion
 from layerprune.criteria.context import ScoringContext
@@ -165,18 +165,25 @@ class Pruner:
         self.steps, self.collapse, self.protect = steps, bool(collapse), list(protect)
         self.level = check_level(level)
         self.progress, self.log = progress, log
-        self._repair_batches: tuple[int, list[Pair]] | None = None
+        self._pack: Pack | None = None
 
     def __repr__(self) -> str:
         return (f"Pruner({self.criterion!r}, rule={self.rule!r}, calibration={self.calibration!r}, "
                 f"repair={self.repair!r}, steps={self.steps})")
 
     # -- the pieces -----------------------------------------------------------------------------
+    def pack(self, data: Any) -> Pack:
+        """What this pruner takes from ``data``, drawn once (:meth:`Pack.of`): the calibration
+        batches every scoring, removal and measurement uses, and the repair batches."""
+        if self._pack is None or self._pack.data is not data:
+            self._pack = Pack.of(self.task, data, self.calibration, self.repair)
+        return self._pack
+
     def context(self, model: nn.Module, data: Any, *, blocks: list[Block] | None = None) -> ScoringContext:
         """The scoring context every criterion of this pruner sees: its calibration and repair."""
         return ScoringContext(model, data, calibration=self.calibration, repair=self.repair, blocks=blocks,
                               progress=self.progress, protect=self.protect, collapse=self.collapse, level=self.level,
-                              task=self.task)
+                              task=self.task, pack=self.pack(data))
 
     def score(self, model: nn.Module, data: Any) -> Scored:
         """The criterion's scores for ``model``'s blocks (``model`` is not changed)."""
@@ -198,9 +205,7 @@ class Pruner:
 
     def repair_batches(self, data: Any) -> list[Pair]:
         """The batches BatchNorm is repaired with: the same ones the criteria's contexts use."""
-        if self._repair_batches is None or self._repair_batches[0] != id(data):
-            self._repair_batches = (id(data), self.repair.batches_for(data, self.calibration))
-        return self._repair_batches[1]
+        return self.pack(data).repair
 
     def repair_model(self, model: nn.Module, data: Any) -> nn.Module:
         """Re-estimate ``model``'s BatchNorm statistics in place with this pruner's :class:`Repair`."""
@@ -224,8 +229,7 @@ class Pruner:
         always edited on a copy)."""
         measure = evaluate_with or self._calibration_eval(data)
         if example_input is None:  # one calibration sample, on the model's device
-            ds = self.calibration.dataset(data)
-            example_input = load_samples(ds, self.calibration.indices(data)[0][:1])[0].to(model_device(model))
+            example_input = self.pack(data).example_input.to(model_device(model))
         if blocks is None:  # at this pruner's level
             blocks = find_blocks(model, example_input, level=self.level)
         own = {"inplace": True} if inplace and is_hf_model(model) else {}
@@ -351,5 +355,5 @@ class Pruner:
                 "met": speedup >= target, "base_ms": before.median_ms, "pruned_ms": after.median_ms, **settings}
 
     def _calibration_eval(self, data: Any) -> Evaluate:
-        pieces = micro_batches(self.calibration.load(data))  # what ScoringContext.evaluate measures on
+        pieces = self.pack(data).pieces()  # what ScoringContext.evaluate measures on
         return lambda m: self.task.evaluate(m, pieces)

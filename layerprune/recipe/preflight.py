@@ -13,7 +13,7 @@ from layerprune.surgery.find import Block, find_blocks
 
 
 def unreachable(blocks: list[Block], key: str, target: float, select: SelectSection, model: str) -> str | None:
-    """What is wrong with a ``key`` (params, macs or latency) reduction ``target`` that removing every
+    """What is wrong with a ``key`` (params, macs, latency or layers) reduction ``target`` that removing every
     allowed block cannot reach (for the caller to prefix with the key and value); ``None`` when
     it can be reached."""
     reachable = max_reduction(blocks, key, protect=select.protect, collapse=select.collapse)

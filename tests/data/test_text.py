@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from layerprune.data.text import (
-    EOS_TOKEN, PAD_TOKEN, calibration_windows, pack, pack_file_splits, pydoc_texts, read_texts, split_windows,
+    EOS_TOKEN, PAD_TOKEN, pack, pydoc_texts, read_texts,
     tokenize_and_pack, train_bpe_tokenizer,
 )
 from layerprune.errors import DatasetError
@@ -318,107 +318,6 @@ def test_tokenize_and_pack_without_a_tokenizer_says_how_to_get_one():
 def test_tokenize_and_pack_too_little_text_names_seq_len(tokenizer):
     with pytest.raises(DatasetError, match=_match("fewer than seq_len=4096")):
         tokenize_and_pack(["short"], tokenizer, 4096)
-
-
-# -- splits and calibration ---------------------------------------------------------------------------
-
-
-def _windows(n, seq_len=4):
-    """Window ``i`` holds ``i * seq_len ...``, so its first token tells which it is."""
-    return torch.arange(n * seq_len).view(n, seq_len)
-
-
-def test_split_windows_sizes_cover_everything_once_and_are_seeded():
-    windows = _windows(100)
-    splits = split_windows(windows, (0.9, 0.05, 0.05), seed=0)
-    assert {k: len(v) for k, v in splits.items()} == {"train": 90, "val": 5, "test": 5}
-    rows = [r for name in ("train", "val", "test") for r in (splits[name][:, 0] // 4).tolist()]
-    assert sorted(rows) == list(range(100))
-    for split in splits.values():
-        assert (split[:, 1:] - split[:, :-1] == 1).all()  # whole windows, not mixed rows
-        assert split[:, 0].tolist() == sorted(split[:, 0].tolist())
-    again = split_windows(windows, (0.9, 0.05, 0.05), seed=0)
-    assert all(torch.equal(again[k], splits[k]) for k in splits)
-    other = split_windows(windows, (0.9, 0.05, 0.05), seed=1)
-    assert not torch.equal(other["val"], splits["val"])
-    sizes = {k: len(v) for k, v in split_windows(_windows(10), (0.5, 0.3, 0.2)).items()}
-    assert sizes == {"train": 5, "val": 3, "test": 2}
-
-
-@pytest.mark.parametrize("fractions", [(0.9, 0.05, 0.1), (0.5, 0.2, 0.2)])
-def test_split_fractions_must_sum_to_one(fractions):
-    with pytest.raises(DatasetError, match="fractions must sum to 1, got"):
-        split_windows(_windows(100), fractions)
-
-
-def test_split_fraction_of_zero_is_refused():
-    with pytest.raises(DatasetError, match=_match("the test fraction must be > 0", "got 0.0")):
-        split_windows(_windows(100), (0.9, 0.1, 0.0))
-    with pytest.raises(DatasetError, match="fractions must be 3 numbers"):
-        split_windows(_windows(100), (0.9, 0.1))
-
-
-def test_split_with_too_few_windows_names_the_empty_split():
-    with pytest.raises(DatasetError, match=_match("10 windows are too few", "val and test splits would be empty")):
-        split_windows(_windows(10), (0.92, 0.04, 0.04))
-
-
-def test_split_by_file_packs_each_split_on_its_own(tmp_path, tokenizer, corpus):
-    for i, doc in enumerate(corpus[:4]):
-        (tmp_path / f"{i}.txt").write_text(doc, encoding="utf-8")
-    files = {"train": [tmp_path / "0.txt", tmp_path / "1.txt"], "val": [tmp_path / "2.txt"], "test": tmp_path / "3.txt"}
-    splits = pack_file_splits(files, tokenizer, 32)
-    assert list(splits) == ["train", "val", "test"]
-    torch.testing.assert_close(splits["train"], tokenize_and_pack(corpus[:2], tokenizer, 32))
-    torch.testing.assert_close(splits["val"], tokenize_and_pack(corpus[2:3], tokenizer, 32))
-    torch.testing.assert_close(splits["test"], tokenize_and_pack(corpus[3:4], tokenizer, 32))
-
-
-def test_split_by_file_errors_name_the_split(tmp_path, tokenizer):
-    (tmp_path / "a.txt").write_text(DOC_A, encoding="utf-8")
-    (tmp_path / "tiny.txt").write_text("hi", encoding="utf-8")
-    with pytest.raises(DatasetError, match=_match("unknown split 'validation'", "train, val, test")):
-        pack_file_splits({"train": [tmp_path / "a.txt"], "validation": [tmp_path / "a.txt"]}, tokenizer, 8)
-    with pytest.raises(DatasetError, match="split 'test' has no files"):
-        pack_file_splits({"train": [tmp_path / "a.txt"], "test": []}, tokenizer, 8)
-    with pytest.raises(DatasetError, match=_match(tmp_path / "a.txt", "in both the 'train' and the 'val' split")):
-        pack_file_splits({"train": [tmp_path / "a.txt"], "val": [tmp_path / "a.txt"]}, tokenizer, 8)
-    with pytest.raises(DatasetError, match=_match("split 'val'", "fewer than seq_len=8")):
-        pack_file_splits({"train": [tmp_path / "a.txt"], "val": [tmp_path / "tiny.txt"]}, tokenizer, 8)
-    with pytest.raises(DatasetError, match=_match("split 'val'", tmp_path / "gone.txt", "no such file")):
-        pack_file_splits({"val": [tmp_path / "gone.txt"]}, tokenizer, 8)
-    with pytest.raises(DatasetError, match="a tokenizer is needed"):
-        pack_file_splits({"train": [tmp_path / "a.txt"]}, None, 8)
-
-
-def test_calibration_windows_are_distinct_seeded_and_nested():
-    windows = _windows(50)
-    drawn = calibration_windows(windows, 10, seed=0)
-    firsts = drawn[:, 0].tolist()
-    assert drawn.shape == (10, 4) and len(set(firsts)) == 10 and firsts == sorted(firsts)
-    assert torch.equal(calibration_windows(windows, 10, seed=0), drawn)
-    assert not torch.equal(calibration_windows(windows, 10, seed=1), drawn)
-    assert set(firsts) <= set(calibration_windows(windows, 11, seed=0)[:, 0].tolist())
-
-
-def test_calibration_asking_for_more_than_there_are_gives_all():
-    windows = _windows(5)
-    assert torch.equal(calibration_windows(windows, 5), windows)
-    everything = calibration_windows(windows, 100)
-    assert torch.equal(everything, windows) and everything.data_ptr() != windows.data_ptr()
-
-
-@pytest.mark.parametrize("n", [0, -1, 2.0])
-def test_calibration_bad_n(n):
-    with pytest.raises(DatasetError, match=_match("n must be an integer >= 1, got", repr(n))):
-        calibration_windows(_windows(5), n)
-
-
-def test_windows_must_be_a_2d_tensor():
-    with pytest.raises(DatasetError, match=r"split_windows: windows must be a tensor \(n_windows, seq_len\)"):
-        split_windows(torch.arange(10))
-    with pytest.raises(DatasetError, match=r"calibration_windows: windows must be a tensor .* got list"):
-        calibration_windows([[1, 2]], 1)
 
 
 # -- pydoc_texts --------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def test_where_latency_is_measured_is_checked():
         Pruner("tail", rule="budget", rule_params={"latency": 0.3, "precision": "int8"})
     with pytest.raises(LayerpruneError, match="batch_size: must be an integer"):
         Pruner("tail", rule="budget", rule_params={"latency": 0.3, "batch_size": 0})
-    with pytest.raises(LayerpruneError, match="give exactly one of params, macs or latency"):
+    with pytest.raises(LayerpruneError, match="give exactly one of params, macs, latency or layers"):
         Pruner("tail", rule="budget", rule_params={"latency": 0.3, "macs": 0.3})
 
 

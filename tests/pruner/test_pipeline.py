@@ -170,3 +170,33 @@ def test_remove_alone_finds_blocks_on_a_calibration_sample(trained_resnet20, dig
     assert step.removed == ["layer1.2", "layer3.2"] and step.after_repair is not None
     assert isinstance(pruned.layer1[2], torch.nn.Identity) and not isinstance(trained_resnet20.layer1[2],
                                                                                  torch.nn.Identity)
+
+
+def test_a_prune_draws_its_data_once(trained_resnet20, digits, monkeypatch):
+    """Two steps of score → remove → repair with an oracle that repairs every candidate: the
+    calibration samples are drawn and loaded once, the repair batches once, and every scoring,
+    measurement and repair of the prune uses those same tensors."""
+    from layerprune import calibration
+
+    drawn = {"indices": 0, "repair": 0, "loaded": 0}
+    indices, batches_for, load = (calibration.Calibration.indices, calibration.Repair.batches_for,
+                                  calibration.load_samples)
+
+    def count(key, fn):
+        def counted(*args, **kwargs):
+            drawn[key] += 1
+            return fn(*args, **kwargs)
+        return counted
+
+    monkeypatch.setattr(calibration.Calibration, "indices", count("indices", indices))
+    monkeypatch.setattr(calibration.Repair, "batches_for", count("repair", batches_for))
+    monkeypatch.setattr(calibration, "load_samples", count("loaded", load))
+    pruner = Pruner("ablation", rule="count", rule_params={"k": 2}, steps=2,
+                    calibration=Calibration(samples=32, batches=2), repair=REPAIR)
+    result = pruner.prune(trained_resnet20, digits)
+    assert len(result.removed) == 2 and all(s.after_repair is not None for s in result.steps)
+    assert drawn["indices"] == 1 and drawn["repair"] == 1
+    assert drawn["loaded"] == 2 + REPAIR.batches  # each calibration batch, then each repair batch, once
+    pack = pruner.pack(digits)
+    ctx = pruner.context(result.model, digits)
+    assert ctx.batch(0) is pack.calibration[0] and ctx.repair_data() is pack.repair

@@ -240,3 +240,16 @@ def test_the_lm_quickstart_as_shipped(tmp_path):
     config = json.loads((out / "model/config.json").read_text())
     assert config["num_hidden_layers"] == 4 and (out / "model/tokenizer.json").is_file()
     assert "right after surgery" in (out / "report.md").read_text()
+
+
+def test_layerprune_score_scores_a_saved_language_model_on_text(lm_run):
+    out, _ = lm_run
+    model = f"hf:{out / 'model'}"
+    result = runner.invoke(app, ["score", model, "-d", "text", "--data-arg", "corpus=pydoc", "--data-arg", "seq_len=32",
+                                 "-c", "modularity", "-p", "top=8", "--samples", "8", "--batches", "1",
+                                 "--rule", "budget", "-r", "layers=0.5", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    assert sorted(report["scores"]) == ["model.layers.0", "model.layers.1"] and len(report["removed"]) == 1
+    wrong = runner.invoke(app, ["score", model, "-d", "digits"])
+    assert wrong.exit_code == 2 and "--data: a causal language model is scored on text" in wrong.output
