@@ -138,3 +138,31 @@ def test_a_layers_budget_removes_that_share_of_the_layers(lm):
     result = Pruner("block_influence", rule="budget", rule_params={"layers": 0.25}, task=CausalLM(LEN),
                     calibration=Calibration(samples=12, batches=1)).prune(model, data)
     assert len(result.removed) == 1 and len(result.model.model.layers) == 3
+
+
+def test_modularity_on_next_token_classes_matches_q_computed_by_hand_on_a_small_graph():
+    """Two windows of four positions whose hidden vectors are set by hand (2-D, at known angles);
+    with top=2 the positions whose next token is one of the two most frequent are the nodes, each
+    joined to its one most cosine-similar other node (k=1, weight the cosine), the graph
+    symmetrised as (A + Aᵀ)/2, and Q = Σ_ij [W_ij − d_i d_j / 2m] δ(c_i, c_j) / 2m by hand."""
+    from layerprune.tasks import View
+
+    ids = torch.tensor([[7, 5, 9, 5], [9, 5, 7, 7]])  # next tokens: 5, 9, 5 | 5, 7, 7 → 5 ×3, 7 ×2, 9 ×1
+    angles = torch.tensor([[0.0, 80.0, 10.0, 0.0], [20.0, 75.0, 90.0, 0.0]]) * math.pi / 180
+    feats = torch.stack([angles.cos(), angles.sin()], dim=-1).reshape(2, 8)  # [window, positions × 2]
+    ranks = top_next_tokens(ids, 2)
+    (rows,), classes = CausalLM(4).view(View("next-token", top=2, positions=100), (feats,), ids, lambda top: ranks)
+    # nodes: (0,0)→5, (0,2)→5, (1,0)→5, (1,1)→7, (1,2)→7 (position (0,1) predicts 9, last positions predict nothing)
+    assert classes.tolist() == [0, 0, 0, 1, 1]
+    x = rows.double() / rows.double().norm(dim=1, keepdim=True)
+    cos = x @ x.T
+    cos.fill_diagonal_(-2)
+    a = torch.zeros_like(cos)
+    nearest = cos.argmax(dim=1)
+    a[torch.arange(len(x)), nearest] = cos[torch.arange(len(x)), nearest]
+    w = (a + a.T) / 2
+    degree, two_m = w.sum(dim=1), w.sum()
+    same = classes[:, None] == classes[None, :]
+    by_hand = float(((w - degree[:, None] * degree[None, :] / two_m) * same).sum() / two_m)
+    assert modularity(rows, classes, k=1) == pytest.approx(by_hand, abs=1e-6)
+    assert 0 < by_hand < 1
