@@ -232,6 +232,9 @@ def _language_model_problems(raw: dict[str, Any], model: dict[str, Any], dataset
 
     hf, config = model.get("hf"), model.get("hf_config")
     if hf is None and config is None:
+        if _section(raw, "finetune").get("lora") is not None and isinstance(model.get("name"), str):
+            return ["finetune.lora: low-rank adapters cover transformers models (model.hf or model.hf_config), "
+                    "not timm models"]
         if dataset == "text" and isinstance(model.get("name"), str):
             return ["data.dataset: text is for a language model; give model.hf (a transformers folder or hub id) "
                     "or model.hf_config (a new one) instead of model.name"]

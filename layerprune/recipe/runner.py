@@ -212,7 +212,15 @@ class Runner(Resources):
         rc = self.recipe
         model = self.pruned_model()  # every rank loads what rank 0 pruned, then wraps it in DDP
         teacher = self.base_model() if rc.finetune.distill.enabled else None
+        if (lora := rc.finetune.lora) is not None:  # adapters trained, merged into the weights before saving
+            from layerprune.train.lora import add_lora
+
+            model = add_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, targets=lora.targets)
         history = self.fit(model, self.settings(rc.finetune, distill=rc.finetune.distill.enabled), "finetune", teacher)
+        if lora is not None:
+            from layerprune.train.lora import merge_lora
+
+            model = merge_lora(model)
         ranks = distributed.world_size()
 
         def save() -> None:

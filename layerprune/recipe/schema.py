@@ -116,12 +116,26 @@ class DistillSection(Section):
     temperature: float = Field(4.0, gt=0, description="softmax temperature")
 
 
+class LoraSection(Section):
+    """Low-rank adapters (LoRA, through peft) instead of full finetuning, merged into the weights
+    before the model is saved (transformers models)."""
+
+    r: int = Field(8, gt=0, description="rank of each adapter")
+    alpha: float = Field(16.0, gt=0, description="scale: the adapter's update is multiplied by alpha / r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input")
+    targets: Optional[list[str]] = Field(None, description="module names or name suffixes the adapters go on "
+                                         "(default: every linear layer of the kept layers: the attention and MLP "
+                                         "projections)")
+
+
 class FinetuneSection(TrainConfig):
-    """Finetuning after pruning (a TrainSection, plus distillation)."""
+    """Finetuning after pruning (a TrainSection, plus distillation or low-rank adapters)."""
 
     epochs: int = Field(10, ge=0, description="epochs (0 skips the stage)")
     lr: float = Field(0.01, gt=0, description="peak learning rate")
     distill: DistillSection = Field(default_factory=DistillSection, description="knowledge distillation")
+    lora: Optional[LoraSection] = Field(None, description="train low-rank adapters instead of every weight, e.g. "
+                                        "{r: 8, alpha: 16}; merged before saving (transformers models)")
 
 
 class CriterionSection(Section):

@@ -253,3 +253,51 @@ def test_layerprune_score_scores_a_saved_language_model_on_text(lm_run):
     assert sorted(report["scores"]) == ["model.layers.0", "model.layers.1"] and len(report["removed"]) == 1
     wrong = runner.invoke(app, ["score", model, "-d", "digits"])
     assert wrong.exit_code == 2 and "--data: a causal language model is scored on text" in wrong.output
+
+
+def test_lora_finetuning_merges_the_adapters_into_a_plain_model(tmp_path):
+    """finetune.lora trains low-rank adapters on the kept layers' projections through peft and
+    merges them before saving: model/ holds no adapter weights and loads with plain transformers,
+    without peft being imported; only the projections changed (the embeddings did not)."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(write(tmp_path, TINY_LM)), "--out", str(out),
+                                 *sets("finetune.lora={r: 4, alpha: 8}", "finetune.lr=0.01")])
+    assert result.exit_code == 0, result.output
+    files = {p.name for p in (out / "model").iterdir()}
+    assert "adapter_config.json" not in files and "adapter_model.safetensors" not in files
+    pruned, final = load_file(out / "pruned/model.safetensors"), load_file(out / "model/model.safetensors")
+    assert set(final) == set(pruned) and not any("lora" in k for k in final)
+    assert all((pruned[k] == final[k]).all() for k in final if "embed" in k or "norm" in k)
+    assert any(not (pruned[k] == final[k]).all() for k in final if k.endswith("q_proj.weight"))
+    code = f"""
+import sys, transformers
+model = transformers.AutoModelForCausalLM.from_pretrained({str(out / "model")!r})
+print(len(model.model.layers), "peft" in sys.modules, "layerprune" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "False", "False"]
+
+
+def test_lora_is_refused_for_a_timm_model(tmp_path):
+    result = runner.invoke(app, ["run", str(ROOT / "recipes/quickstart.yaml"), "--out", str(tmp_path / "run"),
+                                 *sets("finetune.lora={r: 4}")])
+    assert result.exit_code == 2 and "finetune.lora: low-rank adapters cover transformers models" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_distillation_from_the_unpruned_language_model(lm_run, tmp_path):
+    """finetune.distill on a language model: the KL between the pruned model's and the unpruned
+    model's next-token distributions (with the temperature) is mixed into each token's loss, so
+    the finetuning follows another course than without it."""
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(write(tmp_path, TINY_LM)), "--out", str(out),
+                                 *sets("finetune.distill={enabled: true, alpha: 0.5, temperature: 2.0}")])
+    assert result.exit_code == 0, result.output
+    plain = json.loads((lm_run[0] / "finetune.json").read_text())["history"]
+    distilled = json.loads((out / "finetune.json").read_text())["history"]
+    assert json.loads((out / "prune.json").read_text())["removed"] == json.loads((lm_run[0] / "prune.json").read_text())["removed"]
+    assert distilled[0]["train_loss"] != pytest.approx(plain[0]["train_loss"], rel=1e-3)
+    assert "with distillation" in (out / "report.md").read_text()

@@ -86,3 +86,37 @@ def test_a_bad_recipe_stops_every_rank_with_one_message(tmp_path):
     assert done.stderr.count("finetune.sync_batchnorm: SyncBatchNorm runs on CUDA devices only") == 1
     assert "exitcode  : 2" in done.stderr  # both ranks exit 2 (torchrun itself then exits 1)
     assert not out.exists()
+
+
+def test_two_ranks_finetune_a_language_model(tmp_path):
+    """A tiny Llama built from a configuration on the standard library's documentation: both ranks
+    pretrain and finetune it under DDP on their shares of the windows (gloo), rank 0 scores, prunes
+    and writes; the saved model/ is the 2-layer transformers folder."""
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    recipe = {
+        "name": "ddp_lm", "seed": 0,
+        "model": {"hf_config": {"model_type": "llama", "num_hidden_layers": 4, "hidden_size": 32,
+                                "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                "max_position_embeddings": 64}},
+        "data": {"dataset": "text", "options": {"corpus": "pydoc", "seq_len": 32, "vocab_size": 300},
+                 "batch_size": 16, "calibration": {"samples": 8, "batches": 1}},
+        "pretrain": {"epochs": 1, "optimizer": "adamw", "lr": 0.003, "batches_per_epoch": 6},
+        "criterion": {"name": "block_influence"},
+        "select": {"rule": "budget", "params": {"layers": 0.5}},
+        "finetune": {"epochs": 2, "optimizer": "adamw", "lr": 0.001, "batches_per_epoch": 3},
+        "eval": {"latency": False},
+    }
+    path = tmp_path / "ddp_lm.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    out = tmp_path / "runs" / "ddp_lm"
+    done = torchrun("run", str(path), "--out", str(out), cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("▶ finetune") == 1 and done.stdout.count("finetune epoch 2/2") == 1
+    finetune = json.loads((out / "finetune.json").read_text())
+    assert finetune["world_size"] == 2 and len(finetune["history"]) == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "causal-lm" and len(metrics["removed"]) == 2
+    config = json.loads((out / "model/config.json").read_text())
+    assert config["num_hidden_layers"] == 2 and (out / "model/tokenizer.json").is_file()
