@@ -213,9 +213,11 @@ class Runner(Resources):
         model = self.pruned_model()  # every rank loads what rank 0 pruned, then wraps it in DDP
         teacher = self.base_model() if rc.finetune.distill.enabled else None
         if (lora := rc.finetune.lora) is not None:  # adapters trained, merged into the weights before saving
+            from layerprune.surgery.hf import linear_layers
             from layerprune.train.lora import add_lora
 
-            model = add_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, targets=lora.targets)
+            model = add_lora(model, lora.targets or linear_layers(model), r=lora.r, alpha=lora.alpha,
+                             dropout=lora.dropout)
         history = self.fit(model, self.settings(rc.finetune, distill=rc.finetune.distill.enabled), "finetune", teacher)
         if lora is not None:
             from layerprune.train.lora import merge_lora

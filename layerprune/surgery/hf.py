@@ -445,6 +445,14 @@ def remove_layers(model: nn.Module, names: list[str] | tuple[str, ...], input_id
     return pruned
 
 
+def linear_layers(model: nn.Module) -> list[str]:
+    """The full names of the linear layers (``nn.Linear``, and GPT-2's ``Conv1D``) inside the
+    model's layer list: its layers' attention and MLP projections (where LoRA adapters go)."""
+    path, layers = layer_list(model)
+    return [f"{path}.{name}" for name, module in layers.named_modules()
+            if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"]
+
+
 def layer_indices(model: nn.Module) -> Iterator[tuple[str, int]]:
     """``(module path, index)`` of every per-layer index in the layer list (for checks and tests)."""
     path, layers = layer_list(model)

@@ -3,11 +3,11 @@
 the weights stay frozen, then merged into the weights, so the saved model is a plain one (no
 adapter weights; it loads without ``peft`` or layerprune).
 
-By default the adapters go on every linear layer inside the model's layer list: the attention and
-MLP projections of the layers pruning kept (``q_proj`` … ``down_proj`` of a Llama, ``c_attn`` …
-``c_proj`` of a GPT-2).
+A recipe puts them, by default, on every linear layer inside the model's layer list
+(:func:`layerprune.surgery.hf.linear_layers`): the attention and MLP projections of the layers
+pruning kept (``q_proj`` … ``down_proj`` of a Llama, ``c_attn`` … ``c_proj`` of a GPT-2).
 
->>> model = add_lora(pruned, r=8, alpha=16)   # doctest: +SKIP
+>>> model = add_lora(pruned, linear_layers(pruned), r=8, alpha=16)   # doctest: +SKIP
 >>> train(model, ...)                          # doctest: +SKIP
 >>> model = merge_lora(model)                  # doctest: +SKIP
 """
@@ -32,24 +32,15 @@ def _peft():
     return peft
 
 
-def lora_targets(model: nn.Module) -> list[str]:
-    """The full names of the linear layers (``nn.Linear``, and GPT-2's ``Conv1D``) inside the
-    model's layer list: what the adapters go on by default."""
-    from layerprune.surgery.hf import layer_list
-
-    path, layers = layer_list(model)
-    return [f"{path}.{name}" for name, module in layers.named_modules()
-            if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"]
-
-
-def add_lora(model: nn.Module, *, r: int = 8, alpha: float = 16, dropout: float = 0.0,
-             targets: Sequence[str] | None = None) -> nn.Module:
+def add_lora(model: nn.Module, targets: Sequence[str], *, r: int = 8, alpha: float = 16,
+             dropout: float = 0.0) -> nn.Module:
     """``model`` with LoRA adapters of rank ``r`` (scale ``alpha / r``) on ``targets`` (module
-    names or name suffixes; default :func:`lora_targets`), every other weight frozen."""
+    names or name suffixes; :func:`layerprune.surgery.hf.linear_layers` lists a transformers
+    model's kept layers' projections), every other weight frozen."""
     peft = _peft()
-    chosen = list(targets) if targets else lora_targets(model)
+    chosen = list(targets)
     if not chosen:
-        raise LayerpruneError(f"finetune.lora.targets: {type(model).__name__} has no linear layer in its layer list")
+        raise LayerpruneError(f"finetune.lora.targets: no module of {type(model).__name__} to put adapters on")
     conv1d = any(type(m).__name__ == "Conv1D" for n, m in model.named_modules() if n in set(chosen))
     config = peft.LoraConfig(r=int(r), lora_alpha=alpha, lora_dropout=dropout, target_modules=chosen, bias="none",
                              fan_in_fan_out=conv1d)
@@ -69,4 +60,4 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model.merge_and_unload() if is_lora(model) else model
 
 
-__all__ = ["add_lora", "is_lora", "lora_targets", "merge_lora"]
+__all__ = ["add_lora", "is_lora", "merge_lora"]

@@ -153,6 +153,7 @@ def test_a_killed_bench_reruns_only_the_missing_trials(one_process, tmp_path):
 
 
 # -- base models: trained once per key -------------------------------------------------------
+@pytest.mark.slow  # three base models trained (about 1 minute on 2 cores)
 def test_a_changed_pretraining_key_retrains_the_cached_base(tmp_path):
     cache = tmp_path / "cache"
     quick = ["--setting", "digits_resnet20", *_sets(TINY + ["bench.seeds=[0]", "bench.criteria=[tail]",

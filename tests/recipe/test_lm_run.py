@@ -176,6 +176,7 @@ def test_a_missing_tokenizer_is_one_line_exit_2_and_nothing_written(tmp_path):
     result = runner.invoke(app, ["run", str(write(tmp_path, TINY_LM)), "--out", str(tmp_path / "run"),
                                  *sets("data.options.tokenizer=/nonexistent/tokenizer")])
     assert result.exit_code == 2 and "tokenizer '/nonexistent/tokenizer'" in result.output, result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1, result.output
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
 
 

@@ -13,6 +13,7 @@ import tempfile
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from layerprune.lock import LOCK_FILE, holder
@@ -88,6 +89,7 @@ def test_a_bad_recipe_stops_every_rank_with_one_message(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow  # two ranks in fresh processes, each importing transformers (about 20 s on 2 cores)
 def test_two_ranks_finetune_a_language_model(tmp_path):
     """A tiny Llama built from a configuration on the standard library's documentation: both ranks
     pretrain and finetune it under DDP on their shares of the windows (gloo), rank 0 scores, prunes

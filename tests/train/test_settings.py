@@ -75,7 +75,7 @@ def test_the_recipe_schema_and_train_share_one_settings_model():
     assert issubclass(TrainSettings, TrainConfig) and issubclass(schema.FinetuneSection, TrainConfig)
     assert set(TrainConfig.model_fields) <= set(TrainSettings.model_fields)
     assert set(TrainSettings.model_fields) - set(TrainConfig.model_fields) == {"distill_alpha", "distill_temperature"}
-    assert set(schema.FinetuneSection.model_fields) - set(TrainConfig.model_fields) == {"distill"}
+    assert set(schema.FinetuneSection.model_fields) - set(TrainConfig.model_fields) == {"distill", "lora"}
     recipe = schema.Recipe.model_validate({"model": {"name": "m"}, "data": {"dataset": "digits"},
                                            "pretrain": {"epochs": 3, "milestones": [0.5]}})
     assert isinstance(recipe.pretrain, TrainConfig) and recipe.pretrain.milestones == (0.5,)
