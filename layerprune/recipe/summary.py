@@ -65,7 +65,9 @@ def write_report(run: RunDir, metrics: dict[str, Any]) -> None:
     lines = [f"# {recipe.name}: {recipe.model.label} on {recipe.data.dataset}", "",
              f"Criterion `{recipe.criterion.name}`, finetune {recipe.finetune.epochs} "
              f"epoch{'' if recipe.finetune.epochs == 1 else 's'}"
-             + (" with distillation" if recipe.finetune.distill.enabled else "") + ".", "",
+             + (" with distillation" if recipe.finetune.distill.enabled else "")
+             + (f" (LoRA adapters, rank {recipe.finetune.lora.r}, alpha {recipe.finetune.lora.alpha:g}, merged)"
+                if recipe.finetune.lora is not None else "") + ".", "",
              "| | base | pruned |", "|---|---|---|"]
     lines += [f"| {a.strip()} | {b} | {c} |" for a, b, c in _rows(metrics)]
     if plot_training(run.file(METRICS_CSV), run.file("training.png")):

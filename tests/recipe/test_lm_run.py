@@ -280,6 +280,7 @@ print(len(model.model.layers), "peft" in sys.modules, "layerprune" in sys.module
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["2", "False", "False"]
+    assert "LoRA adapters, rank 4, alpha 8, merged" in (out / "report.md").read_text()
 
 
 def test_lora_is_refused_for_a_timm_model(tmp_path):
