@@ -243,7 +243,7 @@ class SettingBench:
         runner, x = self.runner, self.runner.example_input()
         epochs = self.cfg.finetune_epochs if self.cfg.finetune_epochs is not None else self.recipe.finetune.epochs
         settings = runner.settings(self.recipe.finetune, epochs=epochs)
-        train(model, runner.train_loader(), settings, seed=seed, progress=runner.progress)
+        train(model, runner.train_loader(), settings, seed=seed, progress=runner.progress, task=runner.task)
         after = runner.evaluate(model)
         base, cost = self.run.read_json("base.json"), model_cost(model, x)
         record.update(after_finetune=after.accuracy, loss=after.loss, params=cost.params, macs=cost.macs,
