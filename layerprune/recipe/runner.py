@@ -163,7 +163,7 @@ class Runner(Resources):
 
             before = self.run.read_json("prune.json")["layers_before"] if self.run.file("prune.json").exists() else None
             with self._library_quiet():
-                    hf.save_pruned(model, self.run.file(name), base_model=self.recipe.model.hf, removed=removed,
+                hf.save_pruned(model, self.run.file(name), base_model=self.recipe.model.hf, removed=removed,
                                tokenizer=getattr(self.build_data(), "tokenizer", None), original_layers=before,
                                info=card)
         else:
@@ -248,7 +248,7 @@ class Runner(Resources):
             metrics["width"] = prune_record["width"]
         metrics["params_reduction"] = 1 - final_cost.params / base_cost.params
         metrics["macs_reduction"] = 1 - final_cost.macs / base_cost.macs
-        size, pruner = tuple(x.shape[1:]) if rc.model.is_hf else tuple(self.build_data().input_size), self.pruner()
+        size, pruner = tuple(self.build_data().input_size), self.pruner()  # a text set's is (seq_len,)
         # Where the budget is measured just as eval measures (same device, batch, full precision),
         # one side-by-side timing serves both.
         timing = {"device": str(model_device(base)), "batch_size": rc.eval.latency_batch_size, "precision": "32"}
