@@ -266,8 +266,10 @@ def local_instead(key: str, what: str = "a local file", value: str = "PATH") -> 
 
 
 # Keys that hold paths: ``$VAR`` and ``${VAR}`` in them are replaced by the environment's values, so
-# one recipe serves every machine that sets, e.g., LAYERPRUNE_DATA to its own data folder.
-PATH_KEYS = (("model", "checkpoint"), ("model", "hf"), ("data", "root"), ("output_dir",))
+# one recipe serves every machine that sets, e.g., LAYERPRUNE_DATA to its own data folder. A key
+# may hold one path, a list of them (``data.options.files``) or a mapping of lists (``splits``).
+PATH_KEYS = (("model", "checkpoint"), ("model", "hf"), ("data", "root"), ("output_dir",),
+             ("data", "options", "files"), ("data", "options", "splits"), ("data", "options", "tokenizer"))
 
 
 def expand_paths(raw: dict[str, Any]) -> list[str]:
@@ -276,21 +278,27 @@ def expand_paths(raw: dict[str, Any]) -> list[str]:
     import os
     import re
 
-    problems = []
+    problems: list[str] = []
+
+    def expand(value: Any, key: str) -> Any:
+        if isinstance(value, list):
+            return [expand(v, f"{key}.{i}") for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            return {k: expand(v, f"{key}.{k}") for k, v in value.items()}
+        if not isinstance(value, str) or "$" not in value:
+            return value
+        names = [a or b for a, b in re.findall(r"\$\{(\w+)\}|\$(\w+)", value)]
+        unset = [name for name in names if name not in os.environ]
+        problems.extend(f"{key}: environment variable {name} is not set (it is used in {value!r}); "
+                        f"set it, or give the path with --set {key}=PATH" for name in unset)
+        return value if unset else os.path.expandvars(value)
+
     for keys in PATH_KEYS:
         node = raw
         for key in keys[:-1]:
             node = node.get(key) if isinstance(node, dict) else None
-        value = node.get(keys[-1]) if isinstance(node, dict) else None
-        if not isinstance(value, str) or "$" not in value:
-            continue
-        names = [a or b for a, b in re.findall(r"\$\{(\w+)\}|\$(\w+)", value)]
-        unset = [name for name in names if name not in os.environ]
-        if unset:
-            problems += [f"{'.'.join(keys)}: environment variable {name} is not set (it is used in {value!r}); "
-                         f"set it, or give the path with --set {'.'.join(keys)}=PATH" for name in unset]
-        else:
-            node[keys[-1]] = os.path.expandvars(value)
+        if isinstance(node, dict) and keys[-1] in node:
+            node[keys[-1]] = expand(node[keys[-1]], ".".join(keys))
     return problems
 
 
