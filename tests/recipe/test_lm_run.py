@@ -303,3 +303,23 @@ def test_distillation_from_the_unpruned_language_model(lm_run, tmp_path):
     assert json.loads((out / "prune.json").read_text())["removed"] == json.loads((lm_run[0] / "prune.json").read_text())["removed"]
     assert distilled[0]["train_loss"] != pytest.approx(plain[0]["train_loss"], rel=1e-3)
     assert "with distillation" in (out / "report.md").read_text()
+
+
+def test_environment_variables_in_text_file_paths_are_expanded(tmp_path, monkeypatch):
+    """data.options.files (a list) and splits (a mapping of lists) are path keys: ``$VAR`` in them
+    is the environment's value, and an unset one is named with its key, one line."""
+    text = tmp_path / "corpus.txt"
+    text.write_text("the cat sat on the mat\n" * 20, encoding="utf-8")
+    monkeypatch.setenv("MY_TEXTS", str(tmp_path))
+    recipe = {**TINY_LM, "data": {**TINY_LM["data"], "options": {"files": ["${MY_TEXTS}/corpus.txt"], "seq_len": 8,
+                                                                 "vocab_size": 300}}}
+    loaded = load_recipe(write(tmp_path, recipe))
+    assert loaded.data.options["files"] == [str(text)]
+    split = {**recipe, "data": {**recipe["data"], "options": {
+        "splits": {s: ["$MY_TEXTS/corpus.txt"] for s in ("train", "val", "test")}, "seq_len": 8}}}
+    assert load_recipe(write(tmp_path, split)).data.options["splits"]["val"] == [str(text)]
+    monkeypatch.delenv("MY_TEXTS")
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(write(tmp_path, recipe)), "--out", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output and not out.exists()
+    assert "data.options.files.0: environment variable MY_TEXTS is not set" in result.output
