@@ -4,9 +4,11 @@ same way.
 In each setting, for each seed, each criterion scores the base model's blocks once (timed,
 forward passes counted) through the setting's :class:`~layerprune.Pruner`, with that seed's
 calibration and repair draws: every criterion of a seed sees the same samples. For each trial
-(criterion × budget × seed): the pruner plans → removes → repairs, then accuracy before finetune
-→ finetune (the same epochs for everyone, in the seed's order) → accuracy after. A width-pruning
-row (Torch-Pruning channel pruning at the same MACs) goes through the same repair and finetune.
+(criterion × budget × seed): the pruner plans → removes → repairs, then the task's metric before
+finetune → finetune (the same epochs for everyone, in the seed's order) → the metric after. The
+metric is the task's (:mod:`layerprune.tasks`): top-1 accuracy for a classifier, perplexity (lower
+is better) for a language model; ``base.json`` names it. A width-pruning row (Torch-Pruning
+channel pruning at the same MACs) goes through the same repair and finetune.
 
 Work is split into *units* (one setting, criterion and seed: its score and every budget's
 trial). Under ``torchrun`` each rank runs every ``world_size``-th missing unit as if alone, on
@@ -140,8 +142,10 @@ class SettingBench:
                        {"cache": str(self.cache.entry(r)), **RunDir(self.cache.entry(r), r).read_json("pretrain.json")})
         if not self.run.file("base.json").is_file():
             base, x = runner.base_model(), runner.example_input()
-            ev = runner.evaluate(base)
-            self.run.write_json("base.json", {"accuracy": ev.accuracy, "loss": ev.loss, **model_cost(base, x).to_dict(),
+            ev, task = runner.evaluate(base), runner.task
+            self.run.write_json("base.json", {"metric": task.metric_name, "lower_is_better": task.lower_is_better,
+                                              "value": task.value(ev), "accuracy": ev.accuracy, "loss": ev.loss,
+                                              **model_cost(base, x).to_dict(),
                                               "latency_ms": self._base_latency(base),
                                               "blocks": len(self.blocks), "cache": runner.base_checkpoint})
 
@@ -238,6 +242,10 @@ class SettingBench:
         self.run.write_json(name, record)
         return record
 
+    def measure(self, model: nn.Module) -> float:
+        """The task's metric of ``model`` on the eval split (accuracy, or a language model's perplexity)."""
+        return self.runner.task.value(self.runner.evaluate(model))
+
     def _finish(self, model: nn.Module, seed: int, record: dict[str, Any]) -> dict[str, Any]:
         """Finetune, evaluate and measure ``model`` (a pruned, repaired copy)."""
         runner, x = self.runner, self.runner.example_input()
@@ -246,7 +254,7 @@ class SettingBench:
         train(model, runner.train_loader(), settings, seed=seed, progress=runner.progress, task=runner.task)
         after = runner.evaluate(model)
         base, cost = self.run.read_json("base.json"), model_cost(model, x)
-        record.update(after_finetune=after.accuracy, loss=after.loss, params=cost.params, macs=cost.macs,
+        record.update(after_finetune=runner.task.value(after), loss=after.loss, params=cost.params, macs=cost.macs,
                       params_reduction=1 - cost.params / base["params"], macs_reduction=1 - cost.macs / base["macs"],
                       **self._latency(model))
         return record
@@ -260,8 +268,8 @@ class SettingBench:
         pruned, step = pruner.remove(runner.base_model(), removed, runner.build_data(), blocks=self.blocks,
                                      example_input=runner.example_input(), evaluate_with=runner.evaluate)
         return self._finish(pruned, seed, {"criterion": criterion, "budget": budget_name(budget), "seed": seed,
-                                           "removed": removed, "after_surgery": step.after_surgery.accuracy,
-                                           "before_finetune": (step.after_repair or step.after_surgery).accuracy})
+                                           "removed": removed, "after_surgery": runner.task.value(step.after_surgery),
+                                           "before_finetune": runner.task.value(step.after_repair or step.after_surgery)})
 
     def depth_width_trial(self, budget: dict[str, float], seed: int) -> dict[str, Any]:
         """Blocks chosen by ``bench.depth_width`` until they carry half the budget, then channels
@@ -283,7 +291,8 @@ class SettingBench:
         """The base model, nothing removed, finetuned as every trial is: what the same extra
         training alone gives."""
         model = copy.deepcopy(self.runner.base_model())
-        before = self.run.read_json("base.json")["accuracy"]
+        base = self.run.read_json("base.json")
+        before = base.get("value", base["accuracy"])
         return self._finish(model, seed, {"criterion": UNPRUNED, "budget": budget_name(NO_BUDGET), "seed": seed,
                                           "removed": [], "after_surgery": before, "before_finetune": before})
 
@@ -299,10 +308,10 @@ class SettingBench:
 
         runner = self.runner
         pruned, ratio = prune_width(model, runner.example_input(), reference=runner.base_model(), **budget)
-        after_surgery = runner.evaluate(pruned).accuracy
+        after_surgery = self.measure(pruned)
         pruner.repair_model(pruned, runner.build_data())
         return self._finish(pruned, seed, {**record, "channel_ratio": ratio, "after_surgery": after_surgery,
-                                           "before_finetune": runner.evaluate(pruned).accuracy})
+                                           "before_finetune": self.measure(pruned)})
 
 
 @dataclass

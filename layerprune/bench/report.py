@@ -8,6 +8,7 @@ import csv
 import io
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -85,26 +86,72 @@ def _pct(x: float, digits: int = 2) -> str:
     return "" if x is None or math.isnan(x) else f"{100 * x:.{digits}f}"
 
 
+@dataclass(frozen=True)
+class Metric:
+    """The bench's metric as the reports show it: the task's (``base.json`` names it), accuracy in
+    percent (higher is better) or a language model's perplexity as it is (lower is better)."""
+
+    name: str = "accuracy"
+    lower_is_better: bool = False
+
+    @classmethod
+    def of(cls, base: dict[str, Any]) -> "Metric":
+        return cls(base.get("metric", "accuracy"), bool(base.get("lower_is_better", False)))
+
+    @property
+    def scale(self) -> float:
+        return 100.0 if self.name == "accuracy" else 1.0
+
+    @property
+    def unit(self) -> str:
+        """Column suffix of a value: ``%``, or ``ppl``."""
+        return "%" if self.name == "accuracy" else "ppl" if self.name == "perplexity" else self.name
+
+    @property
+    def delta(self) -> str:
+        """Unit of a difference: accuracy points, or perplexity."""
+        return "pts" if self.name == "accuracy" else self.unit
+
+    @property
+    def best(self) -> str:
+        return "most accurate" if self.name == "accuracy" else f"{'lowest' if self.lower_is_better else 'highest'} {self.name}"
+
+    @property
+    def axis(self) -> str:
+        return "test accuracy %" if self.name == "accuracy" else f"test {self.name}"
+
+    def fmt(self, x: float | None, digits: int = 2) -> str:
+        return "" if x is None or math.isnan(x) else f"{self.scale * x:.{digits}f}"
+
+    def diff(self, d: float, lo: float, hi: float) -> str:
+        k = self.scale
+        return f"{k * d:+.2f} [{k * lo:+.2f}, {k * hi:+.2f}]"
+
+    def base(self, base: dict[str, Any]) -> float:
+        return base.get("value", base["accuracy"])
+
+
 def _ms(x: float | None) -> str:
     return "" if x is None or math.isnan(x) else f"{x:.2f}"
 
 
 # -- per setting -------------------------------------------------------------------------------
-def setting_markdown(rows, corr, cost, diffs, reference: str) -> str:
+def setting_markdown(rows, corr, cost, diffs, reference: str, metric: Metric = Metric()) -> str:
+    m = metric
     rho, tau = _mean_over(corr, "spearman"), _mean_over(corr, "kendall")
     by_cost = {c["criterion"]: c for c in cost}
     by_diff = {(d["criterion"], d["budget"]): d for d in diffs}
-    lines = [f"| criterion | budget | before finetune % | after finetune % | Δ vs {reference} (pts, 95% CI) | MACs − "
+    lines = [f"| criterion | budget | before finetune {m.unit} | after finetune {m.unit} | Δ vs {reference} "
+             f"({m.delta}, 95% CI) | MACs − "
              "| params − | latency ms | Spearman | Kendall | cost s | cost (forward passes) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         d = by_diff.get((r["criterion"], r["budget"]))
-        delta = "" if d is None else (f"{100 * d['diff']:+.2f} [{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}]"
-                                      + ("†" if d["few_seeds"] else ""))
+        delta = "" if d is None else m.diff(d["diff"], d["lo"], d["hi"]) + ("†" if d["few_seeds"] else "")
         c = by_cost.get(r["criterion"])
         cells = [r["criterion"], r["budget"],
-                 f"{_pct(r['before_finetune'])} ± {_pct(r['before_finetune_std'])}",
-                 f"{_pct(r['after_finetune'])} ± {_pct(r['after_finetune_std'])}", delta,
+                 f"{m.fmt(r['before_finetune'])} ± {m.fmt(r['before_finetune_std'])}",
+                 f"{m.fmt(r['after_finetune'])} ± {m.fmt(r['after_finetune_std'])}", delta,
                  f"{_pct(r['macs_reduction'], 1)}%", f"{_pct(r['params_reduction'], 1)}%", _ms(r["latency_ms"]),
                  f"{rho[r['criterion']]:.2f}" if r["criterion"] in rho else "",
                  f"{tau[r['criterion']]:.2f}" if r["criterion"] in tau else "",
@@ -113,28 +160,33 @@ def setting_markdown(rows, corr, cost, diffs, reference: str) -> str:
     return "\n".join(lines)
 
 
-def _plot_rows(ax, rows: list[dict[str, Any]], x: Callable[[dict[str, Any]], float], key: str, **style: Any) -> None:
+def _plot_rows(ax, rows: list[dict[str, Any]], x: Callable[[dict[str, Any]], float], key: str, scale: float = 100,
+               **style: Any) -> None:
     """One line per criterion (dashed: the channel rows) through its budgets: ``key`` (mean ± std
-    over seeds, in %) against ``x``."""
+    over seeds, times ``scale``: in % for accuracy) against ``x``."""
     from layerprune.bench.width import is_channel_row
 
     colors = pyplot().get_cmap("tab20").colors
     for i, criterion in enumerate(dict.fromkeys(r["criterion"] for r in rows)):
         rs = sorted((r for r in rows if r["criterion"] == criterion), key=x)
         channels = is_channel_row(criterion)
-        ax.errorbar([x(r) for r in rs], [100 * r[key] for r in rs], yerr=[100 * r[key + "_std"] for r in rs],
+        ax.errorbar([x(r) for r in rs], [scale * r[key] for r in rs], yerr=[scale * r[key + "_std"] for r in rs],
                     marker="osD^v<>ph*X"[i % 11], ms=5, capsize=3, color=colors[(2 * i) % 20 + (i // 10) % 2],
                     label=criterion, ls="--" if channels else "-", **(style if channels else {}))
 
 
 def plot_accuracy(rows: list[dict[str, Any]], base: dict[str, Any], path, title: str = "") -> None:
-    plt = pyplot()
+    """The metric after finetune and before it against the MACs reduction (perplexity on a log
+    scale: right after a removal it can be orders of magnitude above the healed model's)."""
+    plt, m = pyplot(), Metric.of(base)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     for ax, (key, label) in zip(axes, METRICS[::-1]):
-        _plot_rows(ax, rows, lambda r: 100 * r["macs_reduction"], key)
-        ax.axhline(100 * base["accuracy"], color="black", lw=0.8, ls=":", label="base")
+        _plot_rows(ax, rows, lambda r: 100 * r["macs_reduction"], key, m.scale)
+        ax.axhline(m.scale * m.base(base), color="black", lw=0.8, ls=":", label="base")
+        if m.lower_is_better:
+            ax.set_yscale("log")
         ax.set_xlabel("MACs reduction %")
-        ax.set_ylabel("test accuracy %")
+        ax.set_ylabel(m.axis)
         ax.set_title(f"{title}: {label}" if title else label, fontsize=9)
     axes[1].legend(fontsize=6, loc="best", ncol=2)
     fig.tight_layout()
@@ -146,13 +198,13 @@ def plot_frontier(rows: list[dict[str, Any]], base: dict[str, Any], path, title:
     depth+width rows) through its budgets; ``False`` when the bench measured no latency."""
     if base.get("latency_ms") is None or any(math.isnan(r["latency_ms"]) for r in rows):
         return False
-    plt = pyplot()
+    plt, m = pyplot(), Metric.of(base)
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    _plot_rows(ax, rows, lambda r: r["latency_ms"], "after_finetune", lw=2)
-    ax.scatter([base["latency_ms"]], [100 * base["accuracy"]], marker="*", s=120, color="black", label="base", zorder=5)
+    _plot_rows(ax, rows, lambda r: r["latency_ms"], "after_finetune", m.scale, lw=2)
+    ax.scatter([base["latency_ms"]], [m.scale * m.base(base)], marker="*", s=120, color="black", label="base", zorder=5)
     ax.set_xlabel("latency, ms per image (batch 1, median, timed side by side with the base model)")
-    ax.set_ylabel("test accuracy % after finetune")
-    ax.set_title(f"{title}: accuracy vs measured latency" if title else "accuracy vs measured latency", fontsize=9)
+    ax.set_ylabel(f"{m.axis} after finetune")
+    ax.set_title(f"{title}: {m.name} vs measured latency" if title else f"{m.name} vs measured latency", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="best", ncol=2)
     fig.tight_layout()
@@ -207,13 +259,14 @@ def write_setting_outputs(bench: "SettingBench", trials: list[dict[str, Any]]) -
     r, cfg, run = bench.recipe, bench.cfg, bench.run
     base = run.read_json("base.json")
     rows, corr, cost = summary(trials), correlations(cfg, bench.scores), costs(cfg, bench.scores)
-    diffs = paired(trials, cfg.reference)
+    diffs = paired(trials, cfg.reference)  # m(c) − m(reference): for perplexity, negative is better
     record = {"setting": bench.name, "model": r.model.label, "dataset": r.data.dataset, "base": base,
               "trials": trials, "correlations": corr, "costs": cost, "summary": rows, "paired": diffs}
     write_json(run.file("trials.json"), record)
     write_text(run.file("trials.csv"), _csv(trials))
-    plot_accuracy(rows, base, run.file("accuracy_vs_macs.png"), title=bench.name)
-    record["frontier"] = plot_frontier(rows, base, run.file("accuracy_vs_latency.png"), title=bench.name)
+    name = Metric.of(base).name  # accuracy_vs_macs.png, perplexity_vs_macs.png
+    plot_accuracy(rows, base, run.file(f"{name}_vs_macs.png"), title=bench.name)
+    record["frontier"] = plot_frontier(rows, base, run.file(f"{name}_vs_latency.png"), title=bench.name)
     has_choices = plot_choices(cfg, bench.scores, trials, run.file("curve_choices.png"))
     write_text(run.file("report.md"), "\n".join(_setting_section(bench, record, "#", "") +
                                                 (["![modularity curve and choices](curve_choices.png)", ""]
@@ -223,41 +276,44 @@ def write_setting_outputs(bench: "SettingBench", trials: list[dict[str, Any]]) -
 
 def _setting_section(bench: "SettingBench", record: dict[str, Any], level: str, images: str) -> list[str]:
     r, cfg, base = bench.recipe, bench.cfg, record["base"]
+    m = Metric.of(base)
     epochs = cfg.finetune_epochs if cfg.finetune_epochs is not None else r.finetune.epochs
     cal = r.data.calibration
+    measured = (f"{100 * base['accuracy']:.2f}% {r.eval.split} accuracy" if m.name == "accuracy" else
+                f"{r.eval.split} {m.name} {m.fmt(m.base(base))}")
     return [f"{level} {bench.name}: {r.model.label} on {r.data.dataset}", "",
-            f"Base model: {100 * base['accuracy']:.2f}% {r.eval.split} accuracy, {base['params']:,} params, "
+            f"Base model: {measured}, {base['params']:,} params, "
             f"{base['macs'] / 1e6:.1f}M MACs, {base.get('blocks', '?')} blocks. Seeds {cfg.seeds} "
             f"(calibration: {cal.batches} × {cal.samples} {cal.split} samples per seed); finetune {epochs} "
             f"epoch{'s' * (epochs != 1)} per trial; rank correlation with `{cfg.oracle}`; Δ: paired difference "
             f"to `{cfg.reference}` over seeds († fewer than {FEW_SEEDS} seeds).", "",
             setting_markdown(record["summary"], record["correlations"], record["costs"], record["paired"],
-                             cfg.reference), "",
-            f"![accuracy vs MACs: {bench.name}]({images}accuracy_vs_macs.png)", ""] + (
-        [f"![accuracy vs measured latency: {bench.name}]({images}accuracy_vs_latency.png)", ""]
+                             cfg.reference, m), "",
+            f"![{m.name} vs MACs: {bench.name}]({images}{m.name}_vs_macs.png)", ""] + (
+        [f"![{m.name} vs measured latency: {bench.name}]({images}{m.name}_vs_latency.png)", ""]
         if record.get("frontier") else [])
 
 
 # -- the suite --------------------------------------------------------------------------------
-def leaderboard_markdown(rows: list[dict[str, Any]], reference: str, extra: dict[str, dict[str, float]]) -> str:
-    pct = f"{int(100 * LEVEL)}%"
+def leaderboard_markdown(rows: list[dict[str, Any]], reference: str, extra: dict[str, dict[str, float]],
+                         metric: Metric = Metric()) -> str:
+    pct, m = f"{int(100 * LEVEL)}%", metric
     lines = [f"| # | criterion | average rank ({pct} CI) | win rate vs {reference} ({pct} CI) "
-             f"| Δ vs {reference}, pts ({pct} CI) | mean accuracy % | Spearman vs oracle | cost s | cells |",
+             f"| Δ vs {reference}, {m.delta} ({pct} CI) | mean {m.name} {m.unit} | Spearman vs oracle | cost s | cells |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for i, r in enumerate(rows, 1):
         e = extra.get(r["criterion"], {})
         win = "" if math.isnan(r["win_rate"]) else \
             f"{100 * r['win_rate']:.0f}% [{100 * r['win_rate_lo']:.0f}, {100 * r['win_rate_hi']:.0f}]"
-        diff = "(reference)" if r["criterion"] == reference else \
-            f"{100 * r['diff']:+.2f} [{100 * r['diff_lo']:+.2f}, {100 * r['diff_hi']:+.2f}]"
+        diff = "(reference)" if r["criterion"] == reference else m.diff(r["diff"], r["diff_lo"], r["diff_hi"])
         lines.append(f"| {i} | {r['criterion']} | {r['rank']:.2f} [{r['rank_lo']:.2f}, {r['rank_hi']:.2f}] | {win} "
-                     f"| {diff} | {_pct(e.get('accuracy', float('nan')))} | "
+                     f"| {diff} | {m.fmt(e.get('value', float('nan')))} | "
                      f"{'' if math.isnan(e.get('spearman', float('nan'))) else format(e['spearman'], '.2f')} | "
                      f"{'' if 'seconds' not in e else format(e['seconds'], '.1f')} | {r['cells']} |")
     return "\n".join(lines)
 
 
-def plot_leaderboard(rows: list[dict[str, Any]], path, title: str) -> None:
+def plot_leaderboard(rows: list[dict[str, Any]], path, title: str, metric: Metric = Metric()) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.4))
     ys = list(range(len(rows)))[::-1]
@@ -266,7 +322,7 @@ def plot_leaderboard(rows: list[dict[str, Any]], path, title: str) -> None:
     ax.errorbar(ranks, ys, xerr=err, fmt="o", ms=5, capsize=3, color="tab:blue")
     ax.set_yticks(ys)
     ax.set_yticklabels([r["criterion"] for r in rows], fontsize=8)
-    ax.set_xlabel(f"average rank (1 = most accurate), {int(100 * LEVEL)}% bootstrap interval")
+    ax.set_xlabel(f"average rank (1 = {metric.best}), {int(100 * LEVEL)}% bootstrap interval")
     ax.set_title(title, fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -279,7 +335,7 @@ def _extras(records: list[dict[str, Any]], trials: list[dict[str, Any]], metric:
     for t in trials:
         acc.setdefault(t["criterion"], []).append(t[metric])
     for c, v in acc.items():
-        out.setdefault(c, {})["accuracy"] = statistics.fmean(v)
+        out.setdefault(c, {})["value"] = statistics.fmean(v)
     for key in ("spearman",):
         for c, v in _mean_over([row for rec in records for row in rec["correlations"]], key).items():
             out.setdefault(c, {})[key] = v
@@ -328,24 +384,28 @@ def write_suite_outputs(path: Path, suite: "Suite", benches: list["SettingBench"
     reference = suite.reference
     criteria = list(dict.fromkeys(c for b in benches for c in b.cfg.criteria))
     depth = [t for t in trials if is_ranked(t["criterion"])]
-    boards = {metric: leaderboard(depth, reference, metric, criteria) for metric, _ in METRICS}
+    # One metric for the suite (load_suite refuses settings whose tasks measure different ones).
+    m = Metric.of(records[0]["base"]) if records else Metric()
+    boards = {metric: leaderboard(depth, reference, metric, criteria, lower_is_better=m.lower_is_better)
+              for metric, _ in METRICS}
     times = time_rows(benches, records)
-    report = {"suite": suite.name, "reference": reference, "leaderboards": boards, "time": times,
+    report = {"suite": suite.name, "reference": reference, "metric": m.name, "lower_is_better": m.lower_is_better,
+              "leaderboards": boards, "time": times,
               "settings": [{k: v for k, v in rec.items() if k != "trials"} for rec in records], "trials": trials}
     write_json(path / "trials.json", report)
     write_text(path / "trials.csv", _csv(trials))
     seeds = sorted({t["seed"] for t in trials})
     budgets = list(dict.fromkeys(t["budget"] for t in trials))
     plot_leaderboard(boards["after_finetune"], path / "leaderboard.png",
-                     f"{suite.name}: {len(benches)} settings, budgets {', '.join(budgets)}, after finetune")
+                     f"{suite.name}: {len(benches)} settings, budgets {', '.join(budgets)}, after finetune", m)
     lines = [f"# bench {suite.name}", "",
              f"{len(benches)} setting{'s' * (len(benches) > 1)}, {len(trials)} trials; budgets {', '.join(budgets)}; "
-             f"seeds {seeds}. A cell is one setting, budget and seed; ranks are within a cell (1 = most accurate); "
+             f"seeds {seeds}. A cell is one setting, budget and seed; ranks are within a cell (1 = {m.best}); "
              f"intervals are {int(100 * LEVEL)}% bootstrap intervals over settings, then seeds. The width, "
              "depth+width and unpruned rows are not ranked (they are not block criteria).", ""]
     for metric, label in METRICS:
-        lines += [f"## Leaderboard: accuracy {label}", "",
-                  leaderboard_markdown(boards[metric], reference, _extras(records, depth, metric)), ""]
+        lines += [f"## Leaderboard: {m.name} {label}", "",
+                  leaderboard_markdown(boards[metric], reference, _extras(records, depth, metric), m), ""]
         if metric == "after_finetune":
             lines += ["![leaderboard](leaderboard.png)", ""]
     lines += ["## Time", "", "Pretraining and trial seconds as measured by this bench (a rerun that only merges "
@@ -359,14 +419,15 @@ def write_suite_outputs(path: Path, suite: "Suite", benches: list["SettingBench"
 # -- terminal ---------------------------------------------------------------------------------
 def leaderboard_table(report: dict[str, Any]) -> Table:
     reference = report["reference"]
+    m = Metric(report.get("metric", "accuracy"), report.get("lower_is_better", False))
     t = Table(title=f"bench {report['suite']}: leaderboard after finetune ({len(report['settings'])} settings)")
-    for col in ("#", "criterion", "average rank", f"win rate vs {reference}", f"Δ vs {reference} pts", "cells"):
+    for col in ("#", "criterion", "average rank", f"win rate vs {reference}", f"Δ vs {reference} {m.delta}", "cells"):
         t.add_column(col, justify="left" if col == "criterion" else "right")
     for i, r in enumerate(report["leaderboards"]["after_finetune"], 1):
         win = "" if math.isnan(r["win_rate"]) else \
             f"{100 * r['win_rate']:.0f}% [{100 * r['win_rate_lo']:.0f}, {100 * r['win_rate_hi']:.0f}]"
         t.add_row(str(i), r["criterion"], f"{r['rank']:.2f} [{r['rank_lo']:.2f}, {r['rank_hi']:.2f}]", win,
-                  f"{100 * r['diff']:+.2f} [{100 * r['diff_lo']:+.2f}, {100 * r['diff_hi']:+.2f}]", str(r["cells"]))
+                  m.diff(r["diff"], r["diff_lo"], r["diff_hi"]), str(r["cells"]))
     return t
 
 
@@ -374,12 +435,14 @@ def setting_table(record: dict[str, Any]) -> Table:
     base = record["base"]
     rho = _mean_over(record["correlations"], "spearman")
     by_cost = {c["criterion"]: c for c in record["costs"]}
-    t = Table(title=f"{record['setting']}: base accuracy {100 * base['accuracy']:.2f}%")
+    m = Metric.of(base)
+    t = Table(title=f"{record['setting']}: base accuracy {100 * base['accuracy']:.2f}%" if m.name == "accuracy" else
+              f"{record['setting']}: base {m.name} {m.fmt(m.base(base))}")
     for col in ("criterion", "budget", "before finetune", "after finetune", "MACs −", "Spearman", "cost s"):
         t.add_column(col, justify="left" if col in ("criterion", "budget") else "right")
     for r in record["summary"]:
         c = by_cost.get(r["criterion"])
-        t.add_row(r["criterion"], r["budget"], f"{_pct(r['before_finetune'])} ± {_pct(r['before_finetune_std'])}",
-                  f"{_pct(r['after_finetune'])} ± {_pct(r['after_finetune_std'])}", f"{_pct(r['macs_reduction'], 1)}%",
+        t.add_row(r["criterion"], r["budget"], f"{m.fmt(r['before_finetune'])} ± {m.fmt(r['before_finetune_std'])}",
+                  f"{m.fmt(r['after_finetune'])} ± {m.fmt(r['after_finetune_std'])}", f"{_pct(r['macs_reduction'], 1)}%",
                   f"{rho[r['criterion']]:.2f}" if r["criterion"] in rho else "", f"{c['seconds']:.1f}" if c else "")
     return t

@@ -6,10 +6,11 @@ the same budget with the same calibration, repair and finetuning draws, so crite
 within a cell (paired) and never across cells.
 
 * Per setting and budget: each criterion's mean ± std over seeds, and its paired difference to the
-  reference, ``acc(c, seed) − acc(reference, seed)``, with a 95% percentile-bootstrap interval
+  reference, ``m(c, seed) − m(reference, seed)`` of the task's metric ``m`` (accuracy, or a
+  language model's perplexity, where a negative difference is the better one), with a 95% percentile-bootstrap interval
   over seeds (marked when it rests on fewer than :data:`FEW_SEEDS` seeds).
-* Across the suite: each criterion's rank in every cell (1 = most accurate, ties share the mean
-  rank), averaged; its win rate against the reference (a win 1, a tie ½); its mean difference.
+* Across the suite: each criterion's rank in every cell (1 = the best metric: the highest
+  accuracy, the lowest perplexity; ties share the mean rank), averaged; its win rate against the reference (a win 1, a tie ½); its mean difference.
   Intervals come from a two-level bootstrap: settings drawn with replacement, then seeds within
   each drawn setting, so they cover both how settings and how seeds vary.
 
@@ -35,11 +36,12 @@ def _interval(samples: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _ranks(values: list[float]) -> list[float]:
-    """1 for the highest value; tied values share the mean of their ranks."""
+def _ranks(values: list[float], lower_is_better: bool = False) -> list[float]:
+    """1 for the best value (the highest, or the lowest when ``lower_is_better``); tied values
+    share the mean of their ranks."""
     from scipy.stats import rankdata
 
-    return [float(r) for r in rankdata([-v for v in values], method="average")]
+    return [float(r) for r in rankdata(values if lower_is_better else [-v for v in values], method="average")]
 
 
 def cells(trials: Iterable[dict[str, Any]], metric: str, criteria: list[str]) -> dict[tuple, dict[str, float]]:
@@ -74,19 +76,22 @@ def paired(trials: list[dict[str, Any]], reference: str, metric: str = "after_fi
 
 
 def leaderboard(trials: list[dict[str, Any]], reference: str, metric: str = "after_finetune",
-                criteria: list[str] | None = None, seed: int = 0) -> list[dict[str, Any]]:
+                criteria: list[str] | None = None, seed: int = 0, lower_is_better: bool = False) -> list[dict[str, Any]]:
     """Average rank, win rate and mean difference against ``reference`` per criterion, over every
-    cell, with two-level bootstrap intervals (settings, then seeds); sorted by average rank."""
+    cell, with two-level bootstrap intervals (settings, then seeds); sorted by average rank.
+    ``lower_is_better``: the metric is a perplexity (rank 1 and a win go to the lower value)."""
     criteria = criteria or list(dict.fromkeys(t["criterion"] for t in trials))
     table = cells(trials, metric, criteria)
     # Per setting and seed, each criterion's per-cell rank, win and difference (over the budgets).
     units: dict[str, dict[Any, list[dict[str, tuple[float, float, float]]]]] = {}
     for (setting, budget, s), values in table.items():
         names = [c for c in criteria if c in values]
-        ranks = dict(zip(names, _ranks([values[c] for c in names])))
+        ranks = dict(zip(names, _ranks([values[c] for c in names], lower_is_better)))
         ref = values.get(reference)
+        sign = -1 if lower_is_better else 1
         stats = {c: (ranks[c],
-                     float("nan") if ref is None else 1.0 if values[c] > ref else 0.5 if values[c] == ref else 0.0,
+                     float("nan") if ref is None else
+                     1.0 if sign * values[c] > sign * ref else 0.5 if values[c] == ref else 0.0,
                      float("nan") if ref is None else values[c] - ref) for c in names}
         units.setdefault(setting, {}).setdefault(s, []).append(stats)
     settings = list(units)

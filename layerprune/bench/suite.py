@@ -28,13 +28,14 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from pydantic import ValidationError
 
 from layerprune.errors import LayerpruneError
 from layerprune.recipe.load import RecipeError, apply_overrides, pydantic_problems, read_yaml, validate_recipe
 from layerprune.recipe.schema import Recipe, Suite
+from layerprune.tasks import TASKS
 
 SETTING_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -110,6 +111,11 @@ def load_suite(path: str | Path, overrides: Sequence[str] = (), *, only: Sequenc
     if len(references) > 1:
         problems.append(f"bench.reference: settings compare with different references ({', '.join(sorted(references))}); "
                         "the suite's statistics need one")
+    metrics = {r.name: TASKS[r.model.task_name].metric_name for r in recipes}
+    if len(set(metrics.values())) > 1:
+        problems.append("settings: their tasks measure different metrics (" + ", ".join(
+            f"{name}: {metric}" for name, metric in metrics.items()) + "); a suite ranks its criteria on one "
+            "metric: put language models and classifiers in suites of their own")
     if problems:
         raise RecipeError(str(path), problems)
     suite._recipes, suite._source = recipes, str(path)

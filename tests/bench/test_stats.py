@@ -288,3 +288,32 @@ def test_the_rank_interval_covers_how_seeds_vary_within_one_setting():
 def test_mean_std_is_the_mean_and_population_std():
     assert mean_std([1.0, 3.0]) == (2.0, 1.0)  # deviations ±1 → population std 1
     assert mean_std([0.7]) == (0.7, 0.0)
+
+
+# -- a metric where lower is better (a language model's perplexity) ----------------------------
+
+def test_lower_is_better_ranks_the_lowest_value_first_and_counts_it_as_the_win():
+    """Perplexities c < tail < b < a at every seed: with lower_is_better the order is c, tail, b,
+    a, c wins every cell against tail and its difference (c − tail) is negative; the same trials
+    read as accuracies give the reverse order."""
+    ppl = {"a": 400.0, "b": 300.0, REF: 200.0, "c": 100.0}
+    trials = grid(("x",), list(ppl), ("k1",), range(3), lambda st, c, b, s: ppl[c] + s)
+    rows = leaderboard(trials, REF, lower_is_better=True)
+    assert [r["criterion"] for r in rows] == ["c", REF, "b", "a"]
+    c = row_of(rows, "c")
+    assert (c["rank"], c["win_rate"], c["diff"]) == (1.0, 1.0, -100.0)
+    assert row_of(rows, "a")["win_rate"] == 0.0
+    assert [r["criterion"] for r in leaderboard(trials, REF)] == ["a", "b", REF, "c"]
+
+
+def test_lower_is_better_ranks_agree_with_scipy_on_the_values_themselves():
+    trials = random_trials(levels=3)
+    table = by_cell(trials)
+    ranks = {c: [] for c in (REF, "a", "b", "c")}
+    for values in table.values():
+        names = list(values)
+        for name, r in zip(names, rankdata([values[n] for n in names], method="average")):
+            ranks[name].append(r)
+    rows = leaderboard(trials, REF, lower_is_better=True)
+    for c, rs in ranks.items():
+        assert row_of(rows, c)["rank"] == pytest.approx(np.mean(rs), abs=1e-12)
