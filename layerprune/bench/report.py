@@ -245,6 +245,60 @@ def plot_choices(cfg: BenchSection, scores_of: ScoresOf, trials: list[dict[str, 
     return True
 
 
+def removals(trials: list[dict[str, Any]], blocks: list[str]) -> list[dict[str, Any]]:
+    """Per criterion and budget: how often each block was removed over the seeds, and the mean
+    depth of the removed blocks (0 = the first block, 1 = the last)."""
+    position = {b: i / max(len(blocks) - 1, 1) for i, b in enumerate(blocks)}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for t in trials:
+        if t["removed"]:
+            groups.setdefault((t["criterion"], t["budget"]), []).append(t)
+    rows = []
+    for (criterion, budget), ts in groups.items():
+        removed = [b for t in ts for b in t["removed"] if b in position]
+        rows.append({"criterion": criterion, "budget": budget, "seeds": len(ts),
+                     "share": {b: sum(b in t["removed"] for t in ts) / len(ts) for b in blocks},
+                     "depth": statistics.fmean(position[b] for b in removed) if removed else float("nan")})
+    return rows
+
+
+def removals_markdown(rows: list[dict[str, Any]]) -> str:
+    """Which blocks each criterion removed: those every seed removed, those only some did, and the
+    mean depth of the removed blocks (0 = the first, 1 = the last)."""
+    def short(names: list[str]) -> str:
+        return ", ".join(n.rsplit(".", 1)[-1] if n.rsplit(".", 1)[-1].isdigit() else n for n in names)
+
+    lines = ["| criterion | budget | mean depth removed | removed at every seed | removed at some seeds |",
+             "|---|---|---:|---|---|"]
+    for r in rows:
+        always = [b for b, share in r["share"].items() if share == 1]
+        some = [b for b, share in r["share"].items() if 0 < share < 1]
+        lines.append(f"| {r['criterion']} | {r['budget']} | {r['depth']:.2f} | {short(always)} | {short(some)} |")
+    return "\n".join(lines)
+
+
+def plot_removals(rows: list[dict[str, Any]], blocks: list[str], path, title: str = "") -> None:
+    """One panel per budget: for each criterion (a row) the share of seeds that removed each block."""
+    plt = pyplot()
+    budgets = list(dict.fromkeys(r["budget"] for r in rows))
+    criteria = list(dict.fromkeys(r["criterion"] for r in rows))
+    fig, axes = plt.subplots(1, len(budgets), figsize=(max(4.5, 0.32 * len(blocks) + 2.5) * len(budgets),
+                                                       0.28 * len(criteria) + 1.8), squeeze=False)
+    for ax, budget in zip(axes[0], budgets):
+        by = {r["criterion"]: r for r in rows if r["budget"] == budget}
+        grid = [[by[c]["share"][b] if c in by else float("nan") for b in blocks] for c in criteria]
+        ax.imshow(grid, aspect="auto", cmap="Reds", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_yticks(range(len(criteria)))
+        ax.set_yticklabels(criteria, fontsize=7)
+        ax.set_xticks(range(len(blocks)))
+        ax.set_xticklabels([b.rsplit(".", 1)[-1] if len(blocks) > 12 else b for b in blocks], rotation=90,
+                           fontsize=6)
+        ax.set_title(f"{title}: blocks removed at {budget} (share of seeds)" if title else
+                     f"blocks removed at {budget} (share of seeds)", fontsize=8)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
 def _csv(trials: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
@@ -260,15 +314,22 @@ def write_setting_outputs(bench: "SettingBench", trials: list[dict[str, Any]]) -
     base = run.read_json("base.json")
     rows, corr, cost = summary(trials), correlations(cfg, bench.scores), costs(cfg, bench.scores)
     diffs = paired(trials, cfg.reference)  # m(c) − m(reference): for perplexity, negative is better
+    blocks = list(bench.scores(cfg.reference, cfg.seeds[0])["scores"])  # every block, in the model's order
+    removed = removals(trials, blocks)
     record = {"setting": bench.name, "model": r.model.label, "dataset": r.data.dataset, "base": base,
-              "trials": trials, "correlations": corr, "costs": cost, "summary": rows, "paired": diffs}
+              "trials": trials, "correlations": corr, "costs": cost, "summary": rows, "paired": diffs,
+              "removals": removed}
     write_json(run.file("trials.json"), record)
     write_text(run.file("trials.csv"), _csv(trials))
     name = Metric.of(base).name  # accuracy_vs_macs.png, perplexity_vs_macs.png
     plot_accuracy(rows, base, run.file(f"{name}_vs_macs.png"), title=bench.name)
     record["frontier"] = plot_frontier(rows, base, run.file(f"{name}_vs_latency.png"), title=bench.name)
     has_choices = plot_choices(cfg, bench.scores, trials, run.file("curve_choices.png"))
+    if removed:
+        plot_removals(removed, blocks, run.file("removals.png"), title=bench.name)
     write_text(run.file("report.md"), "\n".join(_setting_section(bench, record, "#", "") +
+                                                (["## Blocks removed", "", removals_markdown(removed), "",
+                                                  "![blocks removed](removals.png)", ""] if removed else []) +
                                                 (["![modularity curve and choices](curve_choices.png)", ""]
                                                  if has_choices else [])))
     return record

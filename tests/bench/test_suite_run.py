@@ -68,6 +68,7 @@ def small_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # the small suite through the CLI: about 100 s of setup on 2 cores
 def test_small_suite_runs_every_trial_of_every_setting(small_dir):
     suite = load_suite(SMALL, SMALLER)
     expected = set()
@@ -85,6 +86,7 @@ def test_small_suite_runs_every_trial_of_every_setting(small_dir):
     assert [(r["setting"], r["criterion"], r["budget"], int(r["seed"])) for r in rows] == got
 
 
+@pytest.mark.slow  # the small suite through the CLI: about 100 s of setup on 2 cores
 def test_small_suite_writes_the_leaderboard_and_every_setting(small_dir):
     report = (small_dir / "report.md").read_text()
     assert report.index("## Leaderboard: accuracy after finetune") < report.index("## Settings")
@@ -94,8 +96,10 @@ def test_small_suite_writes_the_leaderboard_and_every_setting(small_dir):
         assert f"### {r.name}: {r.model.name} on {r.data.dataset}" in report
         assert (small_dir / "settings" / r.name / "accuracy_vs_macs.png").is_file()
         assert f"](settings/{r.name}/accuracy_vs_macs.png)" in report
+        assert (small_dir / "settings" / r.name / "removals.png").is_file()
 
 
+@pytest.mark.slow  # the small suite through the CLI: about 100 s of setup on 2 cores
 def test_the_stored_leaderboard_is_the_one_the_trials_give(small_dir):
     stored = json.loads((small_dir / "trials.json").read_text())
     depth = [t for t in stored["trials"] if not is_channel_row(t["criterion"])]
@@ -106,6 +110,7 @@ def test_the_stored_leaderboard_is_the_one_the_trials_give(small_dir):
     assert sorted(ranked) == sorted(criteria)  # the channel rows are reported per setting, not ranked
 
 
+@pytest.mark.slow  # the small suite through the CLI: about 100 s of setup on 2 cores
 def test_seeds_score_different_calibration_samples(small_dir):
     name = load_suite(SMALL).recipes[0].name
     scores = small_dir / "settings" / name / "scores"
