@@ -54,7 +54,7 @@ class TailCriterion(Criterion):
 
 class MagnitudeCriterion(Criterion):
     """Mean weight magnitude per parameter of the block's conv/linear layers (L1: mean |w|,
-    L2: root mean square).
+    L2: root mean square); a transformers model's projections (``nn.Linear``, GPT-2's ``Conv1D``).
 
     Source: magnitude pruning, Han et al., "Learning both Weights and Connections for Efficient
     Neural Networks", NeurIPS 2015, and the L1 filter norm of Li et al., "Pruning Filters for
@@ -73,7 +73,7 @@ class MagnitudeCriterion(Criterion):
         scores = {}
         for b in ctx.scorable:
             weights = [m.weight.detach().flatten() for m in ctx.model.get_submodule(b.name).modules()
-                       if isinstance(m, surgery_blocks.WEIGHT_LAYERS)]
+                       if surgery_blocks.has_weights(m)]
             if not weights:
                 continue
             w = torch.cat(weights).double()

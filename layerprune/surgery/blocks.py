@@ -35,6 +35,19 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def is_conv1d_projection(module: Any) -> bool:
+    """Whether ``module`` is transformers' ``Conv1D``: GPT-2's attention and MLP projections, a
+    linear layer whose weight is stored transposed (not a convolution, and not an ``nn.Linear``)."""
+    cls = type(module)
+    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
+
+
+def has_weights(module: Any) -> bool:
+    """Whether weight-reading criteria (``magnitude``) read ``module``: a conv or linear layer, or
+    transformers' ``Conv1D``."""
+    return isinstance(module, __getattr__("WEIGHT_LAYERS")) or is_conv1d_projection(module)
+
+
 @dataclass(frozen=True)
 class Block:
     """One candidate for removal (or a fixed part of the model, with the reason it stays)."""

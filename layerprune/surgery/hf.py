@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from layerprune.errors import SurgeryError, first_line
 from layerprune.hooks import eval_mode, forward_hooks, model_device
-from layerprune.surgery.blocks import Block, check_level
+from layerprune.surgery.blocks import Block, check_level, is_conv1d_projection
 from layerprune.surgery.hf_config import Cut, cut_checked, indices, text_config
 from layerprune.surgery.hf_sublayers import (check_sublayers, hidden_input, replace, residual_branches, split,
                                              stand_ins, write_stand_ins, zero_hooks)
@@ -450,7 +450,7 @@ def linear_layers(model: nn.Module) -> list[str]:
     model's layer list: its layers' attention and MLP projections (where LoRA adapters go)."""
     path, layers = layer_list(model)
     return [f"{path}.{name}" for name, module in layers.named_modules()
-            if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"]
+            if isinstance(module, nn.Linear) or is_conv1d_projection(module)]
 
 
 def layer_indices(model: nn.Module) -> Iterator[tuple[str, int]]:

@@ -116,6 +116,28 @@ def test_every_builtin_criterion_scores_a_language_model(lm):
         assert set(result.scores) <= {f"model.layers.{i}" for i in range(4)}, name
 
 
+def test_every_builtin_criterion_scores_every_layer_of_a_gpt2(lm):
+    """GPT-2's projections are transformers' ``Conv1D`` (a linear layer stored transposed), not
+    ``nn.Linear``: weight-reading criteria must read them as well, so every layer gets a score."""
+    _, windows = lm
+    config = transformers.GPT2Config(n_embd=32, n_layer=4, n_head=4, vocab_size=VOCAB, n_positions=64)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    data = (windows, windows)
+    calibration = Calibration(samples=12, batches=2)
+    layers = {f"transformer.h.{i}" for i in range(4)}
+    for name in sorted(CRITERIA.names()):
+        if CRITERIA.origin(name) != "builtin":
+            continue
+        result = Pruner(name, task=CausalLM(LEN), calibration=calibration).score(model, data)
+        # greedy scores blocks in the order it removes them: the one a stage must keep gets none
+        assert set(result.scores) == layers or (name == "greedy" and len(result.scores) == len(layers) - 1), name
+        assert set(result.scores) <= layers and all(math.isfinite(v) for v in result.scores.values()), name
+    weights = [m.weight for m in model.transformer.h[0].modules() if type(m).__name__ == "Conv1D"]
+    expected = float(torch.cat([w.detach().flatten() for w in weights]).double().abs().mean())
+    assert Pruner("magnitude").score(model, data).scores["transformer.h.0"] == pytest.approx(expected)
+
+
 def test_loss_oracles_and_taylor_measure_next_token_nll(lm):
     """ablation scores a layer by how much the calibration NLL rises without it (Shortened LLaMA's
     perplexity criterion), Taylor by its first-order estimate of the same rise."""
