@@ -21,6 +21,7 @@ atomically: a killed bench, rerun, computes only what is missing. Base models co
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,13 +221,17 @@ class SettingBench:
         """Every trial of the plan, read back (all must exist)."""
         return [{"setting": self.name, **self.run.read_json(self.trial_file(c, b, s))} for c, b, s in self.plan()]
 
-    def scores(self, criterion: str, seed: int) -> dict[str, Any]:
-        name = f"scores/{criterion}_s{seed}.json"
+    def scores(self, criterion: str, seed: int, n: int | None = None) -> dict[str, Any]:
+        """``criterion``'s scores at ``seed`` (computed once, stored); ``n``: scored for runs of ``n``
+        blocks (a run criterion's, see :meth:`run_length`), stored apart."""
+        name = f"scores/{criterion}_s{seed}.json" if n is None else f"scores/{criterion}_n{n}_s{seed}.json"
         if self.run.file(name).is_file():
             return self.run.read_json(name)
         base = self.runner.base_model()
         # Criteria with a seed of their own (random draws, re-initialisation) take the trial's.
         params = {"seed": seed} if "seed" in criterion_parameters(criterion) else {}
+        if n is not None:
+            params["n"] = n
         pruner = self.runner.pruner(criterion=criterion, criterion_params=params, seed=seed)
         counter = _ForwardCounter(base)
         start = time.perf_counter()
@@ -259,10 +264,29 @@ class SettingBench:
                       **self._latency(model))
         return record
 
+    def run_length(self, criterion: str, budget: dict[str, float]) -> int | None:
+        """For a criterion whose own rule removes one run of consecutive blocks (``angular``, as
+        Gromov et al. remove layers), the length of run a count budget asks for: ``k``, or the
+        share ``layers`` of the blocks in stages (as many as the budget rule removes). ``None``
+        for other criteria and for cost budgets (params, MACs, latency), which the budget rule meets."""
+        from layerprune.criteria import get_criterion
+
+        key, value = next(iter(budget.items()))
+        if key not in ("k", "layers"):
+            return None
+        try:
+            rule = get_criterion(criterion).default_rule
+        except LayerpruneError:  # a plugin criterion with required parameters: no run rule of its own
+            return None
+        if rule.get("rule") != "run":
+            return None
+        return int(value) if key == "k" else math.ceil(value * sum(1 for b in self.blocks if b.stage) - 1e-9)
+
     def depth_trial(self, criterion: str, budget: dict[str, float], seed: int) -> dict[str, Any]:
-        stored = self.scores(criterion, seed)
-        runner = self.runner
-        pruner = runner.pruner(criterion=criterion, rule=budget_rule(budget), seed=seed)
+        runner, n = self.runner, self.run_length(criterion, budget)
+        stored = self.scores(criterion, seed, n)
+        rule = budget_rule(budget) if n is None else {"rule": "run", "n": n}
+        pruner = runner.pruner(criterion=criterion, rule=rule, seed=seed)
         removed = pruner.plan(CriterionResult(criterion, stored["scores"], diagnostics=stored["diagnostics"]),
                               self.blocks)
         pruned, step = pruner.remove(runner.base_model(), removed, runner.build_data(), blocks=self.blocks,

@@ -155,3 +155,20 @@ def test_each_lm_small_setting_takes_any_english_text_of_500_kb(setting, tmp_pat
     assert len(data.split("val")) > cal.samples * cal.batches
     layers = [b for b in bench.runner.preflight() if b.removable]  # the new model's blocks (no base trained)
     assert len(layers) >= 8 and all(b.name.startswith(("model.layers.", "transformer.h.")) for b in layers)
+
+
+def test_angular_removes_one_run_of_consecutive_layers_as_long_as_the_budget(lm_bench):
+    """Gromov et al. remove the run of n consecutive layers whose output is closest in angle to its
+    input: with half of 4 layers to remove, the bench scores angular for runs of 2 and removes one
+    such run, the one with the lowest stored run score."""
+    out, _ = lm_bench
+    setting = out / "settings" / "pydoc_llama4"
+    for seed in (0, 1):
+        stored = json.loads((setting / "scores" / f"angular_n2_s{seed}.json").read_text())
+        runs = stored["diagnostics"]["runs"]
+        assert runs["n"] == 2
+        trial = json.loads((setting / "trials" / f"angular__layers0.5__s{seed}.json").read_text())
+        first = min(runs["scores"], key=runs["scores"].get)
+        assert trial["removed"] == runs["blocks"][first]
+        i = int(trial["removed"][0].rsplit(".", 1)[1])
+        assert trial["removed"] == [f"model.layers.{i}", f"model.layers.{i + 1}"]
