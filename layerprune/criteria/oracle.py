@@ -439,7 +439,7 @@ class GreedyCriterion(Criterion):
         longer win stops early. The order is the same as without (``reuse=False``)."""
         repair = ctx.repairs
         batches = ctx.repair_data()[:self.repair_batches] if repair else []
-        total = sum(len(y) for _, y in ctx.micro_batches())
+        total = sum(ctx.task.units(y) for _, y in ctx.micro_batches())  # what the loss is averaged over
 
         def measure(model: nn.Module, until: Any = None) -> EvalResult | None:
             if repair:

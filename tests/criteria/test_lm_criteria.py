@@ -154,6 +154,35 @@ def test_loss_oracles_and_taylor_measure_next_token_nll(lm):
     assert np.corrcoef([taylor[k] for k in sorted(taylor)], [ablation[k] for k in sorted(ablation)])[0, 1] > 0
 
 
+def test_greedy_removes_the_layer_whose_removal_raises_the_next_token_nll_least_at_each_step(lm):
+    """SLEB's loop on a language model: each step removes the layer whose removal (from the model
+    pruned so far) gives the lowest calibration NLL, averaged over predicted tokens; the early stop
+    of hopeless candidates (``reuse``) changes nothing."""
+    import copy
+
+    from layerprune.surgery.hf import skipping
+
+    model, windows = lm
+    model = copy.deepcopy(model)
+    with torch.no_grad():  # loud noise from layer 1: the layers differ (random ones barely do)
+        model.model.layers[1].self_attn.o_proj.weight.mul_(30)
+        model.model.layers[1].mlp.down_proj.weight.mul_(30)
+    task = CausalLM(LEN)
+    removed, left = [], list(range(4))
+    for _ in range(3):  # the last layer of the list stays
+        losses = {}
+        for i in left:
+            with skipping(model, "model.layers", removed + [i]):
+                losses[i] = task.evaluate(model, [(windows, windows)]).loss
+        best = min(left, key=lambda i: (losses[i], i))
+        removed.append(best)
+        left.remove(best)
+    assert removed[0] != 3  # the candidate visited first (the latest) must not win by being first
+    expected = [f"model.layers.{i}" for i in removed]
+    for reuse in (True, False):
+        assert score(model, windows, "greedy", reuse=reuse).diagnostics["order"] == expected, reuse
+
+
 def test_a_layers_budget_removes_that_share_of_the_layers(lm):
     model, windows = lm
     data = (windows, windows)
