@@ -112,6 +112,8 @@ def test_a_classifier_and_a_language_model_run_through_one_run_recipe_and_every_
             return getattr(self._task, name)
 
     monkeypatch.setattr(resources.Resources, "task", property(lambda self: Spy(real.fget(self))))
+    # Every stage must run: a base another test trained into the shared cache would skip pretraining.
+    monkeypatch.setenv("LAYERPRUNE_CACHE", str(tmp_path / "empty-cache"))
 
     def log(message: str) -> None:
         if "▶" in message:
