@@ -314,7 +314,7 @@ def write_setting_outputs(bench: "SettingBench", trials: list[dict[str, Any]]) -
     base = run.read_json("base.json")
     rows, corr, cost = summary(trials), correlations(cfg, bench.scores), costs(cfg, bench.scores)
     diffs = paired(trials, cfg.reference)  # m(c) − m(reference): for perplexity, negative is better
-    blocks = list(bench.scores(cfg.reference, cfg.seeds[0])["scores"])  # every block, in the model's order
+    blocks = [b.name for b in bench.blocks if b.stage]  # the removable blocks, in the model's order
     removed = removals(trials, blocks)
     record = {"setting": bench.name, "model": r.model.label, "dataset": r.data.dataset, "base": base,
               "trials": trials, "correlations": corr, "costs": cost, "summary": rows, "paired": diffs,
